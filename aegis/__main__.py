@@ -1,0 +1,3 @@
+from aegis.cli import main
+
+main()

@@ -1,0 +1,412 @@
+"""The ``aegis`` command line.
+
+Imports are lazy: ``aegis --help`` must answer at once, while Prefect,
+DVC, pandas and model_signing cost seconds to import. Errors are one line
+on stderr with exit code 1 (refused for a security or policy reason) or 2
+(usage or configuration); ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="Aegis: a secure ML training pipeline. Verified data in, signed models out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Key pairs registered in the trust store.", no_args_is_help=True)
+trust_app = typer.Typer(help="The signed trust store.", no_args_is_help=True)
+data_app = typer.Typer(help="Demo data and signed datasets.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(trust_app, name="trust")
+app.add_typer(data_app, name="data")
+app.add_typer(audit_app, name="audit")
+
+
+class _State:
+    workspace: Path | None = None
+    verbose: bool = False
+    json: bool = False
+
+
+STATE = _State()
+
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--key", envvar="AEGIS_KEY", help="Your private key (the actor in the audit log)."
+    ),
+]
+AdminKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--admin-key",
+        envvar="AEGIS_ADMIN_KEY",
+        help="Admin private key that signs the change [default: the workspace's admin key].",
+    ),
+]
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _ws():
+    from aegis.workspace import find_workspace
+
+    return find_workspace(STATE.workspace)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@app.callback()
+def _global(
+    workspace: Annotated[
+        Path | None,
+        typer.Option("--workspace", "-w", envvar="AEGIS_WORKSPACE", help="Workspace directory."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
+) -> None:
+    STATE.workspace = workspace
+    STATE.verbose = verbose
+    STATE.json = as_json
+
+
+# -- workspace, keys, trust -----------------------------------------------------
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the workspace.")],
+    remote: Annotated[
+        str | None,
+        typer.Option(help="DVC remote URL (s3://bucket/prefix); default a local remote."),
+    ] = None,
+) -> None:
+    """Create a workspace (git + DVC, keys, signed trust store, audit log)."""
+    from aegis.workspace import init_workspace
+
+    ws, created = init_workspace(directory, remote=remote)
+    out = _console()
+    if not created:
+        out.print(f"{ws.root}: already an Aegis workspace; nothing changed")
+        return
+    out.print(f"[green]Initialized[/green] Aegis workspace in {ws.root}")
+    for item in created:
+        out.print(f"  + {item}")
+    out.print(f"  admin key: {ws.admin_key_path} (keep it safe; it signs trust changes)")
+
+
+@keys_app.command("new")
+def keys_new(
+    role: Annotated[str, typer.Option(help="admin | supplier | operator | approver")],
+    name: Annotated[str, typer.Option(help="Unique name of the key in the trust store.")],
+    owner: Annotated[str, typer.Option(help="Person or team owning the key.")],
+    out: Annotated[Path, typer.Option(help="Private key file to write (PATH and PATH.pub).")],
+    admin_key: AdminKeyOpt = None,
+) -> None:
+    """Create a key pair and register it in the trust store."""
+    from aegis.trust_ops import new_key
+
+    ws = _ws()
+    entry = new_key(ws, role=role, name=name, owner=owner, out=out, admin_key=admin_key)
+    _console().print(
+        f"[green]Created[/green] {role} key '{name}' (owner {owner}, id {entry.key_id[:12]}) "
+        f"-> {out} (0600) and {out}.pub"
+    )
+
+
+@trust_app.command("list")
+def trust_list() -> None:
+    """List trusted keys: role, owner, status."""
+    ws = _ws()
+    store = ws.trust()
+    if STATE.json:
+        _print_json(store.to_json())
+        return
+    from rich.table import Table
+
+    table = Table(title="trust store")
+    for col in ("name", "role", "owner", "status", "key id", "added", "changed"):
+        table.add_column(col)
+    style = {"active": "green", "retired": "yellow", "revoked": "red"}
+    for e in store.entries:
+        table.add_row(
+            e.name,
+            e.role,
+            e.owner,
+            f"[{style[e.status]}]{e.status}[/]",
+            e.key_id[:12],
+            e.added_at[:19],
+            e.changed_at[:19],
+        )
+    _console().print(table)
+
+
+def _status_change(name: str, status: str, reason: str, admin_key: Path | None) -> None:
+    from aegis.trust_ops import change_status
+
+    change_status(_ws(), name, status=status, reason=reason, admin_key=admin_key)
+    _console().print(f"'{name}' is now {status}")
+
+
+@trust_app.command("revoke")
+def trust_revoke(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why (kept in the trust store and audit log).")] = "",
+    admin_key: AdminKeyOpt = None,
+) -> None:
+    """Revoke a key: compromised, nothing it ever signed verifies."""
+    _status_change(name, "revoked", reason, admin_key)
+
+
+@trust_app.command("retire")
+def trust_retire(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why (kept in the trust store and audit log).")] = "",
+    admin_key: AdminKeyOpt = None,
+) -> None:
+    """Retire a key: rotated out, signs nothing new, old signatures still verify."""
+    _status_change(name, "retired", reason, admin_key)
+
+
+# -- data --------------------------------------------------------------------------
+
+
+@data_app.command("import-sklearn")
+def data_import_sklearn(
+    name: Annotated[str, typer.Argument(help="digits | breast_cancer")],
+    out: Annotated[Path, typer.Option(help="Directory to write <name>.parquet into.")],
+) -> None:
+    """Write a demo dataset from scikit-learn's bundled copy (no download)."""
+    from aegis.data.sklearn_import import import_sklearn
+
+    path = import_sklearn(name, out=out)
+    _console().print(f"[green]Wrote[/green] {path}")
+
+
+@data_app.command("publish")
+def data_publish(
+    src: Annotated[Path, typer.Argument(help="A CSV/Parquet file or a directory of them.")],
+    name: Annotated[str, typer.Option(help="Dataset name.")],
+    key: Annotated[Path, typer.Option("--key", envvar="AEGIS_KEY", help="Supplier private key.")],
+    out: Annotated[Path, typer.Option(help="Signed dataset directory to create.")],
+) -> None:
+    """Make a signed dataset: Parquet + manifest.json + model_signing bundle."""
+    from aegis.data.publish import publish_dataset
+
+    manifest = publish_dataset(src, name=name, key_path=key, out=out)
+    _console().print(
+        f"[green]Published[/green] '{name}': {len(manifest.files)} file(s), "
+        f"{manifest.rows} rows, signed -> {out}"
+    )
+
+
+# -- ingest and the retrain flow ---------------------------------------------------
+
+
+def _actor(ws, key: Path | None) -> str:
+    actor, _ = ws.actor(key, role="operator")
+    return actor
+
+
+def _ingest_summary(result) -> None:
+    from rich.table import Table
+
+    if STATE.json:
+        from dataclasses import asdict
+
+        _print_json(asdict(result))
+        return
+    table = Table(title=f"accepted dataset '{result.name}'", show_header=False)
+    rows = [
+        ("digest", result.digest),
+        ("created", result.created),
+        ("supplier", f"{result.supplier} ({result.supplier_owner})"),
+        ("files / rows / bytes", f"{result.files} / {result.rows} / {result.bytes}"),
+        ("DVC version", f"{result.dvc_md5} (commit {result.commit[:10]})"),
+        ("actor", result.actor[:12]),
+        ("older than last accepted", "yes (allowed)" if result.allowed_older else "no"),
+        ("audit entry", str(result.audit_seq)),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    _console().print(table)
+
+
+def _require_key_for_older(allow_older: bool, key: Path | None) -> None:
+    from aegis.errors import UsageError
+
+    if allow_older and key is None:
+        raise UsageError("--allow-older is an operator's decision: give --key OPERATOR_KEY")
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="A dataset directory or s3://bucket/prefix.")],
+    name: Annotated[str, typer.Option(help="The dataset name the manifest must carry.")],
+    allow_older: Annotated[
+        bool, typer.Option(help="Accept a dataset older than the last accepted one (audited).")
+    ] = False,
+    key: KeyOpt = None,
+) -> None:
+    """Verify a signed dataset and version it with DVC (refuses anything unverifiable)."""
+    from aegis.data.ingest import ingest as do_ingest
+
+    _require_key_for_older(allow_older, key)
+    ws = _ws()
+    err = _console(stderr=True)
+    with err.status(f"verifying {source} ..."):
+        result = do_ingest(
+            ws,
+            source,
+            name=name,
+            actor=_actor(ws, key),
+            allow_older=allow_older,
+            on_retry=lambda n, e: err.print(f"retry {n}: {e}"),
+        )
+    _ingest_summary(result)
+
+
+def _prefect_environment(ws) -> None:
+    """Points Prefect at the workspace's home unless a server is configured."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ["PREFECT_HOME"] = str(ws.prefect_home)
+    if not STATE.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+
+
+@app.command()
+def run(
+    source: Annotated[str, typer.Option(help="A dataset directory or s3://bucket/prefix.")],
+    name: Annotated[str, typer.Option(help="Dataset name.")],
+    allow_older: Annotated[
+        bool, typer.Option(help="Accept a dataset older than the last accepted one (audited).")
+    ] = False,
+    key: KeyOpt = None,
+) -> None:
+    """Run the retrain flow under Prefect (ingest -> version; later: validate, train ...)."""
+    _require_key_for_older(allow_older, key)
+    ws = _ws()
+    _prefect_environment(ws)
+    actor = _actor(ws, key)
+    err = _console(stderr=True)
+    with err.status("starting Prefect and running the retrain flow ..."):
+        from flows.retrain import retrain
+
+        result = retrain(
+            workspace=str(ws.root), source=source, name=name, actor=actor, allow_older=allow_older
+        )
+    _ingest_summary(result)
+
+
+# -- audit ---------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the whole hash chain and the signed head; exit 1 at the first bad entry."""
+    check = _ws().verify_audit()
+    _console().print(
+        f"[green]audit log OK[/green]: {check.entries} entries, head {check.head_hash[:16]}, "
+        "signed by the pipeline key; trust store matches its last audited change"
+    )
+
+
+@audit_app.command("show")
+def audit_show(
+    last: Annotated[int | None, typer.Option(help="Only the last N entries.", min=1)] = None,
+) -> None:
+    """Print audit entries (not verified: run `aegis audit verify`)."""
+    from dataclasses import asdict
+
+    entries = _ws().audit().entries()
+    if last is not None:
+        entries = entries[-last:]
+    if STATE.json:
+        _print_json([asdict(e) for e in entries])
+        return
+    from rich.table import Table
+
+    table = Table(title="audit log")
+    for col in ("seq", "time (UTC)", "actor", "action", "subjects", "details"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        subjects = ", ".join(f"{k}={v[:19]}" for k, v in e.subjects.items())
+        details = ", ".join(f"{k}={v}" for k, v in e.details.items() if k in _SHOWN_DETAILS)
+        table.add_row(str(e.seq), e.time[:19], e.actor[:12], e.action, subjects, details)
+    _console().print(table)
+
+
+_SHOWN_DETAILS = ("name", "supplier", "role", "owner", "reason", "allowed_older", "commit")
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Argument(help="Demo workspace (recreated).")] = Path(
+        "demo-workspace"
+    ),
+) -> None:
+    """Tell the end-to-end story in a fresh demo workspace."""
+    from aegis.demo import run_demo
+
+    run_demo(directory)
+
+
+# -- entry point ------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Runs the CLI, mapping Aegis errors to one line and an exit code."""
+    import click
+
+    from aegis.errors import AegisError
+
+    verbose = any(a in ("--verbose", "-v") for a in sys.argv[1:])
+    try:
+        rc = app(standalone_mode=False)
+    except AegisError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        kind = "refused" if exc.exit_code == 1 else "error"
+        _console(stderr=True).print(f"[red]{kind}:[/red] {exc}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _console(stderr=True).print("[red]aborted[/red]")
+        sys.exit(130)
+    except Exception as exc:
+        if verbose:
+            raise
+        _console(stderr=True).print(
+            f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --verbose)",
+            soft_wrap=True,
+        )
+        sys.exit(2)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

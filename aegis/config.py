@@ -1,0 +1,107 @@
+"""``params.yaml``: one pydantic model per pipeline stage.
+
+Unknown keys, wrong types and out-of-range values are refused with the
+key's dotted path. Credentials are never read from params: any key that
+looks like one is refused outright, whatever its section.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aegis.errors import ConfigError
+
+_CREDENTIAL_KEY = re.compile(r"(secret|password|passwd|token|access_key|credential)", re.I)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class IngestParams(_Section):
+    """Limits and I/O behaviour of verified ingest."""
+
+    max_file_bytes: int = Field(default=2 * 1024**3, gt=0, description="largest accepted file")
+    max_files: int = Field(default=10_000, gt=0, le=1_000_000, description="most files per dataset")
+    io_retries: int = Field(default=3, ge=0, le=10, description="retries of S3 and DVC-push I/O")
+    io_retry_delay_s: float = Field(default=2.0, ge=0, le=300)
+
+
+class Params(_Section):
+    """The whole ``params.yaml``."""
+
+    ingest: IngestParams = IngestParams()
+
+
+def _find_credential_keys(node: Any, prefix: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if _CREDENTIAL_KEY.search(str(key)):
+                found.append(path)
+            found.extend(_find_credential_keys(value, path))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found.extend(_find_credential_keys(value, f"{prefix}[{index}]"))
+    return found
+
+
+def parse_params(data: Any, *, source: str = "params.yaml") -> Params:
+    """Validates a parsed params mapping.
+
+    Args:
+        data: The mapping read from YAML (``None`` means empty).
+        source: Name used in error messages.
+
+    Returns:
+        The validated parameters.
+
+    Raises:
+        ConfigError: A key is unknown, has the wrong type, is out of range, or
+            looks like a credential.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    credentials = _find_credential_keys(data)
+    if credentials:
+        raise ConfigError(
+            f"{source}: {credentials[0]}: credentials are never read from params; "
+            "set them in the environment (e.g. AWS_ACCESS_KEY_ID)"
+        )
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        path = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{source}: {path}: {err['msg']}") from None
+
+
+def load_params(path: Path) -> Params:
+    """Reads and validates ``params.yaml``.
+
+    Raises:
+        ConfigError: The file is missing, not YAML, or invalid.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path.name}: not valid YAML{where}") from None
+    return parse_params(data, source=path.name)

@@ -1,0 +1,1 @@
+"""Keys, the signed trust store, and signing/verifying with model_signing."""

@@ -1,0 +1,120 @@
+"""Signing and verifying a directory with model_signing (EC keys).
+
+The bundle is model_signing's own format, so anyone can check a dataset
+or release with ``model_signing verify key`` and the public key. Hashing
+covers every file (``ignore_git_paths=False``) except the bundle itself.
+
+Verification mirrors ``model_signing.verifying.Config.verify`` step by step
+(check the bundle signature, hash the directory once, compare manifests)
+so that a failure can name the exact file and reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_signing import hashing, signing
+from model_signing._signing import sign_ec_key, sign_sigstore_pb
+
+from aegis.errors import RefusedError
+
+
+@dataclass(frozen=True)
+class SignedDigests:
+    """What a verified bundle vouches for: file name -> hex SHA-256."""
+
+    key_id: str
+    files: dict[str, str]
+
+
+def _hashing_config(ignored: list[str]) -> hashing.Config:
+    return (
+        hashing.Config()
+        .use_file_serialization(hashing_algorithm="sha256", allow_symlinks=False)
+        .set_ignored_paths(paths=ignored, ignore_git_paths=False)
+    )
+
+
+def sign_directory(directory: Path, *, bundle_name: str, private_key_path: Path) -> Path:
+    """Signs every file under ``directory`` into ``directory/bundle_name``."""
+    bundle = directory / bundle_name
+    (
+        signing.Config()
+        .use_elliptic_key_signer(private_key=private_key_path)
+        .set_hashing_config(_hashing_config([bundle_name]))
+        .sign(directory, bundle)
+    )
+    return bundle
+
+
+def read_bundle_key_id(bundle_path: Path) -> str:
+    """Returns the signer's key id (the bundle's public-key hint), unverified.
+
+    Raises:
+        RefusedError: ``bundle`` check: the bundle is not JSON or lacks a hint.
+    """
+    try:
+        data = json.loads(bundle_path.read_bytes())
+        hint = data["verificationMaterial"]["publicKey"]["hint"]
+    except FileNotFoundError:
+        raise RefusedError("bundle", f"signature bundle '{bundle_path.name}' is missing") from None
+    except (ValueError, UnicodeDecodeError):
+        raise RefusedError(
+            "bundle", f"'{bundle_path.name}' is not valid JSON (truncated?)"
+        ) from None
+    except (KeyError, TypeError):
+        raise RefusedError("bundle", f"'{bundle_path.name}' names no signing key") from None
+    if not isinstance(hint, str) or len(hint) != 64:
+        raise RefusedError("bundle", f"'{bundle_path.name}' has a malformed key hint")
+    return hint
+
+
+def verify_signed_digests(bundle_path: Path, *, public_key_path: Path) -> SignedDigests:
+    """Checks the bundle's signature and returns the digests it signs (no file hashing).
+
+    Raises:
+        RefusedError: ``signature`` check.
+    """
+    key_id = read_bundle_key_id(bundle_path)
+    try:
+        signature = sign_sigstore_pb.Signature.read(bundle_path)
+        manifest = sign_ec_key.Verifier(public_key_path).verify(signature)
+    except Exception as exc:  # model_signing raises many types for a bad bundle
+        raise RefusedError(
+            "signature", f"'{bundle_path.name}' does not verify ({type(exc).__name__})"
+        ) from None
+    files = {}
+    for rd in manifest.resource_descriptors():
+        files[str(rd.identifier)] = rd.digest.digest_hex
+    return SignedDigests(key_id=key_id, files=files)
+
+
+def hash_directory(directory: Path, *, ignored: list[str]) -> dict[str, str]:
+    """Hashes each file once (model_signing's file serializer, in parallel)."""
+    manifest = _hashing_config(ignored).hash(directory)
+    return {str(rd.identifier): rd.digest.digest_hex for rd in manifest.resource_descriptors()}
+
+
+def compare_digests(signed: dict[str, str], actual: dict[str, str]) -> None:
+    """Refuses unless ``actual`` holds exactly the signed files with the signed hashes.
+
+    Raises:
+        RefusedError: ``file-set`` (missing, extra, renamed) or ``integrity``.
+    """
+    missing = sorted(set(signed) - set(actual))
+    extra = sorted(set(actual) - set(signed))
+    if missing and extra:
+        raise RefusedError(
+            "file-set", f"files renamed or replaced: missing {missing}, unexpected {extra}"
+        )
+    if missing:
+        raise RefusedError("file-set", f"signed file(s) missing: {', '.join(missing)}")
+    if extra:
+        raise RefusedError(
+            "file-set", f"unexpected file(s) not in the signature: {', '.join(extra)}"
+        )
+    for name in sorted(signed):
+        if signed[name] != actual[name]:
+            raise RefusedError("integrity", f"'{name}' does not match its signed SHA-256")

@@ -1,0 +1,1 @@
+"""Datasets: demo import, signed publication, sources, verified ingest."""

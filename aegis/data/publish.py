@@ -1,0 +1,116 @@
+"""Turning CSV or Parquet into a signed dataset (Parquet + manifest + bundle)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+from aegis.crypto.bundle import sign_directory
+from aegis.crypto.keys import load_private_key
+from aegis.data.manifest import (
+    BUNDLE_NAME,
+    MANIFEST_NAME,
+    ColumnSchema,
+    DatasetManifest,
+    ManifestFile,
+    check_dataset_name,
+)
+from aegis.errors import UsageError
+from aegis.timeutil import utc_now
+
+_SUFFIXES = (".csv", ".parquet")
+
+
+def _source_files(src: Path) -> list[Path]:
+    if not src.exists():
+        raise UsageError(f"{src}: not found")
+    if src.is_file():
+        files = [src]
+    else:
+        files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = [p for p in files if p.suffix.lower() in _SUFFIXES]
+    if not files:
+        raise UsageError(f"{src}: no .csv or .parquet files to publish")
+    stems = [p.stem for p in files]
+    if len(set(stems)) != len(stems):
+        raise UsageError(f"{src}: two files share a name stem; each becomes <stem>.parquet")
+    return files
+
+
+def _read_table(path: Path):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix.lower() == ".csv":
+            return pacsv.read_csv(path)
+        return pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for unreadable input
+        raise UsageError(f"{path}: cannot read as {path.suffix[1:]} ({exc})") from None
+
+
+def publish_dataset(src: Path, *, name: str, key_path: Path, out: Path) -> DatasetManifest:
+    """Writes a signed dataset to ``out`` (which must not exist or be empty).
+
+    Args:
+        src: A CSV or Parquet file, or a directory of them (all one schema).
+        name: The dataset name written into the manifest.
+        key_path: The supplier's private key.
+        out: The dataset directory to create.
+
+    Returns:
+        The signed manifest.
+
+    Raises:
+        UsageError: Unreadable input, mismatched schemas, or ``out`` not empty.
+    """
+    import pyarrow.parquet as pq
+
+    check_dataset_name(name)
+    key = load_private_key(key_path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out}: exists and is not empty")
+    files = _source_files(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Build next to the target and rename, so a failure leaves no half dataset.
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        entries: list[ManifestFile] = []
+        schema = None
+        for path in files:
+            table = _read_table(path)
+            if schema is None:
+                schema = table.schema
+            elif not table.schema.equals(schema):
+                raise UsageError(f"{path}: schema differs from {files[0].name}")
+            target = tmp / f"{path.stem}.parquet"
+            pq.write_table(table, target)
+            data = target.read_bytes()
+            entries.append(
+                ManifestFile(
+                    path=target.name,
+                    bytes=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    rows=table.num_rows,
+                )
+            )
+        assert schema is not None
+        manifest = DatasetManifest(
+            name=name,
+            created=utc_now(),
+            supplier_key_id=key.key_id,
+            files=entries,
+            columns=[ColumnSchema(name=f.name, type=str(f.type)) for f in schema],
+            rows=sum(e.rows for e in entries),
+        )
+        (tmp / MANIFEST_NAME).write_bytes(manifest.to_bytes())
+        sign_directory(tmp, bundle_name=BUNDLE_NAME, private_key_path=key.path)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

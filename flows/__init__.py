@@ -1,0 +1,1 @@
+"""Prefect flows: compose tasks only; all logic lives in ``aegis``."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over ``aegis`` functions; retries on I/O only."""

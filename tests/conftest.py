@@ -1,0 +1,219 @@
+"""Shared fixtures: analytics off, template workspaces, signed datasets, S3 and Prefect servers.
+
+Workspaces and datasets are built once per session and copied per test:
+``git init`` + ``dvc init`` + keys cost seconds, a copy costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+QUIET_ENV = {
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "COLUMNS": "200",
+}
+os.environ.update(QUIET_ENV)
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Env:
+    """A workspace with a supplier, an operator and a published digits dataset."""
+
+    root: Path
+    supplier_key: Path
+    operator_key: Path
+    dataset: Path  # a signed dataset directory outside the workspace
+    raw: Path  # the unsigned Parquet it was made from
+
+    @property
+    def ws(self):
+        from aegis.workspace import Workspace
+
+        return Workspace(self.root)
+
+
+def _build_env(base: Path) -> Env:
+    from aegis.data.publish import publish_dataset
+    from aegis.data.sklearn_import import import_sklearn
+    from aegis.trust_ops import new_key
+    from aegis.workspace import init_workspace
+
+    ws, _ = init_workspace(base / "ws")
+    keys = base / "keys"
+    keys.mkdir()
+    new_key(
+        ws,
+        role="supplier",
+        name="acme",
+        owner="acme-data",
+        out=keys / "supplier.pem",
+        admin_key=None,
+    )
+    new_key(
+        ws, role="operator", name="ops", owner="alice", out=keys / "operator.pem", admin_key=None
+    )
+    raw = base / "raw"
+    import_sklearn("digits", out=raw)
+    dataset = base / "digits-signed"
+    publish_dataset(raw, name="digits", key_path=keys / "supplier.pem", out=dataset)
+    return Env(ws.root, keys / "supplier.pem", keys / "operator.pem", dataset, raw)
+
+
+@pytest.fixture(scope="session")
+def template_env(tmp_path_factory) -> Env:
+    return _build_env(tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture
+def env(template_env: Env, tmp_path: Path) -> Env:
+    """A private copy of the template workspace, keys and dataset."""
+    base = template_env.root.parent
+    dst = tmp_path / "env"
+    shutil.copytree(base, dst, symlinks=True)
+    return Env(
+        dst / "ws",
+        dst / "keys" / "supplier.pem",
+        dst / "keys" / "operator.pem",
+        dst / "digits-signed",
+        dst / "raw",
+    )
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Digest of every file in a workspace (git and DVC internals included).
+
+    Excludes only scratch space that legitimately changes on any run.
+    """
+    skip = ("/.dvc/tmp/", "/.aegis/prefect/")
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = "/" + str(path.relative_to(root))
+        if any(s in rel + "/" for s in skip) or path.is_dir():
+            continue
+        if path.is_symlink():
+            out[rel] = "link:" + os.readlink(path)
+        else:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Runs ``aegis ARGS`` in-process through the real entry point (exit codes included)."""
+    from aegis import cli as cli_module
+
+    def run(*args: str, cwd: Path | None = None) -> CliResult:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["aegis", *map(str, args)])
+        capsys.readouterr()
+        try:
+            cli_module.main()
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early ({proc.returncode}): {url}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"server did not answer in {timeout}s: {url}")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """A real S3 endpoint (moto_server) on 127.0.0.1 with test credentials in the environment."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
+    )
+    saved = {k: os.environ.get(k) for k in _S3_ENV}
+    try:
+        _wait_http(url + "/moto-api/", proc, 30)
+        os.environ.update({**_S3_ENV, "AWS_ENDPOINT_URL": url})
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ENDPOINT_URL": "",
+}
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> Iterator[str]:
+    """One Prefect server for the session; CLI subprocesses get its PREFECT_API_URL."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": ""}
+    log = open(home / "server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_http(api + "/health", proc, 90)
+        yield api
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
