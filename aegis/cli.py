@@ -348,8 +348,12 @@ def audit_show(
     for col in ("seq", "time (UTC)", "actor", "action", "subjects", "details"):
         table.add_column(col, overflow="fold")
     for e in entries:
-        subjects = ", ".join(f"{k}={v[:19]}" for k, v in e.subjects.items())
-        details = ", ".join(f"{k}={v}" for k, v in e.details.items() if k in _SHOWN_DETAILS)
+        subjects = ", ".join(f"{k}={v[:19]}…" for k, v in e.subjects.items())
+        details = ", ".join(
+            f"{k}={str(v)[:10] if k == 'commit' else v}"
+            for k, v in e.details.items()
+            if k in _SHOWN_DETAILS
+        )
         table.add_row(str(e.seq), e.time[:19], e.actor[:12], e.action, subjects, details)
     _console().print(table)
 

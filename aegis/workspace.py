@@ -259,7 +259,7 @@ def init_workspace(directory: Path, *, remote: str | None = None) -> tuple[Works
     created += _init_identities(ws)
 
     if not vcs.dvc(root, "remote", "list").strip():
-        url = remote or os.path.relpath(ws.local_remote, root / ".dvc")
+        url = remote or os.path.relpath(ws.local_remote, root)  # dvc rebases it on .dvc/
         if remote is None:
             ws.local_remote.mkdir(parents=True, exist_ok=True)
         vcs.dvc(root, "remote", "add", "-d", "storage", url)

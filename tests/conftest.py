@@ -6,7 +6,6 @@ Workspaces and datasets are built once per session and copied per test:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
@@ -15,10 +14,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import CliResult, Env
 
 QUIET_ENV = {
     "DO_NOT_TRACK": "1",
@@ -29,23 +28,6 @@ QUIET_ENV = {
 }
 os.environ.update(QUIET_ENV)
 BIN = Path(sys.executable).parent
-
-
-@dataclass(frozen=True)
-class Env:
-    """A workspace with a supplier, an operator and a published digits dataset."""
-
-    root: Path
-    supplier_key: Path
-    operator_key: Path
-    dataset: Path  # a signed dataset directory outside the workspace
-    raw: Path  # the unsigned Parquet it was made from
-
-    @property
-    def ws(self):
-        from aegis.workspace import Workspace
-
-        return Workspace(self.root)
 
 
 def _build_env(base: Path) -> Env:
@@ -93,31 +75,6 @@ def env(template_env: Env, tmp_path: Path) -> Env:
         dst / "digits-signed",
         dst / "raw",
     )
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Digest of every file in a workspace (git and DVC internals included).
-
-    Excludes only scratch space that legitimately changes on any run.
-    """
-    skip = ("/.dvc/tmp/", "/.aegis/prefect/")
-    out: dict[str, str] = {}
-    for path in sorted(root.rglob("*")):
-        rel = "/" + str(path.relative_to(root))
-        if any(s in rel + "/" for s in skip) or path.is_dir():
-            continue
-        if path.is_symlink():
-            out[rel] = "link:" + os.readlink(path)
-        else:
-            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
 
 
 @pytest.fixture

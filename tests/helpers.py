@@ -1,0 +1,50 @@
+"""Helpers shared by tests (importable as ``helpers``; conftest holds the fixtures)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Env:
+    """A workspace with a supplier, an operator and a published digits dataset."""
+
+    root: Path
+    supplier_key: Path
+    operator_key: Path
+    dataset: Path  # a signed dataset directory outside the workspace
+    raw: Path  # the unsigned Parquet it was made from
+
+    @property
+    def ws(self):
+        from aegis.workspace import Workspace
+
+        return Workspace(self.root)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Digest of every file in a workspace (git and DVC internals included).
+
+    Excludes only scratch space that legitimately changes on any run.
+    """
+    skip = ("/.dvc/tmp/", "/.aegis/prefect/")
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = "/" + str(path.relative_to(root))
+        if any(s in rel + "/" for s in skip) or path.is_dir():
+            continue
+        if path.is_symlink():
+            out[rel] = "link:" + os.readlink(path)
+        else:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
