@@ -92,6 +92,7 @@ class AuditLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         with file_lock(self.lock_path):
             last = self._last_entry()
+            self._check_tail_is_signed(last, pipeline_key)
             entry = AuditEntry(
                 seq=0 if last is None else last.seq + 1,
                 time=utc_now(),
@@ -111,6 +112,32 @@ class AuditLog:
                 os.close(fd)
             self._sign_head(entry, pipeline_key)
         return entry
+
+    def _check_tail_is_signed(self, last: AuditEntry | None, key: PrivateKey) -> None:
+        """Refuses to chain onto a tail the pipeline did not sign.
+
+        Without this, the next append would re-sign a truncated log or an
+        entry forged behind Aegis's back and make the tampering permanent.
+        A crash between writing an entry and signing the head looks the
+        same and is refused too: ``aegis audit verify`` names the entry to
+        inspect and remove by hand.
+        """
+        head = self._read_head()
+        if last is None and head is None:
+            return  # a new log
+        if head is None:
+            raise RefusedError("audit", "head signature is missing; run `aegis audit verify`")
+        claim = {"seq": head.get("seq"), "hash": head.get("hash")}
+        if not verify_signature(
+            key.public_pem, canonical_json(claim), str(head.get("signature", ""))
+        ):
+            raise RefusedError("audit", "head signature does not verify with the pipeline key")
+        if last is None or (last.seq, last.hash) != (claim["seq"], claim["hash"]):
+            raise RefusedError(
+                "audit",
+                "the log's last entry is not the signed head (truncated or appended by "
+                "hand); run `aegis audit verify`",
+            )
 
     def _sign_head(self, entry: AuditEntry, key: PrivateKey) -> None:
         claim = {"seq": entry.seq, "hash": entry.hash}

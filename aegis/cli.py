@@ -46,6 +46,7 @@ KeyOpt = Annotated[
         "--key", envvar="AEGIS_KEY", help="Your private key (the actor in the audit log)."
     ),
 ]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
 AdminKeyOpt = Annotated[
     Path | None,
     typer.Option(
@@ -131,11 +132,11 @@ def keys_new(
 
 
 @trust_app.command("list")
-def trust_list() -> None:
+def trust_list(as_json: JsonOpt = False) -> None:
     """List trusted keys: role, owner, status."""
     ws = _ws()
     store = ws.trust()
-    if STATE.json:
+    if STATE.json or as_json:
         _print_json(store.to_json())
         return
     from rich.table import Table
@@ -224,10 +225,10 @@ def _actor(ws, key: Path | None) -> str:
     return actor
 
 
-def _ingest_summary(result) -> None:
+def _ingest_summary(result, as_json: bool) -> None:
     from rich.table import Table
 
-    if STATE.json:
+    if STATE.json or as_json:
         from dataclasses import asdict
 
         _print_json(asdict(result))
@@ -263,6 +264,7 @@ def ingest(
         bool, typer.Option(help="Accept a dataset older than the last accepted one (audited).")
     ] = False,
     key: KeyOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Verify a signed dataset and version it with DVC (refuses anything unverifiable)."""
     from aegis.data.ingest import ingest as do_ingest
@@ -279,7 +281,7 @@ def ingest(
             allow_older=allow_older,
             on_retry=lambda n, e: err.print(f"retry {n}: {e}"),
         )
-    _ingest_summary(result)
+    _ingest_summary(result, as_json)
 
 
 def _prefect_environment(ws) -> None:
@@ -300,6 +302,7 @@ def run(
         bool, typer.Option(help="Accept a dataset older than the last accepted one (audited).")
     ] = False,
     key: KeyOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run the retrain flow under Prefect (ingest -> version; later: validate, train ...)."""
     _require_key_for_older(allow_older, key)
@@ -313,7 +316,7 @@ def run(
         result = retrain(
             workspace=str(ws.root), source=source, name=name, actor=actor, allow_older=allow_older
         )
-    _ingest_summary(result)
+    _ingest_summary(result, as_json)
 
 
 # -- audit ---------------------------------------------------------------------------
@@ -332,6 +335,7 @@ def audit_verify() -> None:
 @audit_app.command("show")
 def audit_show(
     last: Annotated[int | None, typer.Option(help="Only the last N entries.", min=1)] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Print audit entries (not verified: run `aegis audit verify`)."""
     from dataclasses import asdict
@@ -339,7 +343,7 @@ def audit_show(
     entries = _ws().audit().entries()
     if last is not None:
         entries = entries[-last:]
-    if STATE.json:
+    if STATE.json or as_json:
         _print_json([asdict(e) for e in entries])
         return
     from rich.table import Table
@@ -378,7 +382,10 @@ def demo(
 
 def main() -> None:
     """Runs the CLI, mapping Aegis errors to one line and an exit code."""
-    import click
+    try:  # typer >= 0.29 raises exceptions of its own vendored click
+        from typer._click import exceptions as click_exceptions
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions as click_exceptions
 
     from aegis.errors import AegisError
 
@@ -393,12 +400,12 @@ def main() -> None:
         kind = "refused" if exc.exit_code == 1 else "error"
         _console(stderr=True).print(f"[red]{kind}:[/red] {exc}", soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except click_exceptions.ClickException as exc:
         exc.show()
         sys.exit(2)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         _console(stderr=True).print("[red]aborted[/red]")
         sys.exit(130)
     except Exception as exc:

@@ -16,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aegis.errors import ConfigError
 
-_CREDENTIAL_KEY = re.compile(r"(secret|password|passwd|token|access_key|credential)", re.I)
+# Whole words of a snake_case key, so `aws_session_token` is refused but `max_tokens` is not.
+_CREDENTIAL_KEY = re.compile(
+    r"(^|_)(secret|password|passwd|token|access_key|api_key|private_key|credentials?)(_|$)", re.I
+)
 
 
 class _Section(BaseModel):

@@ -37,6 +37,10 @@ class RefusedError(AegisError):
     def __init__(self, check: str, message: str) -> None:
         super().__init__(f"{check}: {message}")
         self.check = check
+        self.detail = message
+
+    def __reduce__(self):  # picklable across process boundaries (Prefect workers)
+        return (type(self), (self.check, self.detail))
 
 
 class TransientIOError(AegisError):

@@ -171,6 +171,9 @@ class Workspace:
         """
         log = self.audit()
         check = log.verify(pipeline_public_key=self.pipeline_entry().public_key)
+        first = log.entries()[:1]
+        if not first or first[0].action != "workspace.init":
+            raise RefusedError("audit", "entry 0: the log does not start at workspace.init")
         head = "sha256:" + self.trust().head
         recorded = [e.subjects["trust"] for e in log.entries() if "trust" in e.subjects]
         if recorded and recorded[-1] != head:

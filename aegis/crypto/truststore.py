@@ -22,7 +22,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from aegis.crypto.keys import PrivateKey, canonical_json, key_id_of_pem, verify_signature
+from cryptography.exceptions import UnsupportedAlgorithm
+
+from aegis.crypto.keys import (
+    PrivateKey,
+    canonical_json,
+    key_id_of_pem,
+    verify_signature,
+)
+from aegis.crypto.keys import public_pem as pem_of_public_key
 from aegis.errors import RefusedError, UsageError
 from aegis.fileutil import atomic_write
 from aegis.timeutil import utc_now
@@ -204,6 +212,7 @@ class TrustStore:
             raise UsageError(f"unknown role '{role}' (one of {', '.join(ROLES)})")
         if name in self._entries:
             raise UsageError(f"a trust entry named '{name}' already exists")
+        public_pem = _normalized_p256_pem(public_pem)
         if self.by_key_id(key_id_of_pem(public_pem)) is not None:
             raise UsageError("this public key is already in the trust store")
         self._append({"op": "add", "entry": _new_entry(name, role, owner, public_pem)}, admin)
@@ -262,6 +271,20 @@ class TrustStore:
 
     def to_json(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in asdict(e).items() if k != "public_key"} for e in self.entries]
+
+
+def _normalized_p256_pem(text: str) -> str:
+    """Re-serializes a P-256 public key in the one form whose hash is its key id."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = serialization.load_pem_public_key(text.encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise UsageError("not a PEM public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise UsageError("only ECDSA P-256 public keys can be trusted")
+    return pem_of_public_key(key)
 
 
 def _new_entry(name: str, role: str, owner: str, public_pem: str) -> dict[str, Any]:

@@ -158,9 +158,8 @@ def _check_parquet_rows(path: Path, rows: int) -> None:
 
 def last_accepted_created(ws: Workspace, name: str) -> str | None:
     """Creation time of the last accepted version of ``name``, from the verified audit log."""
-    log = ws.audit()
-    log.verify(pipeline_public_key=ws.pipeline_entry().public_key)
-    for entry in reversed(log.entries()):
+    ws.verify_audit()
+    for entry in reversed(ws.audit().entries()):
         if entry.action == "ingest.accepted" and entry.details.get("name") == name:
             return str(entry.details["created"])
     return None

@@ -55,7 +55,7 @@ def check_dataset_name(name: str) -> None:
     Raises:
         UsageError: The name is empty, too long, or has other characters.
     """
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME_PATTERN, name):
         raise UsageError(f"dataset name {name!r}: use letters, digits, '_', '-' or '.'")
 
 

@@ -1,0 +1,270 @@
+"""The ``retrain`` flow: in-process under Prefect's test harness, and ``aegis run`` end to end.
+
+In-process runs use ``prefect_test_harness`` (a temporary Prefect API and
+database); the CLI runs in a subprocess against the session Prefect server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import snapshot
+from prefect import flow, task
+from prefect.states import Completed, Failed
+from prefect.testing.utilities import prefect_test_harness
+
+from aegis import vcs
+from aegis.data.manifest import MANIFEST_NAME, dataset_digest
+from aegis.errors import RefusedError, TransientIOError
+from flows.retrain import retrain
+from tasks.ingest import push_dataset, retry_on_io_only, stage_dataset
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prefect_harness():
+    with prefect_test_harness():
+        yield
+
+
+def _tampered_copy(dataset: Path, dst: Path) -> Path:
+    shutil.copytree(dataset, dst)
+    data = bytearray((dst / "digits.parquet").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (dst / "digits.parquet").write_bytes(bytes(data))
+    return dst
+
+
+def _staging_empty(root: Path) -> bool:
+    staging = root / ".aegis" / "staging"
+    return not staging.exists() or not any(staging.iterdir())
+
+
+def _set_params(root: Path, **ingest_params) -> None:
+    path = root / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["ingest"].update(ingest_params)
+    path.write_text(yaml.safe_dump(data))
+    vcs.commit_paths(root, "test: ingest params", ["params.yaml"])
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _task_runs(flow_state, prefix: str, timeout: float = 15.0) -> list:
+    """Task runs of a finished flow run whose name starts with ``prefix`` (final states)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = flow_state.state_details.flow_run_id
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [
+                r
+                for r in client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+                )
+                if r.name.startswith(prefix)
+            ]
+            # task-run states reach the API through events: wait until they are final
+            if runs and all(r.state and r.state.is_final() for r in runs):
+                return runs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task runs of {prefix} not final: {runs}")
+            time.sleep(0.2)
+
+
+# -- the flow in-process --------------------------------------------------------------------
+
+
+def test_retrain_accepts_signed_dataset(env):
+    actor, _ = env.ws.actor(None)
+    result = retrain(workspace=str(env.root), source=str(env.dataset), name="digits", actor=actor)
+
+    assert result.name == "digits"
+    assert result.digest == dataset_digest((env.dataset / MANIFEST_NAME).read_bytes())
+    assert result.actor == actor
+    assert result.rows == 1797
+    entries = env.ws.audit().entries()
+    assert entries[-1].action == "ingest.accepted"
+    assert entries[-1].subjects == {"dataset": result.digest}
+    assert entries[-1].details["source"] == str(env.dataset)
+    assert env.ws.verify_audit().entries == len(entries)
+    assert sorted(p.name for p in (env.root / "data" / "digits").iterdir()) == sorted(
+        p.name for p in env.dataset.iterdir()
+    )
+    assert vcs.head_commit(env.root) == result.commit
+    assert any(p.is_file() for p in (env.root / ".aegis" / "dvc-remote").rglob("*"))
+    assert _staging_empty(env.root)
+
+
+def test_retrain_refuses_tampered_dataset(env, tmp_path):
+    tampered = _tampered_copy(env.dataset, tmp_path / "tampered")
+    actor, _ = env.ws.actor(None)
+    before = snapshot(env.root)
+
+    with pytest.raises(RefusedError) as exc:
+        retrain(workspace=str(env.root), source=str(tampered), name="digits", actor=actor)
+
+    assert exc.value.check == "integrity"
+    assert "digits.parquet" in str(exc.value)
+    assert snapshot(env.root) == before
+    assert _staging_empty(env.root)
+
+
+def test_retrain_refuses_bad_name_before_any_task(env):
+    before = snapshot(env.root)
+    state = retrain(
+        workspace=str(env.root),
+        source=str(env.dataset),
+        name="../digits",
+        actor="x",
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception, match="dataset name"):
+        state.result()
+    assert snapshot(env.root) == before
+
+
+def test_refusal_in_staging_is_not_retried(env, tmp_path):
+    """A symlink in the source is a refusal: the I/O task fails once, no retry."""
+    _set_params(env.root, io_retries=2, io_retry_delay_s=0.0)
+    src = tmp_path / "src"
+    shutil.copytree(env.dataset, src)
+    (src / "digits.parquet").unlink()
+    (src / "digits.parquet").symlink_to(env.dataset / "digits.parquet")
+    actor, _ = env.ws.actor(None)
+    before = snapshot(env.root)
+
+    state = retrain(
+        workspace=str(env.root), source=str(src), name="digits", actor=actor, return_state=True
+    )
+
+    assert state.is_failed()
+    with pytest.raises(RefusedError) as exc:
+        state.result()
+    assert exc.value.check == "symlink"
+    (run,) = _task_runs(state, "stage_dataset")
+    assert run.run_count == 1
+    assert run.state.is_failed()
+    assert snapshot(env.root) == before
+
+
+def test_transient_io_error_in_staging_is_retried(env, monkeypatch):
+    """S3 unreachable is transient: stage_dataset runs 1 + ingest.io_retries times."""
+    _set_params(env.root, io_retries=1, io_retry_delay_s=0.0)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    actor, _ = env.ws.actor(None)
+    before = snapshot(env.root)
+
+    state = retrain(
+        workspace=str(env.root),
+        source=f"s3://aegis-{uuid.uuid4().hex[:8]}/pre",
+        name="digits",
+        actor=actor,
+        return_state=True,
+    )
+
+    assert state.is_failed()
+    with pytest.raises(TransientIOError):
+        state.result()
+    (run,) = _task_runs(state, "stage_dataset")
+    assert run.run_count == 2
+    assert snapshot(env.root) == before
+    assert _staging_empty(env.root)
+
+
+# -- the retry condition ------------------------------------------------------------------------
+
+
+def test_io_tasks_use_the_retry_condition():
+    for t in (stage_dataset, push_dataset):
+        assert t.retry_condition_fn is retry_on_io_only
+        assert t.retries >= 1
+        assert t.with_options(retries=1).retry_condition_fn is retry_on_io_only
+
+
+def test_retry_condition_on_built_states():
+    assert retry_on_io_only(None, None, Failed(data=TransientIOError("S3 unreachable"))) is True
+    assert retry_on_io_only(None, None, Failed(data=RefusedError("integrity", "bad"))) is False
+    assert retry_on_io_only(None, None, Failed(data=ValueError("bug"))) is False
+    assert retry_on_io_only(None, None, Completed(data=1)) is False
+
+
+def test_retry_condition_on_real_task_states():
+    calls = {"io": 0, "refused": 0}
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_on_io_only)
+    def flaky_io():
+        calls["io"] += 1
+        raise TransientIOError("S3 unreachable")
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_on_io_only)
+    def refused():
+        calls["refused"] += 1
+        raise RefusedError("integrity", "bad bytes")
+
+    @flow
+    def both():
+        return flaky_io(return_state=True), refused(return_state=True)
+
+    io_state, refused_state = both()
+
+    assert io_state.is_failed() and refused_state.is_failed()
+    assert retry_on_io_only(None, None, io_state) is True
+    assert retry_on_io_only(None, None, refused_state) is False
+    assert calls == {"io": 3, "refused": 1}
+
+
+# -- aegis run in a subprocess, against a Prefect server --------------------------------------
+
+
+def _aegis_run(root: Path, source: Path, prefect_server: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    env.pop("AEGIS_WORKSPACE", None)
+    return subprocess.run(
+        [str(BIN / "aegis"), "--workspace", root, "run", "--source", source, "--name", "digits"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_cli_run_accepts_and_refuses(env, tmp_path, prefect_server):
+    proc = _aegis_run(env.root, env.dataset, prefect_server)
+    assert proc.returncode == 0, proc.stderr
+    digest = dataset_digest((env.dataset / MANIFEST_NAME).read_bytes())
+    assert digest in proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert env.ws.audit().entries()[-1].action == "ingest.accepted"
+
+    tampered = _tampered_copy(env.dataset, tmp_path / "tampered")
+    before = snapshot(env.root)
+    proc = _aegis_run(env.root, tampered, prefect_server)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("refused: integrity:")
+    assert "Traceback" not in proc.stderr
+    assert snapshot(env.root) == before
