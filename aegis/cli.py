@@ -26,10 +26,14 @@ keys_app = typer.Typer(help="Key pairs registered in the trust store.", no_args_
 trust_app = typer.Typer(help="The signed trust store.", no_args_is_help=True)
 data_app = typer.Typer(help="Demo data and signed datasets.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+quarantine_app = typer.Typer(help="Rows that failed row-level checks.", no_args_is_help=True)
+stage_app = typer.Typer(help="One dvc.yaml stage (what `dvc repro` runs).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(trust_app, name="trust")
 app.add_typer(data_app, name="data")
 app.add_typer(audit_app, name="audit")
+app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(stage_app, name="stage")
 
 
 class _State:
@@ -313,10 +317,187 @@ def run(
     with err.status("starting Prefect and running the retrain flow ..."):
         from flows.retrain import retrain
 
-        result = retrain(
+        run_result = retrain(
             workspace=str(ws.root), source=source, name=name, actor=actor, allow_older=allow_older
         )
-    _ingest_summary(result, as_json)
+    if STATE.json or as_json:
+        from dataclasses import asdict
+
+        _print_json({"ingest": asdict(run_result.ingest), "validate": asdict(run_result.validate)})
+        return
+    _ingest_summary(run_result.ingest, False)
+    _validation_summary(ws, run_result.validate, False)
+
+
+# -- validation and quarantine ---------------------------------------------------------
+
+
+def _validation_summary(ws, result, as_json: bool) -> None:
+    if STATE.json or as_json:
+        from dataclasses import asdict
+
+        _print_json(asdict(result))
+        return
+    from rich.table import Table
+
+    out = _console()
+    table = Table(title=f"validation of '{result.name}'", show_header=False)
+    e, rows = result.expectations, result.rows
+    table.add_row("suite", f"{result.suite} ({e['passed']} passed, {e['failed']} failed)")
+    table.add_row(
+        "rows quarantined",
+        f"{rows['quarantined']} of {rows['total']} ({rows['fraction']:.2%}, "
+        f"gate {rows['max_fraction']:.0%})",
+    )
+    for reason, count in result.quarantine_reasons.items():
+        table.add_row("  why", f"{count} x {reason}")
+    drift = result.drift
+    if drift.reference is None:
+        table.add_row("drift (PSI)", "first validated version: no reference yet")
+    else:
+        worst = drift.worst
+        table.add_row(
+            "drift (PSI)",
+            f"max {worst[1]:.3f} ({worst[0]}) vs {drift.reference[:19]}, gate {drift.max_psi}: "
+            + ("[green]pass[/]" if drift.passed else "[red]fail[/]"),
+        )
+        top = sorted(drift.features.items(), key=lambda kv: -kv[1])[:5]
+        table.add_row("  top columns", ", ".join(f"{k} {v:.3f}" for k, v in top))
+        if drift.label is not None:
+            table.add_row("  label", f"{drift.label:.3f}")
+    table.add_row("report", str(ws.root / result.report))
+    out.print(table)
+
+
+@app.command()
+def validate(
+    name: Annotated[str, typer.Argument(help="An ingested dataset (data/NAME/).")],
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the dataset's expectation suite: quarantine bad rows, gate drift, keep evidence."""
+    from aegis.data.validate import record_validation, require_stage, validate_dataset
+    from aegis.registry.stages import push_stage
+    from aegis.retry import retry_io
+
+    ws = _ws()
+    require_stage(ws, name)
+    actor = _actor(ws, key)
+    with _console(stderr=True).status(f"validating {name} ..."):
+        result = validate_dataset(ws, name, actor=actor)
+        record_validation(ws, result)
+        params = ws.params().ingest
+        retry_io(
+            lambda: push_stage(ws, f"validate@{name}"),
+            retries=params.io_retries,
+            delay_s=params.io_retry_delay_s,
+        )
+    _validation_summary(ws, result, as_json)
+
+
+@stage_app.command("validate")
+def stage_validate(name: Annotated[str, typer.Option(help="Dataset name.")]) -> None:
+    """The validate stage for `dvc repro`: writes its outputs, DVC records them."""
+    from aegis.data.validate import validate_dataset
+
+    ws = _ws()
+    actor, _ = ws.actor(None)
+    result = validate_dataset(ws, name, actor=actor)
+    _console().print(
+        f"validated {name}: {result.rows['quarantined']} row(s) quarantined, report {result.report}"
+    )
+
+
+def _current_digest(ws, name: str) -> str:
+    import json as _json
+
+    from aegis.data.validate import output_paths
+
+    path = output_paths(ws, name)["result"]
+    if not path.is_file():
+        from aegis.errors import UsageError
+
+        raise UsageError(f"'{name}' has not been validated (run `aegis validate {name}`)")
+    return _json.loads(path.read_text())["dataset"]
+
+
+@quarantine_app.command("list")
+def quarantine_list(as_json: JsonOpt = False) -> None:
+    """Quarantined and released rows per dataset."""
+    from dataclasses import asdict
+
+    from aegis.data.quarantine import summarize
+
+    ws = _ws()
+    names = sorted(p.stem for p in (ws.root / "quarantine").glob("*.parquet"))
+    summaries = [summarize(ws, n, _current_digest(ws, n)) for n in names]
+    if STATE.json or as_json:
+        _print_json([asdict(s) for s in summaries])
+        return
+    from rich.table import Table
+
+    table = Table(title="quarantine")
+    for col in ("dataset", "rows", "released", "reasons", "version"):
+        table.add_column(col, overflow="fold")
+    for s in summaries:
+        reasons = ", ".join(f"{v} x {k}" for k, v in s.reasons.items()) or "-"
+        table.add_row(s.name, str(s.rows), str(s.released), reasons, s.dataset_digest[:19])
+    _console().print(table)
+
+
+@quarantine_app.command("show")
+def quarantine_show(
+    name: str,
+    limit: Annotated[int, typer.Option(help="Rows to show.", min=1)] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """The quarantined rows of a dataset and why each failed."""
+    from aegis.data.quarantine import REASONS, ROW, read_quarantine, released_rows
+
+    ws = _ws()
+    table = read_quarantine(ws, name)
+    released = released_rows(ws, name, _current_digest(ws, name))
+    if STATE.json or as_json:
+        records = table.head(limit).to_dict(orient="records")
+        for r in records:
+            r["released"] = int(r[ROW]) in released
+        _print_json(records)
+        return
+    from rich.table import Table
+
+    out = Table(title=f"quarantine of '{name}' ({len(table)} rows)")
+    for col in ("row", "released", "reasons"):
+        out.add_column(col, overflow="fold")
+    for _, r in table.head(limit).iterrows():
+        out.add_row(str(r[ROW]), "yes" if int(r[ROW]) in released else "no", r[REASONS])
+    _console().print(out)
+
+
+@quarantine_app.command("release")
+def quarantine_release(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why these rows are fit to train on.")],
+    rows: Annotated[
+        str | None, typer.Option(help="Comma-separated row numbers (default: all).")
+    ] = None,
+    key: KeyOpt = None,
+) -> None:
+    """Release quarantined rows back into training (an audited operator decision)."""
+    from aegis.data.quarantine import release
+    from aegis.errors import UsageError
+
+    if key is None:
+        raise UsageError("releasing quarantined rows is an operator's decision: give --key")
+    try:
+        wanted = None if rows is None else [int(x) for x in rows.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--rows {rows!r}: expected comma-separated integers") from None
+    ws = _ws()
+    actor = _actor(ws, key)
+    new = release(
+        ws, name, dataset_digest=_current_digest(ws, name), rows=wanted, reason=reason, actor=actor
+    )
+    _console().print(f"released {len(new)} row(s) of '{name}': {new[:20]}")
 
 
 # -- audit ---------------------------------------------------------------------------

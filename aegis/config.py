@@ -35,10 +35,34 @@ class IngestParams(_Section):
     io_retry_delay_s: float = Field(default=2.0, ge=0, le=300)
 
 
+class PipelineParams(_Section):
+    """What the DVC stages run on."""
+
+    datasets: list[str] = Field(
+        default=["digits"], min_length=1, description="datasets the dvc.yaml stages run for"
+    )
+
+
+class ValidateParams(_Section):
+    """Gates of the validation step."""
+
+    max_quarantine_fraction: float = Field(
+        default=0.05, ge=0, le=1, description="largest share of rows that may be quarantined"
+    )
+    max_psi: float = Field(default=0.25, gt=0, description="largest PSI of any feature or label")
+    psi_bins: int = Field(default=10, ge=2, le=100, description="quantile bins of numeric features")
+    categorical_max_values: int = Field(
+        default=20, ge=1, le=1000, description="at most this many values: binned per value"
+    )
+
+
 class Params(_Section):
     """The whole ``params.yaml``."""
 
+    pipeline: PipelineParams = PipelineParams()
     ingest: IngestParams = IngestParams()
+    # `validate` is a BaseModel method name, so the attribute is `validation`.
+    validation: ValidateParams = Field(default=ValidateParams(), alias="validate")
 
 
 def _find_credential_keys(node: Any, prefix: str = "") -> list[str]:

@@ -60,6 +60,26 @@ def _fresh_directory(directory: Path) -> Path:
     return root
 
 
+def _corrupt_rows(frame):
+    """Three impossible pixel values and one unknown label: row-level failures."""
+    frame = frame.copy()
+    frame.loc[[10, 250, 900], "pixel_4_4"] = 99.0
+    frame.loc[1200, "label"] = 12
+    return frame
+
+
+def _variant(side: Path, tag: str, change) -> Path:
+    """Writes a changed copy of the demo's raw digits (the supplier's next delivery)."""
+    import pandas as pd
+
+    out = side / f"raw-{tag}"
+    out.mkdir()
+    change(pd.read_parquet(side / "raw" / "digits.parquet")).to_parquet(
+        out / "digits.parquet", index=False
+    )
+    return out
+
+
 def run_demo(directory: Path) -> None:
     """Runs the demo in ``directory`` (recreated if it is an old demo workspace)."""
     start = time.monotonic()
@@ -117,7 +137,7 @@ def run_demo(directory: Path) -> None:
         dataset,
     )
 
-    _step("4. The retrain flow (Prefect): verified ingest, DVC version, push, audit")
+    _step("4. The retrain flow (Prefect): verify, validate, version with DVC, audit")
     _aegis(ws, "run", "--source", dataset, "--name", "digits", "--key", side / "operator.pem")
 
     _step("5. An attacker flips one byte of a copy: ingest refuses it, nothing changes")
@@ -129,8 +149,60 @@ def run_demo(directory: Path) -> None:
     target.write_bytes(bytes(data))
     _aegis(ws, "ingest", tampered, "--name", "digits", expect=1)
 
-    _step("6. The audit log: every action, hash-chained, head signed by the pipeline")
-    _aegis(ws, "audit", "show", "--last", "4")
+    _step("6. Next delivery has a few corrupted rows: they are quarantined, the run goes on")
+    corrupted = _variant(side, "corrupted", _corrupt_rows)
+    _aegis(
+        ws,
+        "data",
+        "publish",
+        corrupted,
+        "--name",
+        "digits",
+        "--key",
+        side / "supplier.pem",
+        "--out",
+        side / "digits-v2",
+    )
+    _aegis(
+        ws,
+        "run",
+        "--source",
+        side / "digits-v2",
+        "--name",
+        "digits",
+        "--key",
+        side / "operator.pem",
+    )
+    _aegis(ws, "quarantine", "show", "digits")
+
+    _step("7. A delivery with a broken schema (a column missing) stops the run: exit 1")
+    broken = _variant(side, "broken-schema", lambda f: f.drop(columns=["pixel_3_3"]))
+    _aegis(
+        ws,
+        "data",
+        "publish",
+        broken,
+        "--name",
+        "digits",
+        "--key",
+        side / "supplier.pem",
+        "--out",
+        side / "digits-v3",
+    )
+    _aegis(
+        ws,
+        "run",
+        "--source",
+        side / "digits-v3",
+        "--name",
+        "digits",
+        "--key",
+        side / "operator.pem",
+        expect=1,
+    )
+
+    _step("8. The audit log: every action, hash-chained, head signed by the pipeline")
+    _aegis(ws, "audit", "show", "--last", "5")
     _aegis(ws, "audit", "verify")
 
     console.print()

@@ -1,21 +1,37 @@
-"""The ``retrain`` flow: ingest -> version (validation and training come next)."""
+"""The ``retrain`` flow: ingest -> validate (training and evaluation come next).
+
+Validation runs on the verified staged copy *before* it is stored, so a
+dataset that fails a table-level check or the drift gate never becomes the
+current version: the workspace is left exactly as it was.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow
 
-from aegis.data import ingest as core
+from aegis.data import ingest as ingest_core
+from aegis.data.validate import ValidationResult, require_stage
 from aegis.workspace import Workspace
 from tasks.ingest import push_dataset, stage_dataset, store_dataset, verify_dataset
+from tasks.validate import check_dataset, push_validation, record_validation, write_validation
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """What one run produced, step by step."""
+
+    ingest: ingest_core.IngestResult
+    validate: ValidationResult
 
 
 @flow(name="retrain", log_prints=True)
 def retrain(
     workspace: str, source: str, name: str, actor: str, allow_older: bool = False
-) -> core.IngestResult:
-    """Verifies and versions a dataset; later steps extend this flow.
+) -> RetrainResult:
+    """Verifies, versions and validates a dataset; later steps extend this flow.
 
     Args:
         workspace: Workspace root.
@@ -25,12 +41,18 @@ def retrain(
         allow_older: Accept a dataset older than the last accepted one.
     """
     ws = Workspace(Path(workspace))
-    core.check_dataset_name(name)
+    ingest_core.check_dataset_name(name)
+    require_stage(ws, name)  # before any change: the stages must be able to track it
     params = ws.params().ingest
     io = {"retries": params.io_retries, "retry_delay_seconds": params.io_retry_delay_s}
-    with core.staging_area(ws) as staging:
+    with ingest_core.staging_area(ws) as staging:
         staged = stage_dataset.with_options(**io)(workspace, source, str(staging))
         verified = verify_dataset(workspace, staged, name)
-        result = store_dataset(workspace, verified, actor, allow_older)
+        checked = check_dataset(workspace, verified)
+        ingested = store_dataset(workspace, verified, actor, allow_older)
     push_dataset.with_options(**io)(workspace, name)
-    return result
+
+    validated = write_validation(workspace, checked, actor)
+    record_validation(workspace, validated)
+    push_validation.with_options(**io)(workspace, name)
+    return RetrainResult(ingest=ingested, validate=validated)

@@ -1,0 +1,169 @@
+"""Running a Great Expectations 1.x suite on a DataFrame, row by row.
+
+The suite is JSON (``expectations/<name>.json``) run in an ephemeral GX
+context with ``COMPLETE`` results, so every column-map expectation reports
+the index of each failing row. Those are *row-level* failures (the row is
+quarantined); every other expectation, and any expectation that could not
+be evaluated (a missing column, a wrong type), is *table-level* and stops
+the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aegis.errors import ConfigError
+
+# Column-map expectations: GX reports the failing rows of these.
+ROW_LEVEL = frozenset(
+    {
+        "expect_column_values_to_be_between",
+        "expect_column_values_to_be_in_set",
+        "expect_column_values_to_not_be_in_set",
+        "expect_column_values_to_not_be_null",
+        "expect_column_values_to_be_unique",
+        "expect_column_values_to_match_regex",
+        "expect_compound_columns_to_be_unique",
+        "expect_multicolumn_values_to_be_unique",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """One expectation's result."""
+
+    type: str
+    column: str | None
+    kind: str  # "row" or "table"
+    success: bool
+    unexpected_count: int = 0
+    observed: str = ""
+    error: str = ""
+
+    @property
+    def label(self) -> str:
+        """Short name used as a quarantine reason, e.g. ``values_to_be_between(pixel_0_3)``."""
+        short = self.type.removeprefix("expect_")
+        return f"{short}({self.column})" if self.column else short
+
+
+@dataclass(frozen=True)
+class SuiteOutcome:
+    """All outcomes of one suite, and the reasons per failing row position."""
+
+    suite: str
+    outcomes: list[ExpectationOutcome]
+    row_reasons: dict[int, list[str]] = field(default_factory=dict)
+
+    @property
+    def table_failures(self) -> list[ExpectationOutcome]:
+        return [o for o in self.outcomes if not o.success and o.kind == "table"]
+
+    @property
+    def passed(self) -> int:
+        return sum(o.success for o in self.outcomes)
+
+    @property
+    def failed(self) -> int:
+        return len(self.outcomes) - self.passed
+
+
+def load_suite(path: Path) -> dict[str, Any]:
+    """Reads a suite's JSON.
+
+    Raises:
+        ConfigError: Missing, not JSON, or without a name and a list of expectations.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no expectation suite for this dataset") from None
+    except (OSError, ValueError):
+        raise ConfigError(f"{path}: not valid JSON") from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("name"), str)
+        or not isinstance(data.get("expectations"), list)
+        or not data["expectations"]
+    ):
+        raise ConfigError(f"{path}: needs a 'name' and a non-empty 'expectations' list")
+    return data
+
+
+def run_suite(frame, suite: dict[str, Any]) -> SuiteOutcome:
+    """Validates ``frame`` (positional index 0..n-1) against ``suite``.
+
+    Raises:
+        ConfigError: GX refused the suite (unknown expectation type, bad kwargs).
+    """
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    for logger_name in [n for n in logging.root.manager.loggerDict if n.startswith("great_exp")]:
+        logging.getLogger(logger_name).setLevel(logging.ERROR)  # GX logs temp dirs at INFO
+    frame = frame.reset_index(drop=True)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    try:
+        gx_suite = context.suites.add(gx.ExpectationSuite(**_suite_fields(suite)))
+    except Exception as exc:  # GX raises many types for a malformed suite
+        raise ConfigError(f"expectation suite '{suite['name']}': {exc}") from None
+    batch = (
+        context.data_sources.add_pandas("aegis")
+        .add_dataframe_asset("dataset")
+        .add_batch_definition_whole_dataframe("whole")
+        .get_batch(batch_parameters={"dataframe": frame})
+    )
+    result = batch.validate(gx_suite, result_format={"result_format": "COMPLETE"})
+
+    outcomes: list[ExpectationOutcome] = []
+    reasons: dict[int, list[str]] = {}
+    for res in result.results:
+        config = res.expectation_config
+        kwargs = config.kwargs
+        columns = kwargs.get("column_list") or []
+        column = kwargs.get("column") or (
+            "+".join(columns)
+            if 0 < len(columns) <= 3
+            else f"{len(columns)} columns"
+            if columns
+            else None
+        )
+        info = res.exception_info or {}
+        error = info.get("exception_message", "") if info.get("raised_exception") else ""
+        details = res.result or {}
+        kind = "row" if config.type in ROW_LEVEL and not error else "table"
+        outcome = ExpectationOutcome(
+            type=config.type,
+            column=column,
+            kind=kind,
+            success=bool(res.success) and not error,
+            unexpected_count=int(details.get("unexpected_count") or 0),
+            observed=_short(details.get("observed_value")),
+            error=error[:200],
+        )
+        outcomes.append(outcome)
+        if kind == "row" and not outcome.success:
+            for index in details.get("unexpected_index_list") or []:
+                reasons.setdefault(int(index), []).append(outcome.label)
+    return SuiteOutcome(suite=suite["name"], outcomes=outcomes, row_reasons=reasons)
+
+
+def _suite_fields(suite: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": suite["name"],
+        "expectations": suite["expectations"],
+        "meta": suite.get("meta", {}),
+    }
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return ""
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."

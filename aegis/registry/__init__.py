@@ -1,0 +1,1 @@
+"""The DVC store: stage outputs committed to dvc.lock and git, pushed to the remote."""
