@@ -265,7 +265,10 @@ def test_s3_dvc_remote_restores_old_version_byte_for_byte(env, s3, bucket, tmp_p
     shutil.rmtree(ws.root / "data" / "digits")
     vcs.git(ws.root, "checkout", first.commit, "--", "data/digits.dvc")
     proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "pull", "-q"], cwd=ws.root, capture_output=True, text=True
+        [sys.executable, "-m", "dvc", "pull", "-q", "data/digits.dvc"],
+        cwd=ws.root,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
 

@@ -1,193 +1,26 @@
-"""The ``aegis`` command line.
-
-Imports are lazy: ``aegis --help`` must answer at once, while Prefect,
-DVC, pandas and model_signing cost seconds to import. Errors are one line
-on stderr with exit code 1 (refused for a security or policy reason) or 2
-(usage or configuration); ``--verbose`` adds the traceback.
-"""
+"""Commands on data: demo import, publish, ingest, validate, quarantine, the retrain flow."""
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-app = typer.Typer(
-    help="Aegis: a secure ML training pipeline. Verified data in, signed models out.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from aegis.cli._app import (
+    STATE,
+    JsonOpt,
+    KeyOpt,
+    _actor,
+    _console,
+    _print_json,
+    _ws,
+    app,
+    data_app,
+    quarantine_app,
+    stage_app,
 )
-keys_app = typer.Typer(help="Key pairs registered in the trust store.", no_args_is_help=True)
-trust_app = typer.Typer(help="The signed trust store.", no_args_is_help=True)
-data_app = typer.Typer(help="Demo data and signed datasets.", no_args_is_help=True)
-audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
-quarantine_app = typer.Typer(help="Rows that failed row-level checks.", no_args_is_help=True)
-stage_app = typer.Typer(help="One dvc.yaml stage (what `dvc repro` runs).", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-app.add_typer(trust_app, name="trust")
-app.add_typer(data_app, name="data")
-app.add_typer(audit_app, name="audit")
-app.add_typer(quarantine_app, name="quarantine")
-app.add_typer(stage_app, name="stage")
-
-
-class _State:
-    workspace: Path | None = None
-    verbose: bool = False
-    json: bool = False
-
-
-STATE = _State()
-
-KeyOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--key", envvar="AEGIS_KEY", help="Your private key (the actor in the audit log)."
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
-AdminKeyOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--admin-key",
-        envvar="AEGIS_ADMIN_KEY",
-        help="Admin private key that signs the change [default: the workspace's admin key].",
-    ),
-]
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-def _ws():
-    from aegis.workspace import find_workspace
-
-    return find_workspace(STATE.workspace)
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-@app.callback()
-def _global(
-    workspace: Annotated[
-        Path | None,
-        typer.Option("--workspace", "-w", envvar="AEGIS_WORKSPACE", help="Workspace directory."),
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables.")] = False,
-) -> None:
-    STATE.workspace = workspace
-    STATE.verbose = verbose
-    STATE.json = as_json
-
-
-# -- workspace, keys, trust -----------------------------------------------------
-
-
-@app.command()
-def init(
-    directory: Annotated[Path, typer.Argument(help="Where to create the workspace.")],
-    remote: Annotated[
-        str | None,
-        typer.Option(help="DVC remote URL (s3://bucket/prefix); default a local remote."),
-    ] = None,
-) -> None:
-    """Create a workspace (git + DVC, keys, signed trust store, audit log)."""
-    from aegis.workspace import init_workspace
-
-    ws, created = init_workspace(directory, remote=remote)
-    out = _console()
-    if not created:
-        out.print(f"{ws.root}: already an Aegis workspace; nothing changed")
-        return
-    out.print(f"[green]Initialized[/green] Aegis workspace in {ws.root}")
-    for item in created:
-        out.print(f"  + {item}")
-    out.print(f"  admin key: {ws.admin_key_path} (keep it safe; it signs trust changes)")
-
-
-@keys_app.command("new")
-def keys_new(
-    role: Annotated[str, typer.Option(help="admin | supplier | operator | approver")],
-    name: Annotated[str, typer.Option(help="Unique name of the key in the trust store.")],
-    owner: Annotated[str, typer.Option(help="Person or team owning the key.")],
-    out: Annotated[Path, typer.Option(help="Private key file to write (PATH and PATH.pub).")],
-    admin_key: AdminKeyOpt = None,
-) -> None:
-    """Create a key pair and register it in the trust store."""
-    from aegis.trust_ops import new_key
-
-    ws = _ws()
-    entry = new_key(ws, role=role, name=name, owner=owner, out=out, admin_key=admin_key)
-    _console().print(
-        f"[green]Created[/green] {role} key '{name}' (owner {owner}, id {entry.key_id[:12]}) "
-        f"-> {out} (0600) and {out}.pub"
-    )
-
-
-@trust_app.command("list")
-def trust_list(as_json: JsonOpt = False) -> None:
-    """List trusted keys: role, owner, status."""
-    ws = _ws()
-    store = ws.trust()
-    if STATE.json or as_json:
-        _print_json(store.to_json())
-        return
-    from rich.table import Table
-
-    table = Table(title="trust store")
-    for col in ("name", "role", "owner", "status", "key id", "added", "changed"):
-        table.add_column(col)
-    style = {"active": "green", "retired": "yellow", "revoked": "red"}
-    for e in store.entries:
-        table.add_row(
-            e.name,
-            e.role,
-            e.owner,
-            f"[{style[e.status]}]{e.status}[/]",
-            e.key_id[:12],
-            e.added_at[:19],
-            e.changed_at[:19],
-        )
-    _console().print(table)
-
-
-def _status_change(name: str, status: str, reason: str, admin_key: Path | None) -> None:
-    from aegis.trust_ops import change_status
-
-    change_status(_ws(), name, status=status, reason=reason, admin_key=admin_key)
-    _console().print(f"'{name}' is now {status}")
-
-
-@trust_app.command("revoke")
-def trust_revoke(
-    name: str,
-    reason: Annotated[str, typer.Option(help="Why (kept in the trust store and audit log).")] = "",
-    admin_key: AdminKeyOpt = None,
-) -> None:
-    """Revoke a key: compromised, nothing it ever signed verifies."""
-    _status_change(name, "revoked", reason, admin_key)
-
-
-@trust_app.command("retire")
-def trust_retire(
-    name: str,
-    reason: Annotated[str, typer.Option(help="Why (kept in the trust store and audit log).")] = "",
-    admin_key: AdminKeyOpt = None,
-) -> None:
-    """Retire a key: rotated out, signs nothing new, old signatures still verify."""
-    _status_change(name, "retired", reason, admin_key)
-
 
 # -- data --------------------------------------------------------------------------
 
@@ -222,11 +55,6 @@ def data_publish(
 
 
 # -- ingest and the retrain flow ---------------------------------------------------
-
-
-def _actor(ws, key: Path | None) -> str:
-    actor, _ = ws.actor(key, role="operator")
-    return actor
 
 
 def _ingest_summary(result, as_json: bool) -> None:
@@ -308,7 +136,7 @@ def run(
     key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the retrain flow under Prefect (ingest -> version; later: validate, train ...)."""
+    """Run the retrain flow under Prefect: verify, validate, store with DVC, audit."""
     _require_key_for_older(allow_older, key)
     ws = _ws()
     _prefect_environment(ws)
@@ -498,107 +326,3 @@ def quarantine_release(
         ws, name, dataset_digest=_current_digest(ws, name), rows=wanted, reason=reason, actor=actor
     )
     _console().print(f"released {len(new)} row(s) of '{name}': {new[:20]}")
-
-
-# -- audit ---------------------------------------------------------------------------
-
-
-@audit_app.command("verify")
-def audit_verify() -> None:
-    """Check the whole hash chain and the signed head; exit 1 at the first bad entry."""
-    check = _ws().verify_audit()
-    _console().print(
-        f"[green]audit log OK[/green]: {check.entries} entries, head {check.head_hash[:16]}, "
-        "signed by the pipeline key; trust store matches its last audited change"
-    )
-
-
-@audit_app.command("show")
-def audit_show(
-    last: Annotated[int | None, typer.Option(help="Only the last N entries.", min=1)] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Print audit entries (not verified: run `aegis audit verify`)."""
-    from dataclasses import asdict
-
-    entries = _ws().audit().entries()
-    if last is not None:
-        entries = entries[-last:]
-    if STATE.json or as_json:
-        _print_json([asdict(e) for e in entries])
-        return
-    from rich.table import Table
-
-    table = Table(title="audit log")
-    for col in ("seq", "time (UTC)", "actor", "action", "subjects", "details"):
-        table.add_column(col, overflow="fold")
-    for e in entries:
-        subjects = ", ".join(f"{k}={v[:19]}…" for k, v in e.subjects.items())
-        details = ", ".join(
-            f"{k}={str(v)[:10] if k == 'commit' else v}"
-            for k, v in e.details.items()
-            if k in _SHOWN_DETAILS
-        )
-        table.add_row(str(e.seq), e.time[:19], e.actor[:12], e.action, subjects, details)
-    _console().print(table)
-
-
-_SHOWN_DETAILS = ("name", "supplier", "role", "owner", "reason", "allowed_older", "commit")
-
-
-@app.command()
-def demo(
-    directory: Annotated[Path, typer.Argument(help="Demo workspace (recreated).")] = Path(
-        "demo-workspace"
-    ),
-) -> None:
-    """Tell the end-to-end story in a fresh demo workspace."""
-    from aegis.demo import run_demo
-
-    run_demo(directory)
-
-
-# -- entry point ------------------------------------------------------------------------
-
-
-def main() -> None:
-    """Runs the CLI, mapping Aegis errors to one line and an exit code."""
-    try:  # typer >= 0.29 raises exceptions of its own vendored click
-        from typer._click import exceptions as click_exceptions
-    except ImportError:  # pragma: no cover - older typer uses click itself
-        from click import exceptions as click_exceptions
-
-    from aegis.errors import AegisError
-
-    verbose = any(a in ("--verbose", "-v") for a in sys.argv[1:])
-    try:
-        rc = app(standalone_mode=False)
-    except AegisError as exc:
-        if verbose:
-            import traceback
-
-            traceback.print_exc()
-        kind = "refused" if exc.exit_code == 1 else "error"
-        _console(stderr=True).print(f"[red]{kind}:[/red] {exc}", soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click_exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        _console(stderr=True).print("[red]aborted[/red]")
-        sys.exit(130)
-    except Exception as exc:
-        if verbose:
-            raise
-        _console(stderr=True).print(
-            f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --verbose)",
-            soft_wrap=True,
-        )
-        sys.exit(2)
-    sys.exit(rc if isinstance(rc, int) else 0)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,60 @@
+"""The ``aegis`` command line.
+
+Errors are one line on stderr with exit code 1 (refused for a security or
+policy reason) or 2 (usage or configuration); ``--verbose`` adds the
+traceback. The commands live in ``workspace_cmds`` and ``data_cmds``; this
+module is the entry point.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from aegis.cli._app import _console, app
+
+__all__ = ["app", "main"]
+
+# Importing the command modules registers their commands, in `aegis --help` order.
+from aegis.cli import workspace_cmds  # noqa: F401, I001
+from aegis.cli import data_cmds  # noqa: F401
+
+
+def main() -> None:
+    """Runs the CLI, mapping Aegis errors to one line and an exit code."""
+    try:  # typer >= 0.29 raises exceptions of its own vendored click
+        from typer._click import exceptions as click_exceptions
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions as click_exceptions
+
+    from aegis.errors import AegisError
+
+    verbose = any(a in ("--verbose", "-v") for a in sys.argv[1:])
+    try:
+        rc = app(standalone_mode=False)
+    except AegisError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        kind = "refused" if exc.exit_code == 1 else "error"
+        _console(stderr=True).print(f"[red]{kind}:[/red] {exc}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click_exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        _console(stderr=True).print("[red]aborted[/red]")
+        sys.exit(130)
+    except Exception as exc:
+        if verbose:
+            raise
+        _console(stderr=True).print(
+            f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --verbose)",
+            soft_wrap=True,
+        )
+        sys.exit(2)
+    sys.exit(rc if isinstance(rc, int) else 0)

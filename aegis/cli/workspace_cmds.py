@@ -1,0 +1,176 @@
+"""Commands on the workspace itself: init, keys, trust, audit, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aegis.cli._app import (
+    STATE,
+    AdminKeyOpt,
+    JsonOpt,
+    _console,
+    _print_json,
+    _ws,
+    app,
+    audit_app,
+    keys_app,
+    trust_app,
+)
+
+# -- workspace, keys, trust -----------------------------------------------------
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the workspace.")],
+    remote: Annotated[
+        str | None,
+        typer.Option(help="DVC remote URL (s3://bucket/prefix); default a local remote."),
+    ] = None,
+) -> None:
+    """Create a workspace (git + DVC, keys, signed trust store, audit log)."""
+    from aegis.workspace import init_workspace
+
+    ws, created = init_workspace(directory, remote=remote)
+    out = _console()
+    if not created:
+        out.print(f"{ws.root}: already an Aegis workspace; nothing changed")
+        return
+    out.print(f"[green]Initialized[/green] Aegis workspace in {ws.root}")
+    for item in created:
+        out.print(f"  + {item}")
+    out.print(f"  admin key: {ws.admin_key_path} (keep it safe; it signs trust changes)")
+
+
+@keys_app.command("new")
+def keys_new(
+    role: Annotated[str, typer.Option(help="admin | supplier | operator | approver")],
+    name: Annotated[str, typer.Option(help="Unique name of the key in the trust store.")],
+    owner: Annotated[str, typer.Option(help="Person or team owning the key.")],
+    out: Annotated[Path, typer.Option(help="Private key file to write (PATH and PATH.pub).")],
+    admin_key: AdminKeyOpt = None,
+) -> None:
+    """Create a key pair and register it in the trust store."""
+    from aegis.trust_ops import new_key
+
+    ws = _ws()
+    entry = new_key(ws, role=role, name=name, owner=owner, out=out, admin_key=admin_key)
+    _console().print(
+        f"[green]Created[/green] {role} key '{name}' (owner {owner}, id {entry.key_id[:12]}) "
+        f"-> {out} (0600) and {out}.pub"
+    )
+
+
+@trust_app.command("list")
+def trust_list(as_json: JsonOpt = False) -> None:
+    """List trusted keys: role, owner, status."""
+    ws = _ws()
+    store = ws.trust()
+    if STATE.json or as_json:
+        _print_json(store.to_json())
+        return
+    from rich.table import Table
+
+    table = Table(title="trust store")
+    for col in ("name", "role", "owner", "status", "key id", "added", "changed"):
+        table.add_column(col)
+    style = {"active": "green", "retired": "yellow", "revoked": "red"}
+    for e in store.entries:
+        table.add_row(
+            e.name,
+            e.role,
+            e.owner,
+            f"[{style[e.status]}]{e.status}[/]",
+            e.key_id[:12],
+            e.added_at[:19],
+            e.changed_at[:19],
+        )
+    _console().print(table)
+
+
+def _status_change(name: str, status: str, reason: str, admin_key: Path | None) -> None:
+    from aegis.trust_ops import change_status
+
+    change_status(_ws(), name, status=status, reason=reason, admin_key=admin_key)
+    _console().print(f"'{name}' is now {status}")
+
+
+@trust_app.command("revoke")
+def trust_revoke(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why (kept in the trust store and audit log).")] = "",
+    admin_key: AdminKeyOpt = None,
+) -> None:
+    """Revoke a key: compromised, nothing it ever signed verifies."""
+    _status_change(name, "revoked", reason, admin_key)
+
+
+@trust_app.command("retire")
+def trust_retire(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why (kept in the trust store and audit log).")] = "",
+    admin_key: AdminKeyOpt = None,
+) -> None:
+    """Retire a key: rotated out, signs nothing new, old signatures still verify."""
+    _status_change(name, "retired", reason, admin_key)
+
+
+# -- audit ---------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the whole hash chain and the signed head; exit 1 at the first bad entry."""
+    check = _ws().verify_audit()
+    _console().print(
+        f"[green]audit log OK[/green]: {check.entries} entries, head {check.head_hash[:16]}, "
+        "signed by the pipeline key; trust store matches its last audited change"
+    )
+
+
+@audit_app.command("show")
+def audit_show(
+    last: Annotated[int | None, typer.Option(help="Only the last N entries.", min=1)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print audit entries (not verified: run `aegis audit verify`)."""
+    from dataclasses import asdict
+
+    entries = _ws().audit().entries()
+    if last is not None:
+        entries = entries[-last:]
+    if STATE.json or as_json:
+        _print_json([asdict(e) for e in entries])
+        return
+    from rich.table import Table
+
+    table = Table(title="audit log")
+    for col in ("seq", "time (UTC)", "actor", "action", "subjects", "details"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        subjects = ", ".join(f"{k}={v[:19]}…" for k, v in e.subjects.items())
+        details = ", ".join(
+            f"{k}={str(v)[:10] if k == 'commit' else v}"
+            for k, v in e.details.items()
+            if k in _SHOWN_DETAILS
+        )
+        table.add_row(str(e.seq), e.time[:19], e.actor[:12], e.action, subjects, details)
+    _console().print(table)
+
+
+_SHOWN_DETAILS = ("name", "supplier", "role", "owner", "reason", "allowed_older", "commit")
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Argument(help="Demo workspace (recreated).")] = Path(
+        "demo-workspace"
+    ),
+) -> None:
+    """Tell the end-to-end story in a fresh demo workspace."""
+    from aegis.demo import run_demo
+
+    run_demo(directory)
