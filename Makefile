@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_flow.py
+	$(BIN)/python benchmarks/bench_validate.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
