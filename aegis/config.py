@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -56,6 +56,71 @@ class ValidateParams(_Section):
     )
 
 
+class ModelParams(_Section):
+    """Architecture: a small CNN for square images, an MLP for tabular data."""
+
+    kind: Literal["auto", "cnn", "mlp"] = "auto"
+    channels: list[Annotated[int, Field(ge=1, le=512)]] = Field(default=[16, 32], min_length=1)
+    hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default=[64], min_length=1)
+    activation: Literal["relu", "tanh"] = "relu"
+    norm: Literal["none", "group"] = "none"
+
+
+class DPParams(_Section):
+    """Differentially private SGD with Opacus."""
+
+    target_epsilon: float = Field(default=3.0, gt=0, le=100)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    secure_mode: bool = False
+    accountant: Literal["prv", "rdp"] = "prv"
+
+
+class TrainParams(_Section):
+    """Robust and optionally private training."""
+
+    model_name: str | None = Field(default=None, description="default <dataset>-model")
+    seed: int = Field(default=0, ge=0)
+    threads: int = Field(default=2, ge=1, le=256)
+    test_fraction: float = Field(default=0.2, gt=0, lt=0.9)
+    val_fraction: float = Field(default=0.1, ge=0, lt=0.5)
+    epochs: int = Field(default=10, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=1_000_000)
+    lr: float = Field(default=0.05, gt=0, le=10)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    early_stop_patience: int = Field(default=0, ge=0, description="epochs without val-loss gain")
+    model: ModelParams = ModelParams()
+    defense: Literal["none", "fgsm_rs", "pgd", "trades"] = "pgd"
+    epsilon: float = Field(default=0.1, ge=0, description="L-inf radius (input units)")
+    step_size: float = Field(default=0.025, gt=0)
+    steps: int = Field(default=7, ge=1, le=1000)
+    trades_beta: float = Field(default=6.0, ge=0)
+    # Input domain that attacks stay in: "auto" = [0, 1] for images (scaled to it), none for
+    # tabular data (standardized); or an explicit [min, max] in model-input units.
+    input_domain: (
+        Literal["auto", "none"] | Annotated[list[float], Field(min_length=2, max_length=2)]
+    ) = "auto"
+    privacy: Literal["off", "dp"] = "off"
+    dp: DPParams = DPParams()
+
+
+class EvaluateParams(_Section):
+    """Honest evaluation: strong and independent attacks, calibration, privacy."""
+
+    max_samples: int = Field(default=300, ge=1, description="test samples attacked")
+    pgd_steps: int = Field(default=20, ge=1, le=10_000)
+    pgd_restarts: int = Field(default=1, ge=1, le=100)
+    epsilons: list[Annotated[float, Field(ge=0)]] = Field(default=[0.05, 0.1, 0.15, 0.2])
+    independent: list[Literal["apgd-ce", "apgd-t", "square"]] = Field(
+        default=["apgd-ce", "apgd-t", "square"]
+    )
+    square_queries: int = Field(default=500, ge=1)
+    square_samples: int = Field(default=100, ge=1, description="samples for Square (slow)")
+    ece_bins: int = Field(default=15, ge=2, le=100)
+    mia: bool = True
+
+
 class Params(_Section):
     """The whole ``params.yaml``."""
 
@@ -63,6 +128,8 @@ class Params(_Section):
     ingest: IngestParams = IngestParams()
     # `validate` is a BaseModel method name, so the attribute is `validation`.
     validation: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def _find_credential_keys(node: Any, prefix: str = "") -> list[str]:
