@@ -50,9 +50,10 @@ def retrain(
         verified = verify_dataset(workspace, staged, name)
         checked = check_dataset(workspace, verified)
         ingested = store_dataset(workspace, verified, actor, allow_older)
-    push_dataset.with_options(**io)(workspace, name)
-
+    # Record the validation before any push, so a failed push never leaves the new
+    # version stored beside the previous version's validation evidence.
     validated = write_validation(workspace, checked, actor)
     record_validation(workspace, validated)
+    push_dataset.with_options(**io)(workspace, name)
     push_validation.with_options(**io)(workspace, name)
     return RetrainResult(ingest=ingested, validate=validated)

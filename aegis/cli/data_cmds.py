@@ -286,7 +286,8 @@ def quarantine_show(
     table = read_quarantine(ws, name)
     released = released_rows(ws, name, _current_digest(ws, name))
     if STATE.json or as_json:
-        records = table.head(limit).to_dict(orient="records")
+        head = table.head(limit)
+        records = head.astype(object).where(head.notna(), None).to_dict(orient="records")
         for r in records:
             r["released"] = int(r[ROW]) in released
         _print_json(records)

@@ -25,8 +25,8 @@ def profile_frame(frame, *, bins: int, categorical_max_values: int) -> dict[str,
     for name in frame.columns:
         values = frame[name].dropna()
         distinct = values.unique()
-        if len(distinct) <= categorical_max_values or not np.issubdtype(values.dtype, np.number):
-            counts = values.astype(str).value_counts(normalize=True).sort_index()
+        if len(distinct) <= categorical_max_values or not _is_numeric(values):
+            counts = _categories(values).value_counts(normalize=True).sort_index()
             columns[name] = {
                 "kind": "categorical",
                 "values": [str(v) for v in counts.index],
@@ -41,6 +41,20 @@ def profile_frame(frame, *, bins: int, categorical_max_values: int) -> dict[str,
                 "shares": _shares(values.to_numpy(dtype=float), edges),
             }
     return {"rows": len(frame), "columns": columns}
+
+
+def _is_numeric(values) -> bool:
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    # np.issubdtype raises on pandas extension dtypes (pandas 3's default ``str``)
+    return is_numeric_dtype(values.dtype) and not is_bool_dtype(values.dtype)
+
+
+def _categories(values):
+    """Values as category labels; numbers by value, so ``3`` (int64) and ``3.0`` are one."""
+    if _is_numeric(values):
+        return values.astype("float64").astype(str)
+    return values.astype(str)
 
 
 def _shares(values: np.ndarray, edges: list[float]) -> list[float]:
@@ -69,7 +83,7 @@ def psi_against(profile: dict[str, Any], frame) -> dict[str, float]:
             continue
         values = frame[name].dropna()
         if ref["kind"] == "categorical":
-            counts = values.astype(str).value_counts(normalize=True)
+            counts = _categories(values).value_counts(normalize=True)
             known = [float(counts.get(v, 0.0)) for v in ref["values"]]
             unseen = float(counts[~counts.index.isin(ref["values"])].sum())
             out[name] = round(_psi([*ref["shares"], 0.0], [*known, unseen]), 6)

@@ -111,6 +111,8 @@ def run_suite(frame, suite: dict[str, Any]) -> SuiteOutcome:
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     try:
         gx_suite = context.suites.add(gx.ExpectationSuite(**_suite_fields(suite)))
+    except ConfigError:
+        raise
     except Exception as exc:  # GX raises many types for a malformed suite
         raise ConfigError(f"expectation suite '{suite['name']}': {exc}") from None
     batch = (
@@ -134,10 +136,13 @@ def run_suite(frame, suite: dict[str, Any]) -> SuiteOutcome:
             if columns
             else None
         )
-        info = res.exception_info or {}
-        error = info.get("exception_message", "") if info.get("raised_exception") else ""
+        error = _raised(res.exception_info)
         details = res.result or {}
-        kind = "row" if config.type in ROW_LEVEL and not error else "table"
+        indices = details.get("unexpected_index_list") or []
+        # A row-level expectation that failed without naming rows could not be
+        # evaluated row by row: quarantining nothing would let it pass silently.
+        row_level = config.type in ROW_LEVEL and not error and (res.success or bool(indices))
+        kind = "row" if row_level else "table"
         outcome = ExpectationOutcome(
             type=config.type,
             column=column,
@@ -149,17 +154,52 @@ def run_suite(frame, suite: dict[str, Any]) -> SuiteOutcome:
         )
         outcomes.append(outcome)
         if kind == "row" and not outcome.success:
-            for index in details.get("unexpected_index_list") or []:
+            for index in indices:
                 reasons.setdefault(int(index), []).append(outcome.label)
     return SuiteOutcome(suite=suite["name"], outcomes=outcomes, row_reasons=reasons)
 
 
 def _suite_fields(suite: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": suite["name"],
-        "expectations": suite["expectations"],
-        "meta": suite.get("meta", {}),
-    }
+    """The suite's fields, each expectation built here so a bad one is an error.
+
+    ``gx.ExpectationSuite`` only logs an expectation it cannot build (an
+    unknown type, bad kwargs) and drops it: the suite would then run without it.
+
+    Raises:
+        ConfigError: An expectation is not a mapping, or GX cannot build it.
+    """
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
+
+    expectations = []
+    for index, spec in enumerate(suite["expectations"]):
+        what = spec.get("type", "?") if isinstance(spec, dict) else "?"
+        try:
+            if not isinstance(spec, dict):
+                raise TypeError("not a mapping")
+            expectations.append(ExpectationConfiguration(**spec).to_domain_obj())
+        except Exception as exc:  # GX raises many types for a malformed expectation
+            message = str(getattr(exc, "message", None) or exc).splitlines()[0]
+            raise ConfigError(
+                f"expectation suite '{suite['name']}': expectation {index} ({what}): {message}"
+            ) from None
+    return {"name": suite["name"], "expectations": expectations, "meta": suite.get("meta", {})}
+
+
+def _raised(info: dict[str, Any] | None) -> str:
+    """The exception message of a result's ``exception_info``, or "" if none was raised.
+
+    GX 1.x reports either one flat record or one record per metric it failed
+    to compute (keyed by the metric's id), e.g. for a missing column.
+    """
+    if not info:
+        return ""
+    records = [info] if "raised_exception" in info else list(info.values())
+    for record in records:
+        if isinstance(record, dict) and record.get("raised_exception"):
+            return str(record.get("exception_message") or "exception while evaluating")
+    return ""
 
 
 def _short(value: Any) -> str:

@@ -108,6 +108,7 @@ def verify_staged(ws: Workspace, staged: StagedSource, *, name: str) -> Verified
         raise RefusedError("bundle", f"no signature bundle '{BUNDLE_NAME}' in the dataset")
     key_id = read_bundle_key_id(bundle)
     supplier = ws.trust().require_signer(key_id, role="supplier", what="dataset", new=False)
+    ws.staging_dir.mkdir(parents=True, exist_ok=True)  # git-ignored: absent in a fresh clone
     with tempfile.NamedTemporaryFile("w", suffix=".pub", dir=ws.staging_dir) as pub:
         pub.write(supplier.public_key)
         pub.flush()

@@ -117,6 +117,8 @@ def release(
         raise UsageError("a release needs --reason")
     table = read_quarantine(ws, name)
     quarantined = set(int(r) for r in table[ROW])
+    if not quarantined:
+        raise UsageError(f"no row of '{name}' is quarantined")
     wanted = quarantined if rows is None else set(rows)
     unknown = sorted(wanted - quarantined)
     if unknown:

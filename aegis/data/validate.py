@@ -92,6 +92,7 @@ def load_stored(ws: Workspace, name: str):
     directory = ws.data_dir / name
     if not directory.is_dir():
         raise UsageError(f"dataset '{name}' has not been ingested (no data/{name}/)")
+    # verify_staged writes the supplier's public key there; a fresh clone has none
     size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
     staged = StagedSource(str(directory), directory, len(list(directory.iterdir())), size)
     verified = verify_staged(ws, staged, name=name)
@@ -204,7 +205,13 @@ def check_dataset(ws: Workspace, name: str, frame, digest: str) -> CheckedDatase
 def write_validation(ws: Workspace, checked: CheckedDataset, *, actor: str) -> ValidationResult:
     """Writes the quarantine, result, report and profile, and audits the result."""
     result = checked.result
-    _write_outputs(ws, result, checked.quarantine, checked.profile)
+    with ws.lock():
+        _write_outputs(ws, result, checked.quarantine, checked.profile)
+        _audit_validation(ws, result, actor)
+    return result
+
+
+def _audit_validation(ws: Workspace, result: ValidationResult, actor: str) -> None:
     ws.audit().append(
         actor=actor,
         action="validate.passed",
@@ -223,11 +230,15 @@ def write_validation(ws: Workspace, checked: CheckedDataset, *, actor: str) -> V
             "profile_digest": result.profile_digest,
         },
     )
-    return result
 
 
 def validate_dataset(ws: Workspace, name: str, *, actor: str) -> ValidationResult:
-    """Validates the stored dataset ``name`` (``aegis validate``, the DVC stage)."""
+    """Validates the stored dataset ``name`` (``aegis validate``, the DVC stage).
+
+    Raises:
+        ConfigError: ``name`` is not in ``pipeline.datasets`` (no stage tracks its outputs).
+    """
+    require_stage(ws, name)
     frame, digest = load_stored(ws, name)
     return write_validation(ws, check_dataset(ws, name, frame, digest), actor=actor)
 

@@ -11,16 +11,19 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from helpers import snapshot
 from prefect import flow, task
 from prefect.states import Completed, Failed
 from prefect.testing.utilities import prefect_test_harness
+from validation_helpers import BAD_PIXEL, corrupt, digits_frame, git_status, publish_frame
 
 from aegis import vcs
 from aegis.data.manifest import MANIFEST_NAME, dataset_digest
@@ -95,21 +98,34 @@ def test_retrain_accepts_signed_dataset(env):
     actor, _ = env.ws.actor(None)
     result = retrain(workspace=str(env.root), source=str(env.dataset), name="digits", actor=actor)
 
-    assert result.name == "digits"
-    assert result.digest == dataset_digest((env.dataset / MANIFEST_NAME).read_bytes())
-    assert result.actor == actor
-    assert result.rows == 1797
+    ingested, validated = result.ingest, result.validate
+    assert ingested.name == "digits"
+    assert ingested.digest == dataset_digest((env.dataset / MANIFEST_NAME).read_bytes())
+    assert ingested.actor == actor
+    assert ingested.rows == 1797
     entries = env.ws.audit().entries()
-    assert entries[-1].action == "ingest.accepted"
-    assert entries[-1].subjects == {"dataset": result.digest}
-    assert entries[-1].details["source"] == str(env.dataset)
+    # ingest, then the validation of the same version
+    assert [e.action for e in entries[-2:]] == ["ingest.accepted", "validate.passed"]
+    assert entries[-2].subjects == {"dataset": ingested.digest}
+    assert entries[-2].details["source"] == str(env.dataset)
+    assert entries[-1].subjects["dataset"] == ingested.digest
+    assert entries[-1].actor == actor
     assert env.ws.verify_audit().entries == len(entries)
     assert sorted(p.name for p in (env.root / "data" / "digits").iterdir()) == sorted(
         p.name for p in env.dataset.iterdir()
     )
-    assert vcs.head_commit(env.root) == result.commit
+    # the ingest commit versions the data; the validation commit comes after it
+    log = vcs.git(env.root, "log", "--format=%H", "-2").split()
+    assert log[1] == ingested.commit
+    assert vcs.git(env.root, "log", "-1", "--format=%H", "--", "data/digits.dvc").strip() == (
+        ingested.commit
+    )
+    assert validated.success and validated.dataset == ingested.digest
+    assert validated.rows["total"] == 1797 and validated.rows["quarantined"] == 0
+    assert validated.drift.reference is None  # the first version has nothing to drift from
     assert any(p.is_file() for p in (env.root / ".aegis" / "dvc-remote").rglob("*"))
     assert _staging_empty(env.root)
+    assert git_status(env.root) == ""
 
 
 def test_retrain_refuses_tampered_dataset(env, tmp_path):
@@ -139,6 +155,45 @@ def test_retrain_refuses_bad_name_before_any_task(env):
     with pytest.raises(Exception, match="dataset name"):
         state.result()
     assert snapshot(env.root) == before
+
+
+def test_retrain_refuses_broken_schema_before_storing(env, tmp_path, monkeypatch):
+    """A table-level failure stops the run before ingest stores anything."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the failure's report goes
+    broken = publish_frame(env, digits_frame(env).drop(columns=[BAD_PIXEL]), "broken")
+    actor, _ = env.ws.actor(None)
+    before = snapshot(env.root)
+
+    with pytest.raises(RefusedError) as exc:
+        retrain(workspace=str(env.root), source=str(broken), name="digits", actor=actor)
+
+    assert exc.value.check == "validation"
+    assert "table-level" in str(exc.value)
+    assert f"report: {tmp_path}" in str(exc.value)  # written outside the workspace
+    assert snapshot(env.root) == before
+    assert not (env.root / "data" / "digits").exists()
+    assert _staging_empty(env.root)
+
+
+def test_retrain_quarantines_corrupted_rows_and_continues(env):
+    bad_rows = [3, 500, 1200]
+    source = publish_frame(env, corrupt(digits_frame(env), bad_rows), "corrupted")
+    actor, _ = env.ws.actor(None)
+
+    result = retrain(workspace=str(env.root), source=str(source), name="digits", actor=actor)
+
+    assert result.validate.success
+    assert result.validate.rows["quarantined"] == len(bad_rows)
+    reason = f"column_values_to_be_between({BAD_PIXEL})"
+    assert result.validate.quarantine_reasons == {reason: len(bad_rows)}
+    quarantine = pd.read_parquet(env.root / "quarantine" / "digits.parquet")
+    assert quarantine["_aegis_row"].tolist() == bad_rows
+    assert set(quarantine["_aegis_reasons"]) == {reason}
+    assert (quarantine[BAD_PIXEL] == 99.0).all()
+    lock = yaml.safe_load((env.root / "dvc.lock").read_text())
+    assert "validate@digits" in lock["stages"]
+    assert (env.root / "data" / "digits").is_dir()  # the run continued: the version is stored
+    assert git_status(env.root) == ""  # everything Aegis wrote is committed or ignored
 
 
 def test_refusal_in_staging_is_not_retried(env, tmp_path):
@@ -257,7 +312,9 @@ def test_cli_run_accepts_and_refuses(env, tmp_path, prefect_server):
     digest = dataset_digest((env.dataset / MANIFEST_NAME).read_bytes())
     assert digest in proc.stdout
     assert "Traceback" not in proc.stderr
-    assert env.ws.audit().entries()[-1].action == "ingest.accepted"
+    actions = [e.action for e in env.ws.audit().entries()[-2:]]
+    assert actions == ["ingest.accepted", "validate.passed"]
+    assert "validation of 'digits'" in proc.stdout
 
     tampered = _tampered_copy(env.dataset, tmp_path / "tampered")
     before = snapshot(env.root)
