@@ -9,6 +9,7 @@ dataset digest, so a release never carries over to another version.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from aegis.workspace import Workspace
 
 ROW = "_aegis_row"
 REASONS = "_aegis_reasons"
+EMPTY_RELEASES = {"dataset": "", "rows": [], "decisions": []}
 
 
 def quarantine_path(ws: Workspace, name: str) -> Path:
@@ -68,7 +70,7 @@ def read_quarantine(ws: Workspace, name: str):
 def read_releases(ws: Workspace, name: str) -> dict:
     path = releases_path(ws, name)
     if not path.is_file():
-        return {"dataset": "", "rows": [], "decisions": []}
+        return copy.deepcopy(EMPTY_RELEASES)
     try:
         return json.loads(path.read_text())
     except ValueError:

@@ -23,7 +23,12 @@ from aegis.data.drift import profile_frame, psi_against
 from aegis.data.expectations import SuiteOutcome, load_suite, run_suite
 from aegis.data.ingest import VerifiedDataset, verify_staged
 from aegis.data.manifest import check_dataset_name
-from aegis.data.quarantine import build_quarantine, quarantine_path
+from aegis.data.quarantine import (
+    EMPTY_RELEASES,
+    build_quarantine,
+    quarantine_path,
+    releases_path,
+)
 from aegis.data.report import render_report
 from aegis.data.sources import StagedSource
 from aegis.errors import ConfigError, RefusedError, UsageError
@@ -305,6 +310,9 @@ def _write_outputs(ws: Workspace, result: ValidationResult, quarantine, profile:
     atomic_write(paths["result"], result.to_json())
     profile_path = paths["profile_dir"] / f"{result.dataset.removeprefix('sha256:')}.json"
     atomic_write(profile_path, profile)
+    releases = releases_path(ws, result.name)
+    if not releases.exists():  # the train stage depends on it, releases or not
+        atomic_write(releases, json.dumps(EMPTY_RELEASES, indent=1).encode() + b"\n")
 
 
 def record_validation(ws: Workspace, result: ValidationResult) -> str:
@@ -313,7 +321,10 @@ def record_validation(ws: Workspace, result: ValidationResult) -> str:
 
     paths = output_paths(ws, result.name)
     profile = paths["profile_dir"] / f"{result.dataset.removeprefix('sha256:')}.json"
-    evidence = [str(p.relative_to(ws.root)) for p in (paths["result"], profile)]
+    evidence = [
+        str(p.relative_to(ws.root))
+        for p in (paths["result"], profile, releases_path(ws, result.name))
+    ]
     return commit_stage(
         ws,
         f"validate@{result.name}",

@@ -412,7 +412,7 @@ def test_tampered_audit_log_blocks_validation(cli, validated):
 @pytest.mark.slow
 def test_dvc_repro_runs_the_validate_stage(ingested):
     root = ingested.root
-    proc = _dvc(root, "repro")
+    proc = _dvc(root, "repro", "validate@digits")
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Running stage 'validate@digits'" in proc.stdout
@@ -432,7 +432,7 @@ def test_dvc_repro_runs_the_validate_stage(ingested):
     assert entry.subjects["validation"] == sha256_file(root / "validation/digits/result.json")
     assert entry.subjects["dataset"] == saved["dataset"]
     assert (root / ".aegis" / "profiles" / "digits" / f"{saved['dataset'][7:]}.json").is_file()
-    status = _dvc(root, "status")
+    status = _dvc(root, "status", "validate@digits")
     assert "up to date" in status.stdout, status.stdout
 
 
