@@ -115,6 +115,8 @@ class EvaluateParams(_Section):
     independent: list[Literal["apgd-ce", "apgd-t", "square"]] = Field(
         default=["apgd-ce", "apgd-t", "square"]
     )
+    apgd_steps: int = Field(default=100, ge=1, le=10_000, description="APGD iterations")
+    apgd_targets: int = Field(default=9, ge=1, le=100, description="APGD-T target classes")
     square_queries: int = Field(default=500, ge=1)
     square_samples: int = Field(default=100, ge=1, description="samples for Square (slow)")
     ece_bins: int = Field(default=15, ge=2, le=100)

@@ -1,4 +1,4 @@
-"""The ``retrain`` flow: ingest -> validate (training and evaluation come next).
+"""The ``retrain`` flow: ingest -> validate -> train -> evaluate.
 
 Validation runs on the verified staged copy *before* it is stored, so a
 dataset that fails a table-level check or the drift gate never becomes the
@@ -14,8 +14,17 @@ from prefect import flow
 
 from aegis.data import ingest as ingest_core
 from aegis.data.validate import ValidationResult, require_stage
+from aegis.evaluate.stage import EvaluatedModel
+from aegis.train.stage import TrainedModel
 from aegis.workspace import Workspace
 from tasks.ingest import push_dataset, stage_dataset, store_dataset, verify_dataset
+from tasks.train import (
+    evaluate_model,
+    push_stages,
+    record_evaluation,
+    record_training,
+    train_model,
+)
 from tasks.validate import check_dataset, push_validation, record_validation, write_validation
 
 
@@ -25,13 +34,15 @@ class RetrainResult:
 
     ingest: ingest_core.IngestResult
     validate: ValidationResult
+    train: TrainedModel
+    evaluate: EvaluatedModel
 
 
 @flow(name="retrain", log_prints=True)
 def retrain(
     workspace: str, source: str, name: str, actor: str, allow_older: bool = False
 ) -> RetrainResult:
-    """Verifies, versions and validates a dataset; later steps extend this flow.
+    """Verifies, validates and versions a dataset, then trains and evaluates a model.
 
     Args:
         workspace: Workspace root.
@@ -56,4 +67,10 @@ def retrain(
     record_validation(workspace, validated)
     push_dataset.with_options(**io)(workspace, name)
     push_validation.with_options(**io)(workspace, name)
-    return RetrainResult(ingest=ingested, validate=validated)
+
+    trained = train_model(workspace, name, actor)
+    record_training(workspace, trained)
+    evaluated = evaluate_model(workspace, name, actor)
+    record_evaluation(workspace, evaluated)
+    push_stages.with_options(**io)(workspace, [f"train@{name}", f"evaluate@{name}"])
+    return RetrainResult(ingest=ingested, validate=validated, train=trained, evaluate=evaluated)

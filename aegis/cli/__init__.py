@@ -19,6 +19,7 @@ __all__ = ["app", "main"]
 # Importing the command modules registers their commands, in `aegis --help` order.
 from aegis.cli import workspace_cmds  # noqa: F401, I001
 from aegis.cli import data_cmds  # noqa: F401
+from aegis.cli import model_cmds  # noqa: F401
 
 
 def main() -> None:

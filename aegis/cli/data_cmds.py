@@ -136,7 +136,7 @@ def run(
     key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the retrain flow under Prefect: verify, validate, store with DVC, audit."""
+    """Run the retrain flow under Prefect: verify, validate, store, train, evaluate."""
     _require_key_for_older(allow_older, key)
     ws = _ws()
     _prefect_environment(ws)
@@ -151,10 +151,16 @@ def run(
     if STATE.json or as_json:
         from dataclasses import asdict
 
-        _print_json({"ingest": asdict(run_result.ingest), "validate": asdict(run_result.validate)})
+        _print_json({step: asdict(getattr(run_result, step)) for step in _RUN_STEPS})
         return
+    from aegis.cli.model_cmds import model_summary
+
     _ingest_summary(run_result.ingest, False)
     _validation_summary(ws, run_result.validate, False)
+    model_summary(ws, run_result.train, run_result.evaluate, False)
+
+
+_RUN_STEPS = ("ingest", "validate", "train", "evaluate")
 
 
 # -- validation and quarantine ---------------------------------------------------------

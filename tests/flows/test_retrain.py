@@ -103,20 +103,30 @@ def test_retrain_accepts_signed_dataset(env):
     assert ingested.digest == dataset_digest((env.dataset / MANIFEST_NAME).read_bytes())
     assert ingested.actor == actor
     assert ingested.rows == 1797
-    entries = env.ws.audit().entries()
-    # ingest, then the validation of the same version
-    assert [e.action for e in entries[-2:]] == ["ingest.accepted", "validate.passed"]
+    all_entries = env.ws.audit().entries()
+    # ingest, the validation of the same version, then training and evaluation on it
+    assert [e.action for e in all_entries[-4:]] == [
+        "ingest.accepted",
+        "validate.passed",
+        "train.done",
+        "evaluate.done",
+    ]
+    assert all_entries[-2].subjects["dataset"] == ingested.digest
+    assert all_entries[-2].subjects["model"] == result.train.digest
+    assert all_entries[-1].subjects["model"] == result.train.digest
+    assert result.evaluate.metrics["model"] == result.train.digest
+    entries = all_entries[:-2]
     assert entries[-2].subjects == {"dataset": ingested.digest}
     assert entries[-2].details["source"] == str(env.dataset)
     assert entries[-1].subjects["dataset"] == ingested.digest
     assert entries[-1].actor == actor
-    assert env.ws.verify_audit().entries == len(entries)
+    assert env.ws.verify_audit().entries == len(all_entries)
     assert sorted(p.name for p in (env.root / "data" / "digits").iterdir()) == sorted(
         p.name for p in env.dataset.iterdir()
     )
-    # the ingest commit versions the data; the validation commit comes after it
-    log = vcs.git(env.root, "log", "--format=%H", "-2").split()
-    assert log[1] == ingested.commit
+    # the ingest commit versions the data; validation, train and evaluate commits follow
+    log = vcs.git(env.root, "log", "--format=%H", "-4").split()
+    assert log[3] == ingested.commit
     assert vcs.git(env.root, "log", "-1", "--format=%H", "--", "data/digits.dvc").strip() == (
         ingested.commit
     )
@@ -312,9 +322,10 @@ def test_cli_run_accepts_and_refuses(env, tmp_path, prefect_server):
     digest = dataset_digest((env.dataset / MANIFEST_NAME).read_bytes())
     assert digest in proc.stdout
     assert "Traceback" not in proc.stderr
-    actions = [e.action for e in env.ws.audit().entries()[-2:]]
-    assert actions == ["ingest.accepted", "validate.passed"]
+    actions = [e.action for e in env.ws.audit().entries()[-4:]]
+    assert actions == ["ingest.accepted", "validate.passed", "train.done", "evaluate.done"]
     assert "validation of 'digits'" in proc.stdout
+    assert "robust (worst case)" in proc.stdout
 
     tampered = _tampered_copy(env.dataset, tmp_path / "tampered")
     before = snapshot(env.root)

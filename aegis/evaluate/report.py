@@ -1,0 +1,311 @@
+"""The evaluation report: one self-contained HTML page (no scripts, no network).
+
+Plots are drawn with matplotlib's Agg canvas and embedded as base64 PNG data URIs, so the
+page opens offline. Every string from the metrics, the history or the details is
+HTML-escaped; a plot whose data is absent is replaced by a note saying so.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Callable
+from html import escape
+from itertools import pairwise
+from typing import Any
+
+# The Figure/canvas API, not pyplot: no global backend switch, no GUI, safe in threads.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:70rem}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}
+td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.9rem}
+th{background:#f3f3f3}.ok{color:#11772d}.bad{color:#b00020;font-weight:600}
+.note{color:#666;font-style:italic}figure{display:inline-block;margin:0 1rem 1rem 0}
+"""
+
+_ATTACKS = [
+    ("pgd", "our PGD"),
+    ("apgd_ce", "APGD-CE"),
+    ("apgd_t", "APGD-T"),
+    ("square", "Square"),
+    ("worst_case", "worst case (headline)"),
+]
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _row(cells: list[Any], header: bool = False) -> str:
+    tag = "th" if header else "td"
+    return "<tr>" + "".join(f"<{tag}>{escape(_fmt(c))}</{tag}>" for c in cells) + "</tr>"
+
+
+def _plain(text: Any) -> str:
+    """Text for matplotlib: ``$`` would start mathtext, which can fail on hostile input."""
+    return str(text).replace("$", r"\$")
+
+
+def _png(draw: Callable[[Figure], None]) -> str:
+    fig = Figure(figsize=(5.2, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    draw(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(title: str, draw: Callable[[Figure], None] | None, missing: str) -> str:
+    if draw is None:
+        return f"<h3>{escape(title)}</h3><p class='note'>Not shown: {escape(missing)}.</p>"
+    return (
+        f"<figure><figcaption><b>{escape(title)}</b></figcaption>"
+        f"<img alt='{escape(title, quote=True)}' src='data:image/png;base64,{_png(draw)}'>"
+        "</figure>"
+    )
+
+
+def _history_plot(history: list[dict] | None) -> Callable[[Figure], None] | None:
+    rows = [h for h in history or [] if isinstance(h, dict)]
+    keys = sorted({k for h in rows for k, v in h.items() if k != "epoch" and _is_num(v)}, key=str)
+    if not keys:
+        return None
+
+    def draw(fig: Figure) -> None:
+        loss_ax, other_ax = fig.subplots(1, 2)
+        for key in keys:
+            points = [
+                (h["epoch"] if _is_num(h.get("epoch")) else i + 1, h[key])
+                for i, h in enumerate(rows)
+                if _is_num(h.get(key))
+            ]
+            ax = loss_ax if "loss" in str(key).lower() else other_ax
+            ax.plot(*zip(*points, strict=True), marker=".", label=_plain(key))
+        for ax, name in ((loss_ax, "loss"), (other_ax, "accuracy / other")):
+            ax.set_xlabel("epoch")
+            ax.set_title(name, fontsize=9)
+            if ax.lines:
+                ax.legend(fontsize=7)
+
+    return draw
+
+
+def _robust_plot(metrics: dict) -> Callable[[Figure], None] | None:
+    sweep = metrics.get("robust_sweep")
+    if not isinstance(sweep, dict):
+        return None
+    points = []
+    for eps, acc in sweep.items():
+        try:
+            points.append((float(eps), acc))
+        except (TypeError, ValueError):
+            continue
+    points = sorted((e, a) for e, a in points if _is_num(a))
+    if not points:
+        return None
+    robust = metrics.get("robust") if isinstance(metrics.get("robust"), dict) else {}
+
+    def draw(fig: Figure) -> None:
+        ax = fig.subplots()
+        ax.plot(*zip(*points, strict=True), marker="o", label="our PGD")
+        eps = robust.get("eps")
+        if _is_num(eps):
+            for i, (key, label) in enumerate(_ATTACKS[1:]):
+                if _is_num(robust.get(key)):
+                    ax.scatter(
+                        [eps],
+                        [robust[key]],
+                        label=label,
+                        color=f"C{i + 1}",
+                        marker="sDv*"[i],
+                        zorder=3,
+                    )
+        ax.set(xlabel="L-inf eps", ylabel="robust accuracy", ylim=(0, 1.02))
+        ax.legend(fontsize=7)
+
+    return draw
+
+
+def _reliability_plot(details: dict) -> Callable[[Figure], None] | None:
+    rel = details.get("reliability")
+    if not isinstance(rel, dict) or not isinstance(rel.get("edges"), list):
+        return None
+    edges, acc = rel["edges"], rel.get("accuracy") or []
+    if len(edges) != len(acc) + 1 or not all(_is_num(e) for e in edges):
+        return None
+
+    def draw(fig: Figure) -> None:
+        ax = fig.subplots()
+        lefts = edges[:-1]
+        widths = [b - a for a, b in pairwise(edges)]
+        heights = [a if _is_num(a) else 0.0 for a in acc]
+        ax.bar(lefts, heights, width=widths, align="edge", edgecolor="k", label="accuracy")
+        ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+        ece = rel.get("ece")
+        ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+        ax.set_title(f"ECE {ece:.4f}" if _is_num(ece) else "", fontsize=9)
+        ax.legend(fontsize=7)
+
+    return draw
+
+
+def _roc_plot(details: dict, metrics: dict) -> Callable[[Figure], None] | None:
+    roc = details.get("mia_roc")
+    if not isinstance(roc, dict):
+        return None
+    fpr, tpr = roc.get("fpr"), roc.get("tpr")
+    if not isinstance(fpr, list) or not isinstance(tpr, list) or len(fpr) != len(tpr) or not fpr:
+        return None
+    mia = metrics.get("mia") if isinstance(metrics.get("mia"), dict) else {}
+
+    def draw(fig: Figure) -> None:
+        ax = fig.subplots()
+        auc = mia.get("auc")
+        ax.plot(fpr, tpr, label=f"loss threshold (AUC {auc:.3f})" if _is_num(auc) else "ROC")
+        ax.plot([0, 1], [0, 1], "--", color="gray", label="chance")
+        ax.axvline(0.01, color="red", lw=0.8, label="1 % FPR")
+        ax.set(xlabel="false-positive rate", ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(fontsize=7)
+
+    return draw
+
+
+def _privacy_utility_plot(metrics: dict) -> Callable[[Figure], None] | None:
+    eps, acc = metrics.get("epsilon_spent"), metrics.get("clean_acc")
+    if not (_is_num(eps) and _is_num(acc)):
+        return None
+
+    def draw(fig: Figure) -> None:
+        ax = fig.subplots()
+        ax.scatter([eps], [acc], s=60, label=_plain(f"this model (delta={metrics.get('delta')})"))
+        ax.set(xlabel="DP epsilon spent", ylabel="clean accuracy", ylim=(0, 1.02))
+        ax.set_xlim(0, max(1.0, 1.2 * eps))
+        ax.legend(fontsize=7)
+
+    return draw
+
+
+def _headline(metrics: dict) -> str:
+    robust = metrics.get("robust") if isinstance(metrics.get("robust"), dict) else {}
+    stderr = metrics.get("robust_stderr") if isinstance(metrics.get("robust_stderr"), dict) else {}
+    mia = metrics.get("mia") if isinstance(metrics.get("mia"), dict) else {}
+    rows = [
+        _row(["metric", "value", "standard error"], header=True),
+        _row(["clean accuracy", metrics.get("clean_acc"), ""]),
+        _row(["worst-class gap", metrics.get("worst_class_gap"), ""]),
+    ]
+    rows += [
+        _row(
+            [
+                f"robust accuracy, {label} (eps={_fmt(robust.get('eps'))})",
+                robust.get(key),
+                stderr.get(key),
+            ]
+        )
+        for key, label in _ATTACKS
+    ]
+    rows += [
+        _row(["expected calibration error", metrics.get("ece"), ""]),
+        _row(
+            [
+                "DP epsilon spent (delta)",
+                f"{_fmt(metrics.get('epsilon_spent'))} ({_fmt(metrics.get('delta'))})",
+                "",
+            ]
+        ),
+        _row(["membership inference AUC", mia.get("auc"), ""]),
+        _row(["membership inference TPR at 1 % FPR", mia.get("tpr_at_1fpr"), ""]),
+    ]
+    samples = metrics.get("samples")
+    if isinstance(samples, dict):
+        rows += [_row([f"samples: {k}", v, ""]) for k, v in samples.items()]
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _flags(metrics: dict) -> str:
+    flags = metrics.get("flags") or []
+    reasons = metrics.get("flag_reasons") if isinstance(metrics.get("flag_reasons"), dict) else {}
+    if not flags:
+        return "<p class='ok'>No flags: the independent attacks agree with our PGD.</p>"
+    items = "".join(
+        f"<li><b>{escape(str(code))}</b>: {escape(str(reasons.get(code, '')))}</li>"
+        for code in flags
+    )
+    return f"<ul class='bad'>{items}</ul>"
+
+
+def _timings(details: dict) -> str:
+    seconds = details.get("attack_seconds")
+    if not isinstance(seconds, dict):
+        return ""
+    samples = (
+        details.get("attack_samples") if isinstance(details.get("attack_samples"), dict) else {}
+    )
+    rows = [_row(["attack", "samples", "seconds"], header=True)]
+    rows += [
+        _row([name, samples.get(name, ""), s])
+        for name, s in seconds.items()
+        if not isinstance(s, dict)
+    ]
+    skipped = (
+        details.get("skipped_attacks") if isinstance(details.get("skipped_attacks"), dict) else {}
+    )
+    rows += [_row([name, "skipped", why]) for name, why in skipped.items()]
+    return "<h2>Attack runs</h2><table>" + "".join(rows) + "</table>"
+
+
+def render_report(
+    metrics: dict,
+    *,
+    history: list[dict] | None = None,
+    details: dict | None = None,
+    title: str = "Model evaluation",
+) -> str:
+    """Renders the evaluation as one self-contained HTML page.
+
+    Args:
+        metrics: ``EvaluationResult.to_metrics()`` (or the same shape read from JSON).
+        history: Per-epoch training records, e.g. ``{"epoch": 1, "train_loss": ...}``;
+            every numeric key is plotted against ``epoch``.
+        details: ``EvaluationResult.details()``: reliability and ROC curves, run times.
+        title: Page heading (escaped).
+
+    Returns:
+        The HTML page (no scripts, no external resources).
+    """
+    details = details or {}
+    plots = [
+        _figure("Training curves", _history_plot(history), "no training history"),
+        _figure("Robust accuracy vs eps", _robust_plot(metrics), "no robustness sweep"),
+        _figure("Reliability diagram", _reliability_plot(details), "no calibration data"),
+        _figure("Membership inference ROC", _roc_plot(details, metrics), "audit not run"),
+        _figure(
+            "Privacy-utility point", _privacy_utility_plot(metrics), "model not trained with DP"
+        ),
+    ]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        "<h2>Headline figures</h2>",
+        _headline(metrics),
+        "<h2>Flags</h2>",
+        _flags(metrics),
+        "<h2>Plots</h2>",
+        *plots,
+        _timings(details),
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
