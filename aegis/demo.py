@@ -60,6 +60,42 @@ def _fresh_directory(directory: Path) -> Path:
     return root
 
 
+# Small demo budgets: a PGD-trained CNN in seconds, evaluated by every attack on fewer samples.
+DEMO_PARAMS = {
+    "train": {"epochs": 6, "defense": "pgd", "steps": 5, "threads": 2},
+    "evaluate": {
+        "max_samples": 150,
+        "apgd_steps": 50,
+        "apgd_targets": 2,
+        "square_samples": 30,
+        "square_queries": 100,
+    },
+}
+
+
+def _demo_params(ws: Path) -> None:
+    import yaml
+
+    path = ws / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in DEMO_PARAMS.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(ws),
+            "commit",
+            "-qm",
+            "demo: small training and attack budgets",
+            "params.yaml",
+        ],
+        check=True,
+    )
+    console.print(f"demo params: {DEMO_PARAMS}")
+
+
 def _corrupt_rows(frame):
     """Three impossible pixel values and one unknown label: row-level failures."""
     frame = frame.copy()
@@ -91,6 +127,7 @@ def run_demo(directory: Path) -> None:
     side.mkdir(parents=True)
     with (ws / ".gitignore").open("a") as fh:
         fh.write("/.aegis/demo/\n")
+    _demo_params(ws)
 
     _step("2. People: a data supplier and an operator, registered by the admin")
     _aegis(
@@ -137,7 +174,7 @@ def run_demo(directory: Path) -> None:
         dataset,
     )
 
-    _step("4. The retrain flow (Prefect): verify, validate, version with DVC, audit")
+    _step("4. The retrain flow (Prefect): verify, validate, store, train (PGD), evaluate")
     _aegis(ws, "run", "--source", dataset, "--name", "digits", "--key", side / "operator.pem")
 
     _step("5. An attacker flips one byte of a copy: ingest refuses it, nothing changes")
@@ -149,7 +186,7 @@ def run_demo(directory: Path) -> None:
     target.write_bytes(bytes(data))
     _aegis(ws, "ingest", tampered, "--name", "digits", expect=1)
 
-    _step("6. Next delivery has a few corrupted rows: they are quarantined, the run goes on")
+    _step("6. Next delivery has a few corrupted rows: quarantined, the model trains without them")
     corrupted = _variant(side, "corrupted", _corrupt_rows)
     _aegis(
         ws,

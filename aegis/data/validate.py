@@ -176,7 +176,10 @@ def check_dataset(ws: Workspace, name: str, frame, digest: str) -> CheckedDatase
         frame, bins=params.psi_bins, categorical_max_values=params.categorical_max_values
     )
     profile_bytes = json.dumps(profile, sort_keys=True).encode()
-    table_failures = [o.label for o in outcome.table_failures]
+    # schema and row count first: they explain the failures that follow from them
+    table_failures = sorted(
+        (o.label for o in outcome.table_failures), key=lambda f: not f.startswith("table_")
+    )
     result = ValidationResult(
         name=name,
         dataset=digest,
