@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aegis.config import TrainParams
+from aegis.data.validate import require_stage
 from aegis.errors import RefusedError
 from aegis.fileutil import atomic_write
 from aegis.workspace import Workspace
@@ -58,6 +59,7 @@ def evaluate_stored(
     from aegis.train.data import input_domain, load_training_frame, prepare, to_tensors
     from aegis.train.stage import model_dir
 
+    require_stage(ws, name)
     directory = model_directory or model_dir(ws, name)
     loaded = load_checkpoint(directory)
     data = load_training_frame(ws, name)

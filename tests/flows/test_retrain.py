@@ -28,6 +28,8 @@ from validation_helpers import BAD_PIXEL, corrupt, digits_frame, git_status, pub
 from aegis import vcs
 from aegis.data.manifest import MANIFEST_NAME, dataset_digest
 from aegis.errors import RefusedError, TransientIOError
+from aegis.train.checkpoint import model_digest
+from aegis.workspace import Workspace
 from flows.retrain import retrain
 from tasks.ingest import push_dataset, retry_on_io_only, stage_dataset
 
@@ -136,6 +138,52 @@ def test_retrain_accepts_signed_dataset(env):
     assert any(p.is_file() for p in (env.root / ".aegis" / "dvc-remote").rglob("*"))
     assert _staging_empty(env.root)
     assert git_status(env.root) == ""
+
+
+@pytest.mark.slow
+def test_dvc_repro_trains_the_same_model_as_the_flow(env, template_env, cli, tmp_path):
+    """Same data and params: the retrain flow and `dvc repro` give the same model digest."""
+    actor, _ = env.ws.actor(None)
+    result = retrain(workspace=str(env.root), source=str(env.dataset), name="digits", actor=actor)
+
+    digest = model_digest(env.root / "models" / "digits")
+    assert result.train.digest == digest and result.train.directory == "models/digits"
+    assert result.evaluate.metrics["model"] == digest
+    assert result.evaluate.metrics_path == "reports/digits/metrics.json"
+
+    # another copy of the same template (same committed params): ingest, then the DVC stages
+    other = tmp_path / "other"
+    shutil.copytree(template_env.root.parent, other, symlinks=True)
+    root = other / "ws"
+    ingested = cli("--workspace", root, "ingest", other / "digits-signed", "--name", "digits")
+    assert ingested.code == 0, ingested.err
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "--no-run-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "AEGIS_WORKSPACE"} | {"PATH": path},
+        timeout=300,
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for stage in ("validate@digits", "train@digits", "evaluate@digits"):
+        assert f"Running stage '{stage}'" in proc.stdout, proc.stdout
+    assert model_digest(root / "models" / "digits") == digest
+    metrics = (root / "reports" / "digits" / "metrics.json").read_bytes()
+    assert metrics == (env.root / "reports" / "digits" / "metrics.json").read_bytes()
+    flow_lock, repro_lock = (
+        yaml.safe_load((r / "dvc.lock").read_text())["stages"] for r in (env.root, root)
+    )
+    for stage in ("train@digits", "evaluate@digits"):
+        assert repro_lock[stage]["cmd"] == flow_lock[stage]["cmd"]
+        assert repro_lock[stage]["params"] == flow_lock[stage]["params"]
+    # the audit of both runs names the same model, trained on the same dataset
+    (flow_train,) = [e for e in env.ws.audit().entries() if e.action == "train.done"]
+    (repro_train,) = [e for e in Workspace(root).audit().entries() if e.action == "train.done"]
+    expected = {"model": digest, "dataset": result.ingest.digest}
+    assert flow_train.subjects == expected and repro_train.subjects == expected
 
 
 def test_retrain_refuses_tampered_dataset(env, tmp_path):
