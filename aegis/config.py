@@ -201,3 +201,24 @@ def load_params(path: Path) -> Params:
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{path.name}: not valid YAML{where}") from None
     return parse_params(data, source=path.name)
+
+
+def override_params(path: Path, overrides: dict[str, dict[str, Any]]) -> Params:
+    """Updates sections of a ``params.yaml`` file, validating the result before writing it.
+
+    Args:
+        path: The params file.
+        overrides: ``{section: {key: value}}`` merged into the existing sections.
+
+    Returns:
+        The validated parameters as written.
+
+    Raises:
+        ConfigError: The file is invalid, or the overrides make it invalid.
+    """
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    params = parse_params(data, source=path.name)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return params

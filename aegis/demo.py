@@ -74,13 +74,9 @@ DEMO_PARAMS = {
 
 
 def _demo_params(ws: Path) -> None:
-    import yaml
+    from aegis.config import override_params
 
-    path = ws / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in DEMO_PARAMS.items():
-        params[section].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    override_params(ws / "params.yaml", DEMO_PARAMS)
     subprocess.run(
         [
             "git",

@@ -49,13 +49,9 @@ FAST_PARAMS = {
 def _fast_params(root: Path) -> None:
     import subprocess
 
-    import yaml
+    from aegis.config import override_params
 
-    path = root / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in FAST_PARAMS.items():
-        params[section].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    override_params(root / "params.yaml", FAST_PARAMS)
     subprocess.run(["git", "-C", str(root), "commit", "-qam", "test params"], check=True)
 
 

@@ -271,3 +271,17 @@ def test_load_params_of_an_unreadable_file(tmp_path: Path) -> None:
     path.chmod(0)
     with pytest.raises(ConfigError, match="cannot read"):
         load_params(path)
+
+
+def test_override_params_merges_and_validates_before_writing(tmp_path):
+    from aegis.config import override_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("ingest:\n  max_files: 5\n")
+    params = override_params(path, {"train": {"epochs": 3}})
+    assert params.train.epochs == 3 and params.ingest.max_files == 5
+    assert "epochs: 3" in path.read_text()
+    before = path.read_text()
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        override_params(path, {"train": {"epochs": 0}})
+    assert path.read_text() == before  # nothing written when the result is invalid
