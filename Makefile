@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_flow.py
 	$(BIN)/python benchmarks/bench_validate.py
+	$(BIN)/python benchmarks/bench_defenses.py
+	$(BIN)/python benchmarks/bench_dp.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
