@@ -123,6 +123,40 @@ class EvaluateParams(_Section):
     mia: bool = True
 
 
+_DURATION = r"^[1-9][0-9]*[smhd]$"
+
+
+def duration_seconds(text: str) -> int:
+    """Converts a checked duration such as ``72h`` or ``30m`` to seconds."""
+    return int(text[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
+
+
+class SignParams(_Section):
+    """How releases are signed (the pipeline key, or Sigstore keyless)."""
+
+    method: Literal["key", "sigstore"] = "key"
+    # Sigstore keyless only: the identity (e.g. a CI workflow or e-mail) and OIDC issuer
+    # that verification requires. Keyless signing needs the network.
+    identity: str | None = None
+    oidc_issuer: str | None = None
+    use_staging: bool = False
+
+
+class PromoteParams(_Section):
+    """Policy gates and approvals of promotion to ``prod``."""
+
+    min_clean_acc: float = Field(default=0.9, ge=0, le=1)
+    min_robust_acc: float = Field(default=0.5, ge=0, le=1, description="worst-case robust")
+    max_epsilon: float = Field(default=10.0, gt=0, description="largest DP ε (when DP is on)")
+    max_mia_auc: float = Field(default=0.6, ge=0.5, le=1)
+    max_regression: float = Field(
+        default=0.02, ge=0, le=1, description="largest drop vs current prod (clean, robust)"
+    )
+    approvals_required: int = Field(default=1, ge=1, le=10, description="distinct owners")
+    approval_ttl: str = Field(default="72h", pattern=_DURATION, description="request expiry")
+    wait_timeout: str = Field(default="1h", pattern=_DURATION, description="--wait gives up")
+
+
 class Params(_Section):
     """The whole ``params.yaml``."""
 
@@ -132,6 +166,8 @@ class Params(_Section):
     validation: ValidateParams = Field(default=ValidateParams(), alias="validate")
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    sign: SignParams = SignParams()
+    promote: PromoteParams = PromoteParams()
 
 
 def _find_credential_keys(node: Any, prefix: str = "") -> list[str]:
