@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aegis.audit import AuditEntry
+from aegis.errors import RefusedError
 from aegis.registry import tags as registry_tags
 from aegis.workspace import Workspace
 
@@ -126,6 +127,11 @@ def registry_change(
     """
     with ws.lock():
         _reconcile_locked(ws)
+        taken = [t for t in tags if registry_tags.tag_exists(ws, t)]
+        if taken:  # planned before the lock, and another change got there first
+            raise RefusedError(
+                "registry", f"{action}: the registry changed meanwhile ({taken[0]}); run it again"
+            )
         intent = _append(
             ws, actor=actor, action=f"{action}.intent", subjects=subjects,
             details={**(details or {}), "tags": tags},

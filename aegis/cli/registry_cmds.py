@@ -1,0 +1,169 @@
+"""Registry commands: ``aegis status`` and ``aegis rollback``.
+
+``aegis rollback`` runs the rollback core directly (no Prefect start-up: an
+incident wants prod moved in seconds); ``--flow`` runs the same steps as the
+``rollback`` Prefect flow instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from aegis.cli._app import STATE, JsonOpt, KeyOpt, _console, _print_json, _ws, app
+
+
+def _print_notes(notes: list[str]) -> None:
+    err = _console(stderr=True)
+    for note in notes:
+        err.print(f"[yellow]reconciled:[/yellow] {note}")
+
+
+def _num(value: float | None, fmt: str = "{:.3f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _approvals_cell(a) -> str:
+    if not a.requested and not a.approved_by and not a.rejected_by:
+        return "-"
+    parts = []
+    if a.requested:
+        parts.append(f"requested by {a.requester or '?'}" + (" (expired)" if a.expired else ""))
+    if a.approved_by:
+        parts.append(f"approved: {', '.join(a.approved_by)}")
+    if a.rejected_by:
+        parts.append(f"[red]rejected: {', '.join(a.rejected_by)}[/red]")
+    if a.unreadable:
+        parts.append(f"[red]{a.unreadable} unreadable file(s)[/red]")
+    return "; ".join(parts)
+
+
+def _stage_cell(v) -> str:
+    cells = []
+    for stage in v.stages:
+        if stage == "prod":
+            cells.append("[bold green]prod[/bold green]")
+        elif stage == "bad":
+            cells.append("[red]bad[/red]")
+        else:
+            cells.append(stage)
+    return ", ".join(cells) or "-"
+
+
+def _status_table(model) -> Any:
+    from rich.table import Table
+
+    title = f"{model.model}: prod {model.prod or 'none'}"
+    if model.bad:
+        title += f", marked bad {', '.join(model.bad)}"
+    table = Table(title=title)
+    for col in (
+        "version",
+        "stage",
+        "clean",
+        "robust",
+        "ε",
+        "signer",
+        "request / approvals",
+        "created",
+        "model digest",
+    ):
+        table.add_column(col, overflow="fold")
+    for v in model.versions:
+        table.add_row(
+            v.version + ("" if v.present else " (in DVC)"),
+            _stage_cell(v),
+            _num(v.clean_acc),
+            _num(v.robust_acc),
+            _num(v.epsilon, "{:.2f}"),
+            v.signer or "-",
+            _approvals_cell(v.approvals),
+            (v.created or "-")[:19],
+            (v.model_digest or "-")[:19],
+        )
+    return table
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """The registry: versions, stages, metrics, signer, approvals, prod and bad marks."""
+    from dataclasses import asdict
+
+    from aegis.registry.journal import reconcile
+    from aegis.registry.status import registry_status
+
+    ws = _ws()
+    _print_notes(reconcile(ws))
+    models = registry_status(ws)
+    if STATE.json or as_json:
+        _print_json({"models": [asdict(m) for m in models]})
+        return
+    out = _console()
+    if not models:
+        out.print("no registered models yet (a retrain run makes a release)")
+        return
+    for model in models:
+        out.print(_status_table(model))
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option("--reason", help="Why (goes to the audit log).")],
+    key: KeyOpt = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="NAME@vN [default: the latest earlier prod version not marked bad]."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model name, if several are registered.")
+    ] = None,
+    use_flow: Annotated[
+        bool, typer.Option("--flow", help="Run it as the `rollback` Prefect flow.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verified rollback: prod back to a re-verified earlier version; the current one marked bad."""
+    from aegis.errors import UsageError
+    from aegis.registry.targets import parse_target
+
+    target = parse_target(to) if to else None
+    if key is None:
+        raise UsageError("a rollback is an operator's decision: give --key OPERATOR_KEY")
+    ws = _ws()
+    err = _console(stderr=True)
+    if use_flow:
+        from aegis.cli.data_cmds import _prefect_environment
+
+        _prefect_environment(ws)
+        with err.status("starting Prefect and running the rollback flow ..."):
+            from flows.rollback import rollback as rollback_flow
+
+            outcome = rollback_flow(
+                workspace=str(ws.root),
+                reason=reason,
+                operator_key=str(Path(key).resolve()),
+                to=to,
+                model=model,
+            )
+    else:
+        from aegis.registry.rollback import rollback as do_rollback
+
+        with err.status("verifying the rollback target ..."):
+            outcome = do_rollback(ws, to=target, reason=reason, operator_key_path=key, model=model)
+    _print_notes(outcome.reconciled)
+    if STATE.json or as_json:
+        from dataclasses import asdict
+
+        _print_json(asdict(outcome))
+        return
+    out = _console()
+    out.print(
+        f"[green]Rolled back[/green] {outcome.model}: prod {outcome.from_version} -> "
+        f"{outcome.to_version} (verified, model {outcome.to_model_digest[:19]}); "
+        f"{outcome.from_version} marked bad"
+    )
+    out.print(f"reason: {outcome.reason}; audit entry {outcome.audit_seq}; {outcome.seconds:.2f}s")

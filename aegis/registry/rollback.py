@@ -1,0 +1,258 @@
+"""Verified rollback: move ``prod`` back to an earlier production version.
+
+The target is the latest earlier prod holder that is not marked bad (or the
+one ``--to`` names, which must have held prod before: a rollback never
+bypasses promotion). It is fetched from the DVC store if needed and verified
+(signature, signer, every file's hash, registry and dataset evidence) before
+anything changes; a target that fails is refused and production is untouched.
+
+The change itself is one journaled registry change (see ``journal``): assign
+``prod`` to the target, unassign it from the current holder, mark the current
+holder ``bad``. Crash points: ``rollback.intent``, ``rollback.assign``,
+``rollback.unassign``, ``rollback.mark-bad``, ``rollback.done``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aegis.errors import RefusedError, UsageError
+from aegis.registry import journal
+from aegis.registry import tags as registry_tags
+from aegis.registry.targets import Target, check_model_name
+from aegis.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    """What a rollback will do, decided before verification."""
+
+    model: str
+    from_version: str
+    to_version: str
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RollbackOutcome:
+    """A completed rollback."""
+
+    model: str
+    from_version: str
+    to_version: str
+    from_model_digest: str | None
+    from_evidence_digest: str | None
+    to_model_digest: str
+    to_evidence_digest: str
+    actor: str
+    reason: str
+    audit_seq: int  # the rollback.done entry
+    tags: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    reconciled: list[str] = field(default_factory=list)
+
+
+def released_digests(ws: Workspace, model: str, version: str) -> dict[str, str]:
+    """The digests the audit log recorded when ``model@version`` was released.
+
+    Read from the hash-chained audit log rather than the release directory, so
+    the digests of a tampered or missing release are still the true ones.
+    Returns an empty dict if no ``release.created`` entry names the version.
+    """
+    for entry in reversed(ws.audit().entries()):
+        if entry.action != "release.created":
+            continue
+        details = entry.details
+        if details.get("model_name") == model and details.get("version") in (
+            version,
+            version.removesuffix(".0.0"),
+        ):
+            return dict(entry.subjects)
+    return {}
+
+
+def _only_model(ws: Workspace) -> str:
+    names = registry_tags.models(ws)
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise RefusedError("rollback", "no model is registered")
+    raise UsageError(f"several models are registered ({', '.join(names)}): give --to or --model")
+
+
+def plan_rollback(
+    ws: Workspace,
+    *,
+    to: Target | None,
+    reason: str,
+    operator_key_path: Path | None,
+    model: str | None = None,
+) -> RollbackPlan:
+    """Decides the rollback: who, from which prod version, to which version.
+
+    Args:
+        ws: The workspace.
+        to: The target version (``name@vN``), or None for the latest earlier
+            prod version not marked bad.
+        reason: Why (required; audited).
+        operator_key_path: An active operator key (the actor).
+        model: The model, when ``to`` is None and several are registered.
+
+    Raises:
+        UsageError: No reason, no key, or a target of another model.
+        RefusedError: ``rollback`` (no prod, no eligible earlier version, the
+            target is prod, bad or never held prod) or ``registry`` (unknown version).
+    """
+    if not reason or not reason.strip():
+        raise UsageError("a rollback needs --reason (it goes to the audit log)")
+    if operator_key_path is None:
+        raise UsageError("a rollback is an operator's decision: give --key OPERATOR_KEY")
+    actor, _ = ws.actor(operator_key_path, role="operator")
+    if to is not None and model is not None and to.model != model:
+        raise UsageError(f"--to {to} names another model than --model {model}")
+    name = check_model_name(to.model if to else model or _only_model(ws))
+    state = registry_tags.read_registry(ws, name)
+    if not state.versions:
+        raise RefusedError("registry", f"{name}: no such registered model")
+    if state.prod is None:
+        raise RefusedError("rollback", f"{name}: no version holds prod, nothing to roll back")
+    if to is None:
+        eligible = [
+            v for v in reversed(state.prod_history) if v != state.prod and v not in state.bad
+        ]
+        if not eligible:
+            raise RefusedError(
+                "rollback", f"{name}: no earlier prod version that is not marked bad"
+            )
+        target = eligible[0]
+    else:
+        target = state.resolve(to).version
+        if target == state.prod:
+            raise RefusedError("rollback", f"{name}@{target} already holds prod")
+        if target in state.bad:
+            raise RefusedError("rollback", f"{name}@{target} is marked bad")
+        if target not in state.prod_history:
+            raise RefusedError("rollback", f"{name}@{target} never held prod (promote it instead)")
+    return RollbackPlan(
+        model=name, from_version=state.prod, to_version=target, actor=actor, reason=reason.strip()
+    )
+
+
+def verify_target(ws: Workspace, plan: RollbackPlan):
+    """Fetches (from DVC if needed) and verifies the target release.
+
+    Returns:
+        The ``VerifiedRelease`` (raises ``RefusedError`` naming the failed check).
+    """
+    from aegis.registry.release import open_release
+
+    return open_release(ws, Target(model=plan.model, version=plan.to_version))
+
+
+def apply_rollback(ws: Workspace, plan: RollbackPlan, verified) -> RollbackOutcome:
+    """Moves prod to the verified target and marks the previous holder bad.
+
+    Under the workspace lock, the registry is read again: if prod moved or the
+    target was marked bad meanwhile, the change is refused (and audited as
+    aborted) and nothing changes.
+    """
+    if (verified.model_name, verified.version) != (plan.model, plan.to_version):
+        raise RefusedError("identity", f"verified {verified.version}, planned {plan.to_version}")
+    started = time.perf_counter()
+    old = released_digests(ws, plan.model, plan.from_version)
+    subjects = {"model": verified.model_digest, "evidence": verified.evidence_digest}
+    if old.get("model"):
+        subjects["from_model"] = old["model"]
+    if old.get("evidence"):
+        subjects["from_evidence"] = old["evidence"]
+    details = {
+        "model_name": plan.model,
+        "from_version": plan.from_version,
+        "to_version": plan.to_version,
+        "reason": plan.reason,
+    }
+    planned = registry_tags.plan_stage_tags(
+        ws,
+        model=plan.model,
+        ops=[(registry_tags.PROD, False), (registry_tags.PROD, True), (registry_tags.BAD, False)],
+    )
+    message = f"aegis rollback {plan.from_version} -> {plan.to_version}: {plan.reason}"
+    with journal.registry_change(
+        ws, action="rollback", actor=plan.actor, tags=planned, subjects=subjects, details=details
+    ) as change:
+        state = registry_tags.read_registry(ws, plan.model)
+        if state.prod != plan.from_version:
+            raise RefusedError(
+                "rollback", f"prod moved to {state.prod} meanwhile (was {plan.from_version})"
+            )
+        if plan.to_version in state.bad:
+            raise RefusedError("rollback", f"{plan.to_version} was marked bad meanwhile")
+        _set_stage(ws, plan, plan.to_version, registry_tags.PROD, message, unassign=False)
+        journal.crash_point("rollback.assign")
+        _set_stage(ws, plan, plan.from_version, registry_tags.PROD, message, unassign=True)
+        journal.crash_point("rollback.unassign")
+        _set_stage(ws, plan, plan.from_version, registry_tags.BAD, message, unassign=False)
+        journal.crash_point("rollback.mark-bad")
+    done = ws.audit().entries()[-1]
+    return RollbackOutcome(
+        model=plan.model,
+        from_version=plan.from_version,
+        to_version=plan.to_version,
+        from_model_digest=old.get("model"),
+        from_evidence_digest=old.get("evidence"),
+        to_model_digest=verified.model_digest,
+        to_evidence_digest=verified.evidence_digest,
+        actor=plan.actor,
+        reason=plan.reason,
+        audit_seq=done.seq,
+        tags=list(change.tags),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _set_stage(
+    ws: Workspace, plan: RollbackPlan, version: str, stage: str, message: str, *, unassign: bool
+) -> None:
+    call = registry_tags.unassign_stage if unassign else registry_tags.assign_stage
+    call(ws, model=plan.model, version=version, stage=stage, message=message)
+
+
+def rollback(
+    ws: Workspace,
+    *,
+    to: Target | None,
+    reason: str,
+    operator_key_path: Path | None,
+    model: str | None = None,
+) -> RollbackOutcome:
+    """Verified rollback: plan, verify the target, then move prod (see the module docstring).
+
+    Args:
+        ws: The workspace.
+        to: Target version, or None for the latest earlier prod version not marked bad.
+        reason: Why (audited).
+        operator_key_path: An active operator key (the audited actor).
+        model: Which model, if ``to`` is None and several are registered.
+
+    Returns:
+        The outcome, with both versions' digests and the wall time.
+
+    Raises:
+        RefusedError: The target fails verification (named check) or is not
+            eligible (``rollback``/``registry``); prod is unchanged.
+        UsageError: Missing reason or key.
+    """
+    started = time.perf_counter()
+    reconciled = journal.reconcile(ws)
+    plan = plan_rollback(ws, to=to, reason=reason, operator_key_path=operator_key_path, model=model)
+    verified = verify_target(ws, plan)
+    outcome = apply_rollback(ws, plan, verified)
+    return dataclasses.replace(
+        outcome,
+        seconds=time.perf_counter() - started,
+        reconciled=reconciled + outcome.reconciled,
+    )
