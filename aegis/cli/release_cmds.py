@@ -1,0 +1,112 @@
+"""Commands on releases: ``aegis verify`` and ``aegis export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aegis.cli._app import STATE, JsonOpt, _console, _print_json, _ws, app
+
+
+def parse_release_arg(ws, text: str):
+    """A release directory (an existing path) or a registry target (``NAME@vN``, ``NAME#prod``).
+
+    Raises:
+        UsageError: Neither a directory nor a valid target.
+    """
+    from aegis.registry.targets import parse_target
+
+    for candidate in (Path(text), ws.root / text):
+        if candidate.is_dir():
+            return candidate.resolve()
+    return parse_target(text)
+
+
+def open_any(ws, text: str):
+    """Verifies the release a target or directory names (see :func:`parse_release_arg`)."""
+    from aegis.registry.targets import Target
+    from aegis.registry.verify import open_release, verify_release
+
+    what = parse_release_arg(ws, text)
+    if isinstance(what, Target):
+        from aegis.registry.journal import reconcile
+
+        reconcile(ws)
+        return open_release(ws, what)
+    return verify_release(ws, what)
+
+
+def release_summary(verified) -> dict:
+    m = verified.metrics
+    return {
+        "release": str(verified),
+        "directory": str(verified.directory),
+        "model_digest": verified.model_digest,
+        "evidence_digest": verified.evidence_digest,
+        "dataset_digest": verified.dataset_digest,
+        "signer": verified.signer_key_id,
+        "signer_owner": verified.signer_owner,
+        "files": len(verified.files),
+        "created": verified.release.get("created"),
+        "commit": verified.release.get("commit"),
+        "clean_acc": m.get("clean_acc"),
+        "robust_acc": (m.get("robust") or {}).get("worst_case"),
+    }
+
+
+@app.command()
+def verify(
+    release: Annotated[
+        str, typer.Argument(help="NAME@vN, NAME@vN.0.0, NAME#STAGE or a release directory.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a release: signature, signer, every file, identity, audit trail, dataset."""
+    ws = _ws()
+    verified = open_any(ws, release)
+    summary = release_summary(verified)
+    if STATE.json or as_json:
+        _print_json(summary)
+        return
+    out = _console()
+    out.print(f"[green]verified[/green] {summary['release']} ({verified.directory})")
+    out.print(
+        f"  {summary['files']} signed files; signer {summary['signer'][:16]} "
+        f"({summary['signer_owner']})"
+    )
+    for key in ("model_digest", "evidence_digest", "dataset_digest"):
+        out.print(f"  {key.replace('_', ' ')}: {summary[key]}")
+    out.print(f"  clean acc {summary['clean_acc']}, robust acc {summary['robust_acc']}")
+
+
+@app.command("export")
+def export_cmd(
+    release: Annotated[str, typer.Argument(help="NAME@vN, NAME#STAGE or a release directory.")],
+    out_dir: Annotated[Path, typer.Argument(help="A new or empty directory.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a release, then copy it with its public key and a VERIFY.md for downstream users."""
+    from aegis.registry.export import export_release
+    from aegis.registry.targets import Target
+
+    ws = _ws()
+    what = parse_release_arg(ws, release)
+    if isinstance(what, Target):
+        from aegis.registry.journal import reconcile
+
+        reconcile(ws)
+    result = export_release(ws, what, out_dir)
+    if STATE.json or as_json:
+        _print_json(
+            {
+                "release": result.release,
+                "directory": str(result.directory),
+                "command": result.command,
+            }
+        )
+        return
+    out = _console()
+    out.print(f"exported {result.release} to {result.directory}")
+    out.print(f"verify there with:\n  {result.command}", soft_wrap=True)

@@ -1,0 +1,392 @@
+"""Signed releases: a trained, evaluated model and all its evidence, as one signed directory.
+
+``build_release`` checks that ``models/<name>`` and ``reports/<name>`` belong
+together (same model digest, and the audit log holds the train and evaluate
+entries of that digest), assembles the release in a scratch directory,
+signs it with the pipeline key through model_signing, then, under one
+registry change, moves it to ``releases/<model>/v<N>/``, ``dvc add``s it,
+commits the ``.dvc`` file and tags the commit ``<model>@vN.0.0``. A failure
+leaves no half release: the scratch copy is removed, the commit undone and
+the tag deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aegis import vcs
+from aegis.config import SignParams
+from aegis.crypto.bundle import hash_directory
+from aegis.crypto.keys import canonical_json
+from aegis.errors import ConfigError, RefusedError
+from aegis.fileutil import atomic_write
+from aegis.timeutil import utc_now
+from aegis.workspace import Workspace
+
+FORMAT = "aegis-release/1"
+BUNDLE = "release.sig"
+RELEASE_JSON = "release.json"
+MODEL_FILES = ("model.safetensors", "config.json", "metadata.json")
+EVIDENCE = (
+    "metrics.json",
+    "report.html",
+    "validation.json",
+    "dataset.json",
+    "params.yaml",
+    "sbom.cdx.json",
+)
+
+
+@dataclass(frozen=True)
+class Release:
+    """A release Aegis built, committed and registered."""
+
+    model_name: str
+    version: str  # "v3.0.0"
+    directory: str  # workspace-relative, "releases/<model>/v3"
+    model_digest: str
+    evidence_digest: str
+    dataset_digest: str
+    commit: str
+    tag: str
+
+
+def releases_dir(ws: Workspace, model_name: str) -> Path:
+    return ws.root / "releases" / model_name
+
+
+def release_dir(ws: Workspace, model_name: str, number: int) -> Path:
+    return releases_dir(ws, model_name) / f"v{number}"
+
+
+def evidence_digest(files: dict[str, str]) -> str:
+    """``sha256:`` over the canonical JSON of the signed ``{file: sha256}`` map."""
+    return "sha256:" + hashlib.sha256(canonical_json(files)).hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# -- signing -----------------------------------------------------------------------------------
+
+
+def _hashing_config(ignored: list[str]):
+    from model_signing import hashing
+
+    return (
+        hashing.Config()
+        .use_file_serialization(hashing_algorithm="sha256", allow_symlinks=False)
+        .set_ignored_paths(paths=ignored, ignore_git_paths=False)
+    )
+
+
+def signing_config(ws: Workspace, sign: SignParams):
+    """The model_signing signing config for ``sign.method`` (key: the pipeline key).
+
+    Sigstore keyless signing needs the network (Fulcio, Rekor, an OIDC token);
+    ``sign.identity`` and ``sign.oidc_issuer`` must be set so that the
+    release can be verified afterwards.
+
+    Raises:
+        ConfigError: Sigstore without identity or OIDC issuer.
+    """
+    from model_signing import signing
+
+    config = signing.Config()
+    if sign.method == "sigstore":
+        require_sigstore_identity(sign)
+        config = config.use_sigstore_signer(
+            oidc_issuer=sign.oidc_issuer, use_staging=sign.use_staging
+        )
+    else:
+        config = config.use_elliptic_key_signer(private_key=ws.pipeline_key_path)
+    return config.set_hashing_config(_hashing_config([BUNDLE]))
+
+
+def require_sigstore_identity(sign: SignParams) -> tuple[str, str]:
+    """The identity and OIDC issuer Sigstore verification requires.
+
+    Raises:
+        ConfigError: ``sign.identity`` or ``sign.oidc_issuer`` is not set.
+    """
+    missing = [k for k in ("identity", "oidc_issuer") if not getattr(sign, k)]
+    if missing:
+        raise ConfigError(
+            f"params.yaml: sign.method is sigstore but sign.{' and sign.'.join(missing)} "
+            "is not set (verification needs the signer's identity and OIDC issuer)"
+        )
+    return str(sign.identity), str(sign.oidc_issuer)
+
+
+def _signer(ws: Workspace, sign: SignParams) -> dict[str, str]:
+    if sign.method == "sigstore":
+        identity, issuer = require_sigstore_identity(sign)
+        return {"method": "sigstore", "identity": identity, "oidc_issuer": issuer}
+    key = ws.pipeline_key()
+    entry = ws.trust().require_signer(key.key_id, role="pipeline", what="release signing", new=True)
+    return {"method": "key", "key_id": entry.key_id, "name": entry.name, "owner": entry.owner}
+
+
+# -- checks before a release -------------------------------------------------------------------
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise RefusedError("release", f"{what} is missing ({path.name}); run the stage") from None
+    except (OSError, ValueError):
+        raise RefusedError("release", f"{what} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise RefusedError("release", f"{what} is not a JSON object")
+    return data
+
+
+def _gather(ws: Workspace, name: str) -> dict[str, Any]:
+    """Checks that model, metrics, validation and dataset agree; returns what they say."""
+    from aegis.train.checkpoint import load_checkpoint
+    from aegis.train.stage import model_dir, registry_name
+
+    model_path = model_dir(ws, name)
+    if not model_path.is_dir():
+        raise RefusedError("release", f"models/{name} is missing; train first")
+    loaded = load_checkpoint(model_path)
+    digest = loaded.digest
+    reports = ws.root / "reports" / name
+    metrics = _read_json(reports / "metrics.json", f"reports/{name}/metrics.json")
+    metrics_bytes = (reports / "metrics.json").read_bytes()
+    if metrics.get("model") != digest:
+        raise RefusedError(
+            "release",
+            f"reports/{name}/metrics.json is of model {str(metrics.get('model'))[:19]}, "
+            f"models/{name} is {digest[:19]}; evaluate again",
+        )
+    if not (reports / "report.html").is_file():
+        raise RefusedError("release", f"reports/{name}/report.html is missing")
+    dataset = str(loaded.config.get("dataset"))
+    validation = _read_json(
+        ws.root / "validation" / name / "result.json", f"validation/{name}/result.json"
+    )
+    if validation.get("dataset") != dataset or validation.get("success") is not True:
+        raise RefusedError("release", f"no passed validation of dataset {dataset[:19]}")
+
+    ws.verify_audit()
+    entries = ws.audit().entries()
+    if not any(e.action == "train.done" and e.subjects.get("model") == digest for e in entries):
+        raise RefusedError("release", f"no train.done audit entry for model {digest[:19]}")
+    if not any(
+        e.action == "evaluate.done"
+        and e.subjects.get("model") == digest
+        and e.subjects.get("metrics") == sha256_bytes(metrics_bytes)
+        for e in entries
+    ):
+        raise RefusedError(
+            "release", f"no evaluate.done audit entry for these metrics of {digest[:19]}"
+        )
+    accepted = [
+        e for e in entries if e.action == "ingest.accepted" and e.subjects.get("dataset") == dataset
+    ]
+    if not accepted:
+        raise RefusedError("dataset", f"dataset {dataset[:19]} was never accepted by ingest")
+    d = accepted[-1].details
+    return {
+        "name": name,
+        "model_name": registry_name(ws, name),
+        "model_path": model_path,
+        "reports": reports,
+        "model_digest": digest,
+        "dataset": {
+            "format": "aegis-release-dataset/1",
+            "name": d.get("name"),
+            "digest": dataset,  # the dataset digest is the signed manifest's digest
+            "manifest_digest": dataset,
+            "created": d.get("created"),
+            "supplier": d.get("supplier"),
+            "supplier_owner": d.get("supplier_owner"),
+            "supplier_key_id": d.get("supplier_key_id"),
+            "dvc_md5": d.get("dvc_md5"),
+            "commit": d.get("commit"),
+            "rows": d.get("rows"),
+            "audit_seq": accepted[-1].seq,
+        },
+    }
+
+
+def _assemble(ws: Workspace, facts: dict[str, Any], scratch: Path) -> None:
+    from aegis.registry.sbom import environment_sbom
+
+    name = facts["name"]
+    (scratch / "model").mkdir()
+    for file in MODEL_FILES:
+        shutil.copyfile(facts["model_path"] / file, scratch / "model" / file)
+    shutil.copyfile(facts["reports"] / "metrics.json", scratch / "metrics.json")
+    shutil.copyfile(facts["reports"] / "report.html", scratch / "report.html")
+    shutil.copyfile(ws.root / "validation" / name / "result.json", scratch / "validation.json")
+    shutil.copyfile(ws.params_path, scratch / "params.yaml")
+    atomic_write(
+        scratch / "dataset.json",
+        json.dumps(facts["dataset"], indent=1, sort_keys=True).encode() + b"\n",
+    )
+    shutil.copyfile(environment_sbom(), scratch / "sbom.cdx.json")
+
+
+def next_number(ws: Workspace, model_name: str) -> int:
+    """The next free release number: past every registered version and every directory."""
+    from aegis.registry.tags import read_registry
+
+    used = [v.number for v in read_registry(ws, model_name).versions]
+    base = releases_dir(ws, model_name)
+    if base.is_dir():
+        for p in base.iterdir():
+            if m := re.fullmatch(r"v([1-9][0-9]*)(\.dvc)?", p.name):
+                used.append(int(m.group(1)))
+    return max(used, default=0) + 1
+
+
+# -- building ----------------------------------------------------------------------------------
+
+
+def build_release(ws: Workspace, dataset_name: str, *, actor: str) -> Release:
+    """Builds, signs, commits and registers the release of ``models/<dataset_name>``.
+
+    Args:
+        ws: The workspace.
+        dataset_name: The dataset the model was trained on (``models/<name>``).
+        actor: Key id of who asked for the release.
+
+    Returns:
+        The registered release (pushed separately: :func:`push_release`).
+
+    Raises:
+        RefusedError: ``release`` (model, metrics, validation and audit
+            disagree), ``dataset`` (the dataset was never accepted), ``signer``.
+        ConfigError: Sigstore without identity, or git/DVC failed.
+    """
+    from aegis.data.ingest import staging_area
+    from aegis.registry.journal import crash_point, registry_change
+    from aegis.registry.tags import register_version
+    from aegis.registry.targets import version_str
+
+    sign = ws.params().sign
+    signer = _signer(ws, sign)
+    facts = _gather(ws, dataset_name)
+    model_name = facts["model_name"]
+    with staging_area(ws) as scratch:
+        _assemble(ws, facts, scratch)
+        number = next_number(ws, model_name)
+        version = version_str(number)
+        tag = f"{model_name}@{version}"
+        target = release_dir(ws, model_name, number)
+        rel = str(target.relative_to(ws.root))
+        subjects = {"model": facts["model_digest"], "dataset": facts["dataset"]["digest"]}
+        with registry_change(
+            ws, action="release", actor=actor, tags=[tag], subjects=subjects,
+            details={"model_name": model_name, "version": version, "directory": rel},
+        ) as change:  # fmt: skip
+            if next_number(ws, model_name) != number:
+                raise RefusedError("release", f"{tag} was taken by a concurrent release; retry")
+            info = {
+                "format": FORMAT,
+                "model_name": model_name,
+                "version": version,
+                "dataset_name": dataset_name,
+                "model_digest": facts["model_digest"],
+                "dataset_digest": facts["dataset"]["digest"],
+                "evidence": sorted(["model/" + f for f in MODEL_FILES] + list(EVIDENCE)),
+                "commit": vcs.head_commit(ws.root),
+                "audit_head": change.intent.hash,
+                "created": utc_now(),
+                "actor": actor,
+                "signer": signer,
+            }
+            atomic_write(
+                scratch / RELEASE_JSON, json.dumps(info, indent=1, sort_keys=True).encode() + b"\n"
+            )
+            signing_config(ws, sign).sign(scratch, scratch / BUNDLE)
+            evidence = evidence_digest(hash_directory(scratch, ignored=[BUNDLE]))
+            commit = _commit(ws, scratch, target, message=f"release {tag}\n\nmodel: "
+                             f"{facts['model_digest']}\nevidence: {evidence}")  # fmt: skip
+            try:
+                crash_point("release.commit")
+                register_version(
+                    ws, model=model_name, version=version, ref=commit,
+                    message=f"release {tag} {facts['model_digest']}",
+                )  # fmt: skip
+                ws.audit().append(
+                    actor=actor,
+                    action="release.created",
+                    pipeline_key=ws.pipeline_key(),
+                    subjects={**subjects, "evidence": evidence},
+                    details={
+                        "model_name": model_name, "version": version, "tag": tag,
+                        "commit": commit, "directory": rel,
+                    },
+                )  # fmt: skip
+                crash_point("release.tag")
+            except BaseException:
+                _undo_commit(ws, target, reset_to=f"{commit}~1")
+                raise
+            change.details.update({"evidence": evidence, "commit": commit})
+    return Release(
+        model_name=model_name,
+        version=version,
+        directory=rel,
+        model_digest=facts["model_digest"],
+        evidence_digest=evidence,
+        dataset_digest=facts["dataset"]["digest"],
+        commit=commit,
+        tag=tag,
+    )
+
+
+def _tracked(ws: Workspace, path: str) -> bool:
+    return bool(vcs.git(ws.root, "ls-files", "--", path).strip())
+
+
+def _commit(ws: Workspace, scratch: Path, target: Path, *, message: str) -> str:
+    """Moves the signed scratch directory into place, ``dvc add``s it and commits (or undoes)."""
+    before = vcs.head_commit(ws.root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(scratch), target)
+    rel = target.relative_to(ws.root)
+    paths = [f"{rel}.dvc", str(rel.parent / ".gitignore")]
+    try:
+        vcs.dvc(ws.root, "add", "-q", str(rel))
+        commit = vcs.commit_paths(ws.root, message, paths)
+        if commit == before:
+            raise ConfigError(f"release {rel}: nothing was committed")
+        return commit
+    except BaseException:
+        _undo_commit(ws, target, reset_to=before)
+        raise
+
+
+def _undo_commit(ws: Workspace, target: Path, *, reset_to: str) -> None:
+    """Removes a release directory, its ``.dvc`` file and the commit that added them.
+
+    Runs under the workspace lock, right after the commit: ``reset_to`` is its parent.
+    """
+    rel = target.relative_to(ws.root)
+    gitignore = str(rel.parent / ".gitignore")
+    parent = vcs.git(ws.root, "rev-parse", "--verify", "-q", reset_to, check=False).strip()
+    if parent and vcs.head_commit(ws.root) != parent:
+        vcs.git(ws.root, "reset", "-q", "--soft", parent)
+    vcs.git(ws.root, "reset", "-q", "--", f"{rel}.dvc", gitignore, check=False)
+    shutil.rmtree(target, ignore_errors=True)
+    Path(ws.root / f"{rel}.dvc").unlink(missing_ok=True)
+    if _tracked(ws, gitignore):
+        vcs.git(ws.root, "checkout", "-q", "--", gitignore, check=False)
+    else:
+        Path(ws.root / gitignore).unlink(missing_ok=True)
+
+
+def push_release(ws: Workspace, release: Release) -> None:
+    """Pushes the release directory to the DVC remote (I/O: TransientIOError)."""
+    vcs.dvc(ws.root, "push", "-q", f"{release.directory}.dvc", io=True)

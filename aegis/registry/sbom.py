@@ -1,0 +1,76 @@
+"""A CycloneDX SBOM of the Python environment that built a release, cached per environment.
+
+``cyclonedx-py environment`` takes seconds, and the environment rarely
+changes between releases, so the SBOM is cached under a key derived from
+the sorted list of installed distributions (``name==version``). The SBOM
+is evidence signed into the release; it is not part of the model digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from aegis.errors import ConfigError
+from aegis.fileutil import atomic_write, file_lock
+
+SBOM_NAME = "sbom.cdx.json"
+CACHE_ENV = "AEGIS_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """``$AEGIS_CACHE_DIR/sbom``, or ``~/.cache/aegis/sbom``."""
+    base = os.environ.get(CACHE_ENV)
+    root = Path(base).expanduser() if base else Path.home() / ".cache" / "aegis"
+    return root / "sbom"
+
+
+def environment_key() -> str:
+    """SHA-256 of the sorted ``name==version`` list of installed distributions."""
+    names = sorted(
+        {f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in metadata.distributions()}
+    )
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def environment_sbom() -> Path:
+    """Returns the cached SBOM of this environment, generating it on first use.
+
+    Raises:
+        ConfigError: ``cyclonedx-py`` is missing or failed.
+    """
+    path = cache_dir() / f"{environment_key()}.cdx.json"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_suffix(".lock")):  # one generator per environment at a time
+        if path.is_file():
+            return path
+        tool = Path(sys.executable).parent / "cyclonedx-py"
+        if not tool.exists():
+            raise ConfigError("cyclonedx-py is not installed (pip install cyclonedx-bom)")
+        proc = subprocess.run(
+            [
+                str(tool),
+                "environment",
+                "--output-reproducible",
+                "--of",
+                "JSON",
+                "-o",
+                "-",
+                sys.executable,
+            ],
+            capture_output=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+        if proc.returncode != 0 or not proc.stdout.strip():
+            detail = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[
+                -1
+            ]
+            raise ConfigError(f"cyclonedx-py environment failed: {detail}")
+        atomic_write(path, proc.stdout)
+    return path

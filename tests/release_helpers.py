@@ -1,0 +1,110 @@
+"""A workspace with two signed releases, built once per session (importable as ``release_helpers``).
+
+``build_released(template, base)`` copies the session template, ingests and
+validates the signed digits, trains and evaluates (FAST_PARAMS), builds
+release v1, changes ``train.seed``, trains and evaluates again and builds v2.
+It also adds two approver keys. ``copy_released(base, dst)`` gives a test its
+own copy (``shutil.copytree(symlinks=True)``: milliseconds).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from helpers import Env
+
+MODEL = "digits-model"
+V1 = f"{MODEL}@v1.0.0"
+V2 = f"{MODEL}@v2.0.0"
+
+
+@dataclass(frozen=True)
+class ReleasedEnv(Env):
+    """An ``Env`` (root, supplier_key, operator_key, dataset, raw) plus two releases.
+
+    Attributes:
+        approver_key: Approver ``bob`` (trust name ``approver-bob``, owner ``bob``).
+        approver2_key: Approver ``carol`` (trust name ``approver-carol``, owner ``carol``).
+        operator_key: (from Env) operator ``ops``, owner ``alice``.
+        v1, v2: Release targets ``digits-model@v1.0.0`` and ``digits-model@v2.0.0``;
+            v2 was trained with ``train.seed: 1`` (a different model digest).
+        model: The registry name, ``digits-model``.
+    """
+
+    approver_key: Path = Path()
+    approver2_key: Path = Path()
+    v1: str = V1
+    v2: str = V2
+    model: str = MODEL
+
+    @property
+    def keys(self) -> dict[str, Path]:
+        """Private keys by role: operator (alice), approver (bob), approver2 (carol), supplier."""
+        return {
+            "operator": self.operator_key,
+            "approver": self.approver_key,
+            "approver2": self.approver2_key,
+            "supplier": self.supplier_key,
+        }
+
+    def release_dir(self, version: int) -> Path:
+        """``releases/digits-model/v<version>`` in this workspace."""
+        return self.root / "releases" / MODEL / f"v{version}"
+
+
+def released_at(base: Path) -> ReleasedEnv:
+    keys = base / "keys"
+    return ReleasedEnv(
+        root=base / "ws",
+        supplier_key=keys / "supplier.pem",
+        operator_key=keys / "operator.pem",
+        dataset=base / "digits-signed",
+        raw=base / "raw",
+        approver_key=keys / "approver-bob.pem",
+        approver2_key=keys / "approver-carol.pem",
+    )
+
+
+def train_evaluate_release(ws, name: str = "digits"):
+    """Train and evaluate stages (recorded like the flow does), then ``build_release``."""
+    from aegis.evaluate.stage import evaluate_stored, record_evaluation
+    from aegis.registry.release import build_release
+    from aegis.train.stage import record_training, train_stage
+
+    actor, _ = ws.actor(None)
+    record_training(ws, train_stage(ws, name, actor=actor))
+    record_evaluation(ws, evaluate_stored(ws, name, actor=actor))
+    return build_release(ws, name, actor=actor)
+
+
+def build_released(template: Path, base: Path) -> ReleasedEnv:
+    """Builds the released workspace under ``base`` from the template env directory."""
+    from aegis import vcs
+    from aegis.config import override_params
+    from aegis.data.ingest import ingest
+    from aegis.data.validate import record_validation, validate_dataset
+    from aegis.trust_ops import new_key
+
+    shutil.copytree(template, base, symlinks=True)
+    env = released_at(base)
+    ws = env.ws
+    for owner, path in (("bob", env.approver_key), ("carol", env.approver2_key)):
+        new_key(
+            ws, role="approver", name=f"approver-{owner}", owner=owner, out=path, admin_key=None
+        )
+    actor, _ = ws.actor(None)
+    ingest(ws, str(env.dataset), name="digits", actor=actor)
+    record_validation(ws, validate_dataset(ws, "digits", actor=actor))
+    first = train_evaluate_release(ws)
+    override_params(ws.params_path, {"train": {"seed": 1}})
+    vcs.commit_paths(ws.root, "test: train.seed 1", ["params.yaml"])
+    second = train_evaluate_release(ws)
+    assert (first.tag, second.tag) == (V1, V2), (first, second)
+    return env
+
+
+def copy_released(base: Path, dst: Path) -> ReleasedEnv:
+    shutil.copytree(base, dst, symlinks=True)
+    return released_at(dst)
