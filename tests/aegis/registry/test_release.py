@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import snapshot
 
 from aegis import vcs
+from aegis.config import SignParams, override_params
 from aegis.crypto.bundle import hash_directory
-from aegis.registry.release import BUNDLE, evidence_digest
+from aegis.errors import ConfigError, RefusedError
+from aegis.registry.journal import reconcile
+from aegis.registry.release import (
+    BUNDLE,
+    build_release,
+    evidence_digest,
+    require_sigstore_identity,
+    signing_config,
+)
 from aegis.registry.tags import read_registry
+from aegis.registry.targets import parse_target
+from aegis.registry.verify import open_release
 from aegis.train.checkpoint import model_digest
 
 
@@ -29,3 +49,137 @@ def test_released_env_has_two_signed_releases(released_env):
     assert [e.details["version"] for e in created] == ["v1.0.0", "v2.0.0"]
     assert created[0].subjects["evidence"] == evidence_digest(hash_directory(d1, ignored=[BUNDLE]))
     assert vcs.git(env.root, "status", "--porcelain").strip() == ""
+
+
+# -- refusals and failures leave nothing behind ---------------------------------------------------
+
+
+def _state(env) -> tuple:
+    return (
+        snapshot_without_audit(env.root),
+        vcs.head_commit(env.root),
+        vcs.git(env.root, "tag", "-l").split(),
+    )
+
+
+def snapshot_without_audit(root: Path) -> dict[str, str]:
+    """The workspace minus the audit log and content-addressed stores (unreferenced objects)."""
+    skip = ("/.aegis/audit/", "/.dvc/cache/", "/.git/objects/", "/.git/index", "/.git/hooks/")
+    return {k: v for k, v in snapshot(root).items() if not k.startswith(skip)}
+
+
+def _build(env):
+    actor, _ = env.ws.actor(None)
+    return build_release(env.ws, "digits", actor=actor)
+
+
+def test_refuses_metrics_of_another_model(released_env):
+    env = released_env
+    path = env.root / "reports" / "digits" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["model"] = "sha256:" + "0" * 64
+    path.write_text(json.dumps(metrics))
+    before = snapshot(env.root)
+    with pytest.raises(RefusedError) as exc:
+        _build(env)
+    assert exc.value.check == "release" and "evaluate again" in str(exc.value)
+    assert snapshot(env.root) == before
+
+
+def test_refuses_metrics_not_audited(released_env):
+    """Same model digest, but not the metrics the evaluate stage audited."""
+    env = released_env
+    path = env.root / "reports" / "digits" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["clean_acc"] = 1.0
+    path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    before = snapshot(env.root)
+    with pytest.raises(RefusedError) as exc:
+        _build(env)
+    assert exc.value.check == "release" and "no evaluate.done" in str(exc.value)
+    assert snapshot(env.root) == before
+
+
+def test_refuses_without_a_model(released_env):
+    env = released_env
+    shutil.rmtree(env.root / "models" / "digits")
+    with pytest.raises(RefusedError) as exc:
+        _build(env)
+    assert exc.value.check == "release" and "train first" in str(exc.value)
+
+
+def test_failed_commit_leaves_no_half_release(released_env):
+    env = released_env
+    hook = env.root / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho 'refused by policy' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    before = _state(env)
+    with pytest.raises(ConfigError, match="git commit failed"):
+        _build(env)
+    after = _state(env)
+    changed = {k for k in set(after[0]) | set(before[0]) if after[0].get(k) != before[0].get(k)}
+    assert not changed, sorted(changed)
+    assert after == before  # no directory, .dvc file, commit or tag; scratch removed
+    assert not env.release_dir(3).exists()
+    assert [e.action for e in env.ws.audit().entries()[-2:]] == [
+        "release.intent",
+        "release.aborted",
+    ]
+    hook.unlink()
+    assert _build(env).tag == "digits-model@v3.0.0"  # the number was never used
+
+
+def test_sigstore_needs_identity_and_issuer(released_env):
+    env = released_env
+    override_params(env.ws.params_path, {"sign": {"method": "sigstore"}})
+    before = _state(env)
+    with pytest.raises(ConfigError, match=r"sign\.identity and sign\.oidc_issuer"):
+        _build(env)
+    assert _state(env) == before
+    with pytest.raises(ConfigError, match=r"sign\.oidc_issuer"):
+        signing_config(env.ws, SignParams(method="sigstore", identity="ci@example.com"))
+    sign = SignParams(method="sigstore", identity="ci@example.com", oidc_issuer="https://x")
+    assert require_sigstore_identity(sign) == ("ci@example.com", "https://x")
+
+
+def test_sigstore_bundle_needs_sigstore_method(released_env):
+    """A keyless bundle is only accepted when the workspace is configured for Sigstore."""
+    from aegis.registry.verify import sigstore_verifier
+
+    with pytest.raises(RefusedError) as exc:
+        sigstore_verifier(released_env.ws)
+    assert exc.value.check == "signer"
+    override_params(released_env.ws.params_path, {"sign": {"method": "sigstore"}})
+    with pytest.raises(ConfigError, match=r"sign\.identity"):
+        sigstore_verifier(released_env.ws)
+
+
+@pytest.mark.parametrize("step", ["release.intent", "release.commit", "release.tag"])
+def test_crash_then_reconcile(released_env, step, cli):
+    """Killed at each step: reconcile completes it (tag made) or rolls it back (no tag)."""
+    env = released_env
+    code = (
+        "import sys; from aegis.workspace import Workspace; "
+        "from aegis.registry.release import build_release; ws = Workspace(__import__('pathlib')"
+        ".Path(sys.argv[1])); build_release(ws, 'digits', actor=ws.actor(None)[0])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(env.root)],
+        env={**os.environ, "AEGIS_CRASH_AT": step},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    notes = reconcile(env.ws)
+    tags = vcs.git(env.root, "tag", "-l").split()
+    if step == "release.tag":
+        assert notes and "completed" in notes[0]
+        assert "digits-model@v3.0.0" in tags
+        assert open_release(env.ws, parse_target("digits-model@v3")).version == "v3.0.0"
+    else:
+        assert notes and "rolled back" in notes[0]
+        assert "digits-model@v3.0.0" not in tags
+        assert cli("--workspace", env.root, "verify", "digits-model@v3").code == 1
+        assert _build(env).tag in ("digits-model@v3.0.0", "digits-model@v4.0.0")
+    assert cli("--workspace", env.root, "verify", "digits-model@v2").code == 0

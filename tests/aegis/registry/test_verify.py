@@ -232,3 +232,20 @@ def test_dataset_never_accepted(released_env, cli, tmp_path):
         details={"model_name": "digits-model", "version": "v1.0.0"},
     )  # fmt: skip
     assert "never accepted" in _refused(env, cli, tmp_path, "dataset")
+
+
+# -- product loads go through verification -------------------------------------------------------
+
+
+def test_evaluate_a_release_verifies_it_first(released_env, cli, tmp_path):
+    env = released_env
+    verified = open_release(env.ws, parse_target(V1))
+    out = tmp_path / "re"
+    result = cli("--workspace", env.root, "evaluate", "digits-model@v1", "--out", out)
+    assert result.code == 0, result.err + result.out
+    assert json.loads((out / "metrics.json").read_text())["model"] == verified.model_digest
+
+    _flip(env.release_dir(1) / "model" / "model.safetensors")
+    result = cli("--workspace", env.root, "evaluate", env.release_dir(1), "--out", tmp_path / "x")
+    assert result.code == 1 and result.err.startswith("refused: integrity:"), result.err
+    assert not (tmp_path / "x").exists()
