@@ -148,7 +148,7 @@ def verify_target(ws: Workspace, plan: RollbackPlan):
     Returns:
         The ``VerifiedRelease`` (raises ``RefusedError`` naming the failed check).
     """
-    from aegis.registry.release import open_release
+    from aegis.registry.verify import open_release
 
     return open_release(ws, Target(model=plan.model, version=plan.to_version))
 

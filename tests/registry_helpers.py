@@ -1,0 +1,71 @@
+"""Helpers for rollback, status and crash tests (importable as ``registry_helpers``).
+
+``promote_in_turn`` assigns prod directly (a journaled change with GTO tags, as
+promotion does after its gates and approvals): the rollback tests are about
+rollback, and must not depend on approvals.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from aegis.registry import journal, tags
+
+BIN = Path(sys.executable).parent
+
+
+def promote_in_turn(ws, model: str, versions: list[str]) -> None:
+    """Makes each version prod in turn (unassigning the previous holder), as promotion does."""
+    actor = ws.meta()["pipeline_key"]
+    for version in versions:
+        previous = tags.read_registry(ws, model).prod
+        ops = [(tags.PROD, False)] + ([(tags.PROD, True)] if previous else [])
+        planned = tags.plan_stage_tags(ws, model=model, ops=ops)
+        with journal.registry_change(
+            ws, action="promote", actor=actor, tags=planned, details={"version": version}
+        ):
+            tags.assign_stage(ws, model=model, version=version, stage=tags.PROD, message="test")
+            if previous:
+                tags.unassign_stage(
+                    ws, model=model, version=previous, stage=tags.PROD, message="test"
+                )
+
+
+def aegis(root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300):
+    """Runs the installed ``aegis`` console script in a subprocess (a real process)."""
+    return subprocess.run(
+        [str(BIN / "aegis"), "--workspace", str(root), *map(str, args)],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_registry_consistent(ws, model: str) -> tags.RegistryState:
+    """Exactly one prod; no open intents; every closed change's tags all there or all gone."""
+    state = tags.read_registry(ws, model)
+    holders = [v.version for v in state.versions if tags.PROD in v.stages]
+    assert len(holders) == 1, holders
+    assert state.prod == holders[0]
+    assert journal.open_intents(ws) == []
+    entries = ws.audit().entries()
+    outcome = {
+        e.details["intent"]: e.action.rsplit(".", 1)[1]
+        for e in entries
+        if e.action.endswith((".done", ".aborted")) and "intent" in e.details
+    }
+    intents = [e for e in entries if e.action.endswith(".intent")]
+    for i, intent in enumerate(intents):
+        planned = intent.details.get("tags", [])
+        if outcome[intent.seq] == "done":
+            assert all(tags.tag_exists(ws, t) for t in planned), (intent.action, planned)
+        else:  # an aborted change's tag names are free again for a later change
+            reused = {t for later in intents[i + 1 :] for t in later.details.get("tags", [])}
+            left = [t for t in planned if t not in reused and tags.tag_exists(ws, t)]
+            assert not left, (intent.action, left)
+    ws.verify_audit()
+    return state
