@@ -21,6 +21,7 @@ from aegis.cli import workspace_cmds  # noqa: F401, I001
 from aegis.cli import data_cmds  # noqa: F401
 from aegis.cli import model_cmds  # noqa: F401
 from aegis.cli import release_cmds  # noqa: F401
+from aegis.cli import promote_cmds  # noqa: F401
 from aegis.cli import registry_cmds  # noqa: F401
 
 

@@ -1,0 +1,124 @@
+"""The ``promote`` flow: verify -> gates -> signed request -> approvals -> prod.
+
+With ``wait`` the flow run pauses (``pause_flow_run`` with a typed input) until
+``aegis approve`` resumes it, in this or another process sharing the Prefect
+server or ``PREFECT_HOME``. The signed approval files stay the source of truth:
+on every resume the flow re-verifies the release, re-runs the gates and counts
+the approvals again. No lock is held while it waits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from uuid import UUID
+
+from prefect import flow
+from prefect.input import RunInput
+
+from aegis.config import duration_seconds
+from aegis.errors import RefusedError
+from aegis.registry import approvals_store
+from aegis.registry.promotion import PromotionOutcome
+from aegis.workspace import Workspace
+from tasks.registry import promote_release
+
+
+class ApprovalSignal(RunInput):
+    """What `aegis approve` sends a waiting run (a hint: the files are re-counted)."""
+
+    approver: str = ""
+    decision: str = "approve"
+
+
+def _timeout_error(target: str, wait_timeout: str) -> RefusedError:
+    return RefusedError(
+        "approval",
+        f"{target}: no sufficient approval within promote.wait_timeout ({wait_timeout}); "
+        "prod is unchanged and the request stays pending (`aegis promote --resume` later)",
+    )
+
+
+@flow(name="promote", log_prints=True)
+def promote(
+    workspace: str, target: str, operator_key: str, wait: bool = False, resume: bool = False
+) -> PromotionOutcome:
+    """Promotes a release to prod once it passes the gates and is approved.
+
+    Args:
+        workspace: Workspace root.
+        target: ``model@vN`` (or ``model#stage``).
+        operator_key: Path of the requesting operator's private key.
+        wait: Pause until approvals arrive or ``promote.wait_timeout`` passes.
+        resume: Complete an existing pending request.
+
+    Raises:
+        RefusedError: Gates, verification, rejection, or (with ``wait``) the timeout.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    outcome = promote_release(workspace, target, operator_key, resume)
+    if outcome.status != "pending" or not wait:
+        return outcome
+    ws = Workspace(Path(workspace))
+    wait_timeout = ws.params().promote.wait_timeout
+    deadline = time.monotonic() + duration_seconds(wait_timeout)
+    context = FlowRunContext.get()
+    run_id = str(context.flow_run.id) if context and context.flow_run else ""
+    approvals_store.mark_waiting(ws, outcome.model, outcome.version, run_id)
+    print(f"waiting for approval of {outcome.model}@{outcome.version} (flow run {run_id})")
+    try:
+        while True:
+            # count again after marking: an approval written before the marker is seen
+            outcome = promote_release(workspace, target, operator_key, True)
+            remaining = math.ceil(deadline - time.monotonic())
+            if outcome.status != "pending":
+                return outcome
+            if remaining <= 0:
+                raise _timeout_error(target, wait_timeout)
+            try:
+                pause_flow_run(wait_for_input=ApprovalSignal, timeout=remaining, poll_interval=1)
+            except FlowPauseTimeout:
+                raise _timeout_error(target, wait_timeout) from None
+    finally:
+        approvals_store.clear_waiting(ws, outcome.model, outcome.version, run_id)
+
+
+def resume_waiting(flow_run_id: str, *, approver: str, decision: str, timeout: float = 20.0) -> str:
+    """Resumes the paused ``promote`` run ``flow_run_id`` (called by `aegis approve`).
+
+    A run that is still on its way to the pause (its approvals were just counted)
+    is retried until ``timeout``.
+
+    Returns:
+        ``resumed``, ``finished`` (the run already ended), ``not-paused`` or ``unknown``
+        (this Prefect server does not know the run).
+    """
+    from prefect import get_client
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    run = UUID(flow_run_id)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(run).state
+        except ObjectNotFound:
+            return "unknown"
+        if state is not None and state.is_paused():
+            try:
+                resume_flow_run(run, run_input={"approver": approver, "decision": decision})
+                return "resumed"
+            except NotPausedError:
+                pass
+            except FlowPauseTimeout:
+                return "finished"
+        elif state is not None and state.is_final():
+            return "finished"
+        if time.monotonic() >= deadline:
+            return "not-paused"
+        time.sleep(0.5)

@@ -1,0 +1,268 @@
+"""Promotion to prod (aegis.registry.promotion) and `aegis promote` / `aegis approve` via the CLI.
+
+Gates are set per test in the workspace's ``params.yaml`` (the FAST_PARAMS test models
+are small: the default thresholds would refuse them). Cross-process waiting, concurrency
+and crash tests are in ``tests/flows/test_promote.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import CliResult
+
+from aegis import vcs
+from aegis.approval import GateFailure
+from aegis.config import override_params
+from aegis.errors import RefusedError
+from aegis.registry import approvals_store as store
+from aegis.registry.promotion import approve, promote
+from aegis.registry.tags import read_registry
+from aegis.registry.targets import parse_target
+
+LENIENT = {
+    "min_clean_acc": 0.0,
+    "min_robust_acc": 0.0,
+    "max_epsilon": 100.0,
+    "max_mia_auc": 1.0,
+    "max_regression": 1.0,
+}
+
+
+def set_promote(env, **values) -> None:
+    """Writes ``promote`` params (lenient gates plus ``values``) and commits them."""
+    override_params(env.root / "params.yaml", {"promote": {**LENIENT, **values}})
+    vcs.commit_paths(env.root, "test: promote params", ["params.yaml"])
+
+
+def no_flags(env, version: int) -> bool:
+    metrics = json.loads((env.release_dir(version) / "metrics.json").read_text())
+    return not metrics.get("flags")
+
+
+@pytest.fixture
+def renv(released_env):
+    set_promote(released_env)
+    if not (no_flags(released_env, 1) and no_flags(released_env, 2)):
+        pytest.skip("the test releases carry evaluation flags (gate cannot pass)")
+    return released_env
+
+
+def _promote(env, target, **kw):
+    return promote(env.ws, parse_target(target), operator_key_path=env.operator_key, **kw)
+
+
+def _approve(env, target, key, **kw):
+    return approve(env.ws, parse_target(target), approver_key_path=key, **kw)
+
+
+def test_pending_then_approve_then_resume(renv):
+    first = _promote(renv, renv.v1)
+    assert first.status == "pending" and first.approvers == [] and first.required == 1
+    request = renv.root / first.request
+    assert request.is_file()
+    assert "request.json" in vcs.git(renv.root, "log", "-1", "--name-only", "--format=")
+    again = _promote(renv, renv.v1)  # the valid request is reused, not re-signed
+    assert again.status == "pending" and again.expires == first.expires
+    ok = _approve(renv, renv.v1, renv.approver_key)
+    assert ok.decision == "approve" and ok.owner == "bob" and ok.approvers == ["bob"]
+    assert ok.waiting_run is None
+    done = _promote(renv, renv.v1, resume=True)
+    assert done.status == "promoted" and done.previous_prod is None
+    assert all(g.passed for g in done.gates)
+    assert read_registry(renv.ws, renv.model).prod == "v1.0.0"
+    assert _promote(renv, renv.v1).status == "already-prod"
+    actions = [e.action for e in renv.ws.audit().entries()]
+    for action in ("approval.requested", "approval.granted", "promote.intent", "promote.done"):
+        assert action in actions
+    renv.ws.verify_audit()
+
+
+def test_second_promotion_moves_prod(renv):
+    for target in (renv.v1, renv.v2):
+        _promote(renv, target)
+        _approve(renv, target, renv.approver_key)
+        outcome = _promote(renv, target, resume=True)
+        assert outcome.status == "promoted"
+    assert outcome.previous_prod == "v1.0.0"
+    state = read_registry(renv.ws, renv.model)
+    assert state.prod == "v2.0.0" and state.prod_history == ["v1.0.0", "v2.0.0"]
+    assert [v.version for v in state.versions if "prod" in v.stages] == ["v2.0.0"]
+
+
+def test_gate_failure_refuses_with_rows(renv):
+    set_promote(renv, min_clean_acc=1.0)
+    with pytest.raises(GateFailure) as info:
+        _promote(renv, renv.v1)
+    rows = {r.gate: r for r in info.value.rows}
+    assert not rows["min_clean_acc"].passed and rows["min_clean_acc"].threshold == ">= 1"
+    assert info.value.check == "gates"
+    assert store.load_request(renv.ws, renv.model, "v1.0.0") is None  # nothing requested
+
+
+def test_regression_gate_against_prod(renv):
+    def score(n):
+        m = json.loads((renv.release_dir(n) / "metrics.json").read_text())
+        return (m["clean_acc"], m["robust"]["worst_case"])
+
+    s1, s2 = score(1), score(2)
+    if s1 == s2:
+        pytest.skip("v1 and v2 score the same")
+    # prod = the version better on some accuracy; the other one regresses on it
+    v1_ahead = max(a - b for a, b in zip(s1, s2, strict=True)) > 0
+    better, worse = (renv.v1, renv.v2) if v1_ahead else (renv.v2, renv.v1)
+    _promote(renv, better)
+    _approve(renv, better, renv.approver_key)
+    _promote(renv, better, resume=True)
+    set_promote(renv, max_regression=0.0)
+    with pytest.raises(GateFailure, match="max_regression"):
+        _promote(renv, worse)
+
+
+def test_resume_without_request_refused(renv):
+    with pytest.raises(RefusedError, match="no promotion request") as info:
+        _promote(renv, renv.v1, resume=True)
+    assert info.value.check == "approval"
+
+
+def test_approve_without_request_refused(renv):
+    with pytest.raises(RefusedError, match="no promotion request"):
+        _approve(renv, renv.v1, renv.approver_key)
+
+
+def test_rejection_refuses_promotion(renv):
+    _promote(renv, renv.v1)
+    _approve(renv, renv.v1, renv.approver_key, reject=True, reason="robustness too low")
+    with pytest.raises(RefusedError, match="rejected by bob: robustness too low"):
+        _promote(renv, renv.v1, resume=True)
+    assert read_registry(renv.ws, renv.model).prod is None
+
+
+def test_two_person_rule_needs_two_owners(renv):
+    set_promote(renv, approvals_required=2)
+    _promote(renv, renv.v1)
+    _approve(renv, renv.v1, renv.approver_key)
+    assert _promote(renv, renv.v1, resume=True).status == "pending"
+    _approve(renv, renv.v1, renv.approver2_key)
+    outcome = _promote(renv, renv.v1, resume=True)
+    assert outcome.status == "promoted" and sorted(outcome.approvers) == ["bob", "carol"]
+
+
+def test_gates_rerun_on_resume(renv):
+    _promote(renv, renv.v1)
+    _approve(renv, renv.v1, renv.approver_key)
+    set_promote(renv, min_clean_acc=1.0)  # the policy tightened while it waited
+    with pytest.raises(GateFailure):
+        _promote(renv, renv.v1, resume=True)
+    assert read_registry(renv.ws, renv.model).prod is None
+
+
+def test_tampered_release_refused_before_request(renv):
+    metrics = renv.release_dir(1) / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"clean_acc": 0', '"clean_acc": 1', 1))
+    with pytest.raises(RefusedError) as info:
+        _promote(renv, renv.v1)
+    assert info.value.check in ("integrity", "signature")
+    assert store.load_request(renv.ws, renv.model, "v1.0.0") is None
+
+
+# -- the CLI ------------------------------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def aegis(prefect_server):
+    """Runs ``aegis ARGS`` as a subprocess against the session Prefect server."""
+
+    def run(*args, env: dict[str, str] | None = None, timeout: float = 180) -> CliResult:
+        proc = subprocess.run(
+            [str(BIN / "aegis"), *map(str, args)],
+            env={**os.environ, "PREFECT_API_URL": prefect_server, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def test_cli_refusals_exit_1_naming_the_check(renv, cli, aegis):
+    w = ("--workspace", renv.root)
+    assert aegis(*w, "promote", renv.v1, "--key", renv.operator_key).code == 0
+    cases = [
+        (renv.operator_key, "not a current approver"),
+        (renv.supplier_key, "not a current approver"),
+    ]
+    for key, message in cases:
+        result = cli(*w, "approve", renv.v1, "--key", key)
+        assert result.code == 1 and "approval" in result.err and message in result.err
+    # an approver whose owner is the requester's (alice)
+    from aegis.trust_ops import new_key
+
+    eve = renv.root.parent / "keys" / "eve.pem"
+    new_key(renv.ws, role="approver", name="eve", owner="alice", out=eve, admin_key=None)
+    result = cli(*w, "approve", renv.v1, "--key", eve)
+    assert result.code == 1 and "requester's owner" in result.err
+    result = cli(*w, "approve", renv.v1, "--key", renv.approver_key, "--reject")
+    assert result.code == 2 and "--reason" in result.err
+
+
+def test_cli_expired_request_refused(renv, cli, aegis):
+    set_promote(renv, approval_ttl="1s")
+    w = ("--workspace", renv.root)
+    assert aegis(*w, "promote", renv.v1, "--key", renv.operator_key).code == 0
+    import time
+
+    time.sleep(1.2)
+    result = cli(*w, "approve", renv.v1, "--key", renv.approver_key)
+    assert result.code == 1 and "expired" in result.err
+    result = aegis(*w, "promote", renv.v1, "--resume", "--key", renv.operator_key)
+    assert result.code == 1 and "expired" in result.err
+
+
+def test_cli_replayed_approval_refused(renv, cli, aegis):
+    w = ("--workspace", renv.root)
+    for target in (renv.v1, renv.v2):
+        assert aegis(*w, "promote", target, "--key", renv.operator_key).code == 0
+    assert cli(*w, "approve", renv.v1, "--key", renv.approver_key).code == 0
+    v1_dir = store.version_dir(renv.ws, renv.model, "v1.0.0")
+    v2_dir = store.version_dir(renv.ws, renv.model, "v2.0.0")
+    for path in v1_dir.glob("approval-*.json"):
+        (v2_dir / path.name).write_bytes(path.read_bytes())
+    result = aegis(*w, "promote", renv.v2, "--resume", "--key", renv.operator_key)
+    assert result.code == 1 and "replayed" in result.err
+    # a request copied from another version is refused by `approve` too
+    (v2_dir / "request.json").write_bytes((v1_dir / "request.json").read_bytes())
+    result = cli(*w, "approve", renv.v2, "--key", renv.approver2_key)
+    assert result.code == 1 and "approval" in result.err
+    assert read_registry(renv.ws, renv.model).prod is None
+
+
+def test_cli_gate_failure_table(renv, aegis):
+    set_promote(renv, min_clean_acc=1.0)
+    result = aegis("--workspace", renv.root, "promote", renv.v1, "--key", renv.operator_key)
+    assert result.code == 1
+    text = result.out + result.err
+    for word in ("gate", "measured", "threshold", "min_clean_acc", ">= 1", "FAIL", "pass"):
+        assert word in text
+    assert "refused: gates:" in result.err
+
+
+def test_cli_pending_approve_resume(renv, cli, aegis):
+    w = ("--workspace", renv.root)
+    result = aegis(*w, "promote", renv.v1, "--key", renv.operator_key)
+    assert result.code == 0 and "pending" in result.out, result.err
+    result = cli(*w, "approve", renv.v1, "--key", renv.approver_key)
+    assert result.code == 0 and "approved" in result.out
+    result = aegis(*w, "promote", renv.v1, "--resume", "--key", renv.operator_key)
+    assert result.code == 0 and "promoted" in result.out
+    assert read_registry(renv.ws, renv.model).prod == "v1.0.0"
+    result = aegis(*w, "promote", renv.v1, "--wait", "--resume", "--key", renv.operator_key)
+    assert result.code == 2
