@@ -1,4 +1,4 @@
-"""The ``retrain`` flow: ingest -> validate -> train -> evaluate.
+"""The ``retrain`` flow: ingest -> validate -> train -> evaluate -> release.
 
 Validation runs on the verified staged copy *before* it is stored, so a
 dataset that fails a table-level check or the drift gate never becomes the
@@ -15,9 +15,11 @@ from prefect import flow
 from aegis.data import ingest as ingest_core
 from aegis.data.validate import ValidationResult, require_stage
 from aegis.evaluate.stage import EvaluatedModel
+from aegis.registry.release import Release
 from aegis.train.stage import TrainedModel
 from aegis.workspace import Workspace
 from tasks.ingest import push_dataset, stage_dataset, store_dataset, verify_dataset
+from tasks.release import build_release, push_release
 from tasks.train import (
     evaluate_model,
     push_stages,
@@ -36,13 +38,17 @@ class RetrainResult:
     validate: ValidationResult
     train: TrainedModel
     evaluate: EvaluatedModel
+    release: Release
 
 
 @flow(name="retrain", log_prints=True)
 def retrain(
     workspace: str, source: str, name: str, actor: str, allow_older: bool = False
 ) -> RetrainResult:
-    """Verifies, validates and versions a dataset, then trains and evaluates a model.
+    """Verifies, validates and versions a dataset, trains and evaluates a model, releases it.
+
+    The release (``releases/<model>/v<N>``, signed, tagged ``<model>@vN.0.0``)
+    is built only after train and evaluate are recorded and pushed.
 
     Args:
         workspace: Workspace root.
@@ -73,4 +79,8 @@ def retrain(
     evaluated = evaluate_model(workspace, name, actor)
     record_evaluation(workspace, evaluated)
     push_stages.with_options(**io)(workspace, [f"train@{name}", f"evaluate@{name}"])
-    return RetrainResult(ingest=ingested, validate=validated, train=trained, evaluate=evaluated)
+    released = build_release(workspace, name, actor)
+    push_release.with_options(**io)(workspace, released)
+    return RetrainResult(
+        ingest=ingested, validate=validated, train=trained, evaluate=evaluated, release=released
+    )

@@ -136,7 +136,7 @@ def run(
     key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the retrain flow under Prefect: verify, validate, store, train, evaluate."""
+    """Run the retrain flow under Prefect: verify, validate, store, train, evaluate, release."""
     _require_key_for_older(allow_older, key)
     ws = _ws()
     _prefect_environment(ws)
@@ -158,9 +158,22 @@ def run(
     _ingest_summary(run_result.ingest, False)
     _validation_summary(ws, run_result.validate, False)
     model_summary(ws, run_result.train, run_result.evaluate, False)
+    _release_summary(run_result.release)
 
 
-_RUN_STEPS = ("ingest", "validate", "train", "evaluate")
+_RUN_STEPS = ("ingest", "validate", "train", "evaluate", "release")
+
+
+def _release_summary(release) -> None:
+    out = _console()
+    out.print(
+        f"released [bold]{release.tag}[/bold] -> {release.directory} (signed, commit "
+        f"{release.commit[:12]})"
+    )
+    out.print(f"  model digest:    {release.model_digest}")
+    out.print(f"  evidence digest: {release.evidence_digest}")
+    out.print(f"  dataset digest:  {release.dataset_digest}")
+    out.print(f"  check it with: aegis verify {release.tag}")
 
 
 # -- validation and quarantine ---------------------------------------------------------

@@ -84,22 +84,63 @@ def stage_evaluate(name: Annotated[str, typer.Option(help="Dataset name.")]) -> 
 
 @app.command()
 def evaluate(
-    model_dir: Annotated[Path, typer.Argument(help="A checkpoint directory (models/NAME).")],
-    data: Annotated[str, typer.Option("--data", help="The validated dataset it was trained on.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A release (NAME@vN, NAME#prod, a release directory) or a checkpoint "
+            "directory (models/NAME)."
+        ),
+    ],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="The validated dataset it was trained on [default: a release's dataset].",
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Where to write metrics.json and report.html.")
     ] = None,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Evaluate a stored model again on its held-out split (refuses unverifiable input)."""
+    """Evaluate a release or stored model again on its held-out split (verified first)."""
     from aegis.evaluate.stage import evaluate_stored
 
     ws = _ws()
     actor = _actor(ws, key)
+    directory, loaded = _model_source(ws, model)
+    if loaded is not None:
+        data = data or loaded[0].release.get("dataset_name")
+    if not data:
+        raise typer.BadParameter("--data NAME is required for a checkpoint directory")
     target = out or ws.root / "reports" / f"{data}-reevaluated"
-    with _console(stderr=True).status(f"evaluating {model_dir} (attacks take a while) ..."):
+    with _console(stderr=True).status(f"evaluating {model} (attacks take a while) ..."):
         evaluated = evaluate_stored(
-            ws, data, actor=actor, model_directory=model_dir.resolve(), out_dir=target.resolve()
+            ws,
+            data,
+            actor=actor,
+            model_directory=directory,
+            out_dir=target.resolve(),
+            loaded=loaded[1] if loaded else None,
         )
     model_summary(ws, None, evaluated, as_json)
+
+
+def _model_source(ws, text: str):
+    """(checkpoint directory, (VerifiedRelease, LoadedModel) or None) for ``text``.
+
+    A release target or release directory is verified and loaded through
+    ``load_release_model``; any other directory is a plain checkpoint.
+    """
+    from aegis.registry.release import BUNDLE, RELEASE_JSON
+
+    path = Path(text)
+    path = path if path.is_absolute() or path.exists() else ws.root / text
+    if path.is_dir() and not (path / RELEASE_JSON).exists() and not (path / BUNDLE).exists():
+        return path.resolve(), None
+    from aegis.cli.release_cmds import open_any
+    from aegis.registry.verify import load_release_model
+
+    verified = open_any(ws, text)
+    return verified.directory / "model", (verified, load_release_model(verified))

@@ -43,8 +43,12 @@ def evaluate_stored(
     actor: str,
     model_directory: Path | None = None,
     out_dir: Path | None = None,
+    loaded=None,
 ) -> EvaluatedModel:
     """Evaluates ``models/<name>`` (or ``model_directory``) on the validated ``data/<name>``.
+
+    ``loaded`` is a model already loaded and verified (a release's, through
+    ``load_release_model``); ``model_directory`` must then be its directory.
 
     Raises:
         RefusedError: ``checkpoint`` (not a valid Aegis checkpoint) or
@@ -61,7 +65,7 @@ def evaluate_stored(
 
     require_stage(ws, name)
     directory = model_directory or model_dir(ws, name)
-    loaded = load_checkpoint(directory)
+    loaded = loaded or load_checkpoint(directory)
     data = load_training_frame(ws, name)
     if data.dataset_digest != loaded.config.get("dataset"):
         raise RefusedError(

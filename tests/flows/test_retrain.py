@@ -105,7 +105,23 @@ def test_retrain_accepts_signed_dataset(env):
     assert ingested.digest == dataset_digest((env.dataset / MANIFEST_NAME).read_bytes())
     assert ingested.actor == actor
     assert ingested.rows == 1797
-    all_entries = env.ws.audit().entries()
+    every_entry = env.ws.audit().entries()
+    # the release comes last: one journaled registry change, with its audited evidence
+    assert [e.action for e in every_entry[-3:]] == [
+        "release.intent",
+        "release.created",
+        "release.done",
+    ]
+    released = result.release
+    assert (released.tag, released.directory) == ("digits-model@v1.0.0", "releases/digits-model/v1")
+    assert every_entry[-2].subjects == {
+        "model": result.train.digest,
+        "dataset": ingested.digest,
+        "evidence": released.evidence_digest,
+    }
+    assert released.model_digest == result.train.digest
+    assert vcs.git(env.root, "rev-list", "-n1", released.tag).strip() == released.commit
+    all_entries = every_entry[:-3]
     # ingest, the validation of the same version, then training and evaluation on it
     assert [e.action for e in all_entries[-4:]] == [
         "ingest.accepted",
@@ -122,13 +138,13 @@ def test_retrain_accepts_signed_dataset(env):
     assert entries[-2].details["source"] == str(env.dataset)
     assert entries[-1].subjects["dataset"] == ingested.digest
     assert entries[-1].actor == actor
-    assert env.ws.verify_audit().entries == len(all_entries)
+    assert env.ws.verify_audit().entries == len(every_entry)
     assert sorted(p.name for p in (env.root / "data" / "digits").iterdir()) == sorted(
         p.name for p in env.dataset.iterdir()
     )
-    # the ingest commit versions the data; validation, train and evaluate commits follow
-    log = vcs.git(env.root, "log", "--format=%H", "-4").split()
-    assert log[3] == ingested.commit
+    # the ingest commit versions the data; validation, train, evaluate, release commits follow
+    log = vcs.git(env.root, "log", "--format=%H", "-5").split()
+    assert log[4] == ingested.commit and log[0] == released.commit
     assert vcs.git(env.root, "log", "-1", "--format=%H", "--", "data/digits.dvc").strip() == (
         ingested.commit
     )
@@ -370,9 +386,13 @@ def test_cli_run_accepts_and_refuses(env, tmp_path, prefect_server):
     digest = dataset_digest((env.dataset / MANIFEST_NAME).read_bytes())
     assert digest in proc.stdout
     assert "Traceback" not in proc.stderr
-    actions = [e.action for e in env.ws.audit().entries()[-4:]]
-    assert actions == ["ingest.accepted", "validate.passed", "train.done", "evaluate.done"]
+    actions = [e.action for e in env.ws.audit().entries()[-7:]]
+    assert actions == [
+        "ingest.accepted", "validate.passed", "train.done", "evaluate.done",
+        "release.intent", "release.created", "release.done",
+    ]  # fmt: skip
     assert "validation of 'digits'" in proc.stdout
+    assert "released digits-model@v1.0.0 -> releases/digits-model/v1" in proc.stdout
     assert "robust (worst case)" in proc.stdout
 
     tampered = _tampered_copy(env.dataset, tmp_path / "tampered")

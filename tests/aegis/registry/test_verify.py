@@ -96,6 +96,22 @@ def test_missing_directory_is_checked_out_from_dvc(released_env):
     assert verified.directory.is_dir() and verified.version == "v1.0.0"
 
 
+def test_missing_directory_and_cache_is_pulled_from_the_remote(released_env):
+    from aegis.registry.release import Release, push_release
+
+    env = released_env
+    info = json.loads((env.release_dir(1) / "release.json").read_text())
+    push_release(env.ws, Release(
+        model_name=env.model, version="v1.0.0", directory="releases/digits-model/v1",
+        model_digest=info["model_digest"], evidence_digest="", dataset_digest="", commit="",
+        tag=V1,
+    ))  # fmt: skip
+    shutil.rmtree(env.release_dir(1))
+    shutil.rmtree(env.root / ".dvc" / "cache")
+    verified = open_release(env.ws, parse_target(V1))
+    assert verified.model_digest == info["model_digest"]
+
+
 # -- the tamper matrix ---------------------------------------------------------------------------
 
 
