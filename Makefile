@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_validate.py
 	$(BIN)/python benchmarks/bench_defenses.py
 	$(BIN)/python benchmarks/bench_dp.py
+	$(BIN)/python benchmarks/bench_registry.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
