@@ -15,7 +15,7 @@ import sys
 import textwrap
 
 import pytest
-from registry_helpers import aegis, assert_registry_consistent, promote_in_turn
+from registry_helpers import BIN, aegis, assert_registry_consistent, promote_in_turn
 
 from aegis.registry import tags
 
@@ -116,3 +116,27 @@ def test_release_crash_at_every_step(released_env, step, completed):
         assert verify.returncode == 0, verify.stdout + verify.stderr
     else:
         assert V3 not in versions
+
+
+def test_two_rollbacks_at_once_one_wins_registry_consistent(released_env):
+    env = released_env
+    promote_in_turn(env.ws, env.model, [V1, V2])
+    args = ["--workspace", str(env.root), "rollback", "--reason", "race", "--key"]
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "aegis"), *args, str(env.operator_key)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    loser = next(err for code, err in results if code == 1)
+    assert "rollback:" in loser or "registry:" in loser
+    state = assert_registry_consistent(env.ws, env.model)
+    assert state.prod == V1 and state.bad == {V2}
+    dones = [e for e in env.ws.audit().entries() if e.action == "rollback.done"]
+    assert len(dones) == 1
