@@ -31,6 +31,21 @@ def gates_table(rows, *, title: str = "promotion gates"):
     return table
 
 
+def _prefect(ws) -> None:
+    """Prefect as `aegis run` sets it up, with more patience for the ephemeral server.
+
+    Without ``PREFECT_API_URL`` each process starts a temporary API server on the
+    workspace's ``.aegis/prefect`` database (how `aegis approve` reaches a run paused
+    by another process); on a busy machine that can take longer than Prefect's 20 s.
+    """
+    import os
+
+    from aegis.cli.data_cmds import _prefect_environment
+
+    _prefect_environment(ws)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
 def _print_notes(notes: list[str]) -> None:
     err = _console(stderr=True)
     for note in notes:
@@ -55,7 +70,6 @@ def promote(
     not verify, it was rejected, or --wait timed out.
     """
     from aegis.approval import GateFailure
-    from aegis.cli.data_cmds import _prefect_environment
     from aegis.errors import UsageError
     from aegis.registry.targets import parse_target
 
@@ -63,7 +77,7 @@ def promote(
         raise UsageError("--wait and --resume exclude each other (a resume never waits)")
     parsed = parse_target(target)
     ws = _ws()
-    _prefect_environment(ws)
+    _prefect(ws)
     from flows.promote import promote as promote_flow
 
     try:
@@ -112,7 +126,6 @@ def approve(
     as_json: JsonOpt = False,
 ) -> None:
     """Sign an approval (or rejection) of a pending promotion; resumes a waiting run."""
-    from aegis.cli.data_cmds import _prefect_environment
     from aegis.registry.promotion import approve as do_approve
     from aegis.registry.targets import parse_target
 
@@ -123,7 +136,7 @@ def approve(
     )
     resumed = None
     if outcome.waiting_run:
-        _prefect_environment(ws)
+        _prefect(ws)
         from flows.promote import resume_waiting
 
         resumed = resume_waiting(

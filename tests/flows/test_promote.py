@@ -165,6 +165,37 @@ def test_wait_resumed_by_approve_in_another_process(renv, cli_env):
     assert_consistent(renv, cli_env, "v1.0.0")
 
 
+def test_wait_across_processes_on_the_workspace_prefect_home(renv, cli_env):
+    """Without PREFECT_API_URL both processes use the workspace's .aegis/prefect database."""
+    set_promote(renv, wait_timeout="300s")
+    local = {k: v for k, v in cli_env.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
+    waiting = subprocess.Popen(
+        [str(BIN / "aegis"), "--workspace", str(renv.root), "promote", renv.v1, "--wait",
+         "--key", str(renv.operator_key)],
+        env=local, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: store.waiting_run(renv.ws, renv.model, "v1.0.0") or waiting.poll() is not None,
+            240,
+            "the promote run to wait",
+        )
+        approver = subprocess.run(
+            [str(BIN / "aegis"), "--workspace", str(renv.root), "approve", renv.v1,
+             "--key", str(renv.approver_key)],
+            env=local, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert approver.returncode == 0, approver.stderr
+        assert "resumed the waiting promote run" in approver.stdout
+        out, err = waiting.communicate(timeout=240)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 0 and "promoted" in out, err
+    assert (renv.root / ".aegis" / "prefect").is_dir()
+    assert_consistent(renv, cli_env, "v1.0.0")
+
+
 def test_wait_times_out_and_changes_nothing(renv, cli_env):
     set_promote(renv, wait_timeout="3s")
     result = aegis(renv, cli_env, "promote", renv.v1, "--wait", "--key", renv.operator_key)
