@@ -155,7 +155,8 @@ def promote(
     Raises:
         GateFailure: A gate failed (exit 1, rows for the table).
         RefusedError: Verification, ``approval`` (rejected, expired on resume,
-            tampered or replayed approval files) or ``signer`` (not an operator).
+            tampered or replayed approval files), ``registry`` (the version is marked
+            bad) or ``signer`` (not an operator).
     """
     notes = reconcile(ws)
     operator, requester = _operator(ws, operator_key_path)
@@ -166,6 +167,10 @@ def promote(
     state = read_registry(ws, model)
     if state.prod == version:
         return PromotionOutcome("already-prod", model, version, version, notes=notes)
+    if version in state.bad:
+        raise RefusedError(
+            "registry", f"{model}@{version} is marked bad (rolled back from); release anew"
+        )
     prod = _prod_release(ws, model, state.prod, version)
     gates = require_gates(gates_for(verified, params, prod))
     request = store.load_request(ws, model, version)

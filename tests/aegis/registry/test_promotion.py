@@ -124,6 +124,15 @@ def test_regression_gate_against_prod(renv):
         _promote(renv, worse)
 
 
+def test_bad_version_refused(renv):
+    from aegis.registry.tags import assign_stage
+
+    assign_stage(renv.ws, model=renv.model, version="v1.0.0", stage="bad", message="test")
+    with pytest.raises(RefusedError, match="marked bad") as info:
+        _promote(renv, renv.v1)
+    assert info.value.check == "registry"
+
+
 def test_resume_without_request_refused(renv):
     with pytest.raises(RefusedError, match="no promotion request") as info:
         _promote(renv, renv.v1, resume=True)
