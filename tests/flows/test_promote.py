@@ -143,7 +143,9 @@ def assert_consistent(env, cli_env, prod: str | None) -> None:
 
 
 def test_wait_resumed_by_approve_in_another_process(renv, cli_env):
-    set_promote(renv, wait_timeout="180s")
+    """Two owners required: the first approval resumes the run, which counts 1 of 2 and
+    pauses again; the second resumes it and it promotes."""
+    set_promote(renv, wait_timeout="180s", approvals_required=2)
     waiting = start(renv, cli_env, "promote", renv.v1, "--wait", "--key", renv.operator_key)
     try:
         wait_for(
@@ -152,15 +154,17 @@ def test_wait_resumed_by_approve_in_another_process(renv, cli_env):
             "the promote run to wait",
         )
         assert waiting.poll() is None, waiting.communicate()
-        result = aegis(renv, cli_env, "approve", renv.v1, "--key", renv.approver_key)
-        assert result.code == 0, result.err
-        assert "resumed the waiting promote run" in result.out
+        for key in (renv.approver_key, renv.approver2_key):
+            result = aegis(renv, cli_env, "approve", renv.v1, "--key", key)
+            assert result.code == 0, result.err
+            assert "resumed the waiting promote run" in result.out
+            assert waiting.poll() is None or key == renv.approver2_key
         out, err = waiting.communicate(timeout=120)
     finally:
         if waiting.poll() is None:
             waiting.kill()
     assert waiting.returncode == 0, err
-    assert "promoted" in out
+    assert "promoted" in out and "bob" in out and "carol" in out
     assert not (store.version_dir(renv.ws, renv.model, "v1.0.0") / store.WAITING_FILE).exists()
     assert_consistent(renv, cli_env, "v1.0.0")
 
