@@ -10,6 +10,7 @@ the approvals again. No lock is held while it waits.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from uuid import UUID
@@ -69,7 +70,10 @@ def promote(
     context = FlowRunContext.get()
     run_id = str(context.flow_run.id) if context and context.flow_run else ""
     approvals_store.mark_waiting(ws, outcome.model, outcome.version, run_id)
-    print(f"waiting for approval of {outcome.model}@{outcome.version} (flow run {run_id})")
+    sys.stderr.write(
+        f"waiting up to {wait_timeout} for approval of {outcome.model}@{outcome.version} "
+        f"(flow run {run_id}; `aegis approve` resumes it)\n"
+    )
     try:
         while True:
             # count again after marking: an approval written before the marker is seen

@@ -205,6 +205,7 @@ def test_wait_times_out_and_changes_nothing(renv, cli_env):
     result = aegis(renv, cli_env, "promote", renv.v1, "--wait", "--key", renv.operator_key)
     assert result.code == 1, result.err
     assert "approval" in result.err and "wait_timeout (3s)" in result.err
+    assert "waiting up to 3s for approval of digits-model@v1.0.0" in result.err
     assert store.load_request(renv.ws, renv.model, "v1.0.0") is not None  # still pending
     assert_consistent(renv, cli_env, None)
 
