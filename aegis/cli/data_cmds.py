@@ -120,6 +120,8 @@ def _prefect_environment(ws) -> None:
     """Points Prefect at the workspace's home unless a server is configured."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Prefect's default (30 s) is too short for the in-process server on a loaded 2-core host.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if not os.environ.get("PREFECT_API_URL"):
         os.environ["PREFECT_HOME"] = str(ws.prefect_home)
     if not STATE.verbose:

@@ -185,7 +185,7 @@ def verify_release(
         RefusedError: The first failed check.
         UsageError: ``directory`` is not a directory.
     """
-    from aegis.train.checkpoint import model_digest
+    from aegis.train.digest import model_digest
 
     directory = (ws.root / directory if not Path(directory).is_absolute() else directory).resolve()
     if not directory.is_dir():

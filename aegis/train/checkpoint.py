@@ -17,7 +17,6 @@ the architecture the config describes, is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,14 @@ from torch import nn
 from aegis.errors import RefusedError
 from aegis.fileutil import atomic_write
 from aegis.train.data import DataSpec
+from aegis.train.digest import CONFIG, METADATA, WEIGHTS, model_digest
+from aegis.train.digest import digest_of as _digest
 from aegis.train.models import model_from_config
 
+__all__ = ["CONFIG", "METADATA", "WEIGHTS", "LoadedModel", "load_checkpoint", "model_digest"]
+__all__ += ["save_checkpoint", "weights_of"]
+
 FORMAT = "aegis-model/1"
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-METADATA = "metadata.json"
 CONFIG_KEYS = {"format", "model", "data", "split", "train", "privacy", "dataset"}
 
 
@@ -66,13 +67,6 @@ def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _digest(weights: bytes, config: bytes) -> str:
-    h = hashlib.sha256()
-    h.update(weights)
-    h.update(config)
-    return "sha256:" + h.hexdigest()
-
-
 def save_checkpoint(
     directory: Path, *, model: nn.Module, config: dict[str, Any], metadata: dict[str, Any]
 ) -> str:
@@ -97,11 +91,6 @@ def save_checkpoint(
     atomic_write(directory / CONFIG, config_bytes)
     atomic_write(directory / METADATA, json.dumps(metadata, indent=1, sort_keys=True).encode())
     return _digest(weights, config_bytes)
-
-
-def model_digest(directory: Path) -> str:
-    """``sha256:`` over the weights file's bytes, then the config file's bytes."""
-    return _digest((directory / WEIGHTS).read_bytes(), (directory / CONFIG).read_bytes())
 
 
 def load_checkpoint(directory: Path) -> LoadedModel:
