@@ -7,11 +7,15 @@ A step whose exit code is not the expected one stops the demo.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -60,9 +64,11 @@ def _fresh_directory(directory: Path) -> Path:
     return root
 
 
-# Small demo budgets: a PGD-trained CNN in seconds, evaluated by every attack on fewer samples.
+# Small demo budgets: an FGSM-RS-trained CNN in seconds (benchmarks/bench_defenses.py: 8 epochs
+# of FGSM-RS match PGD-7 training under AutoAttack at 1.4x clean cost), evaluated by every
+# attack on fewer samples.
 DEMO_PARAMS = {
-    "train": {"epochs": 6, "defense": "pgd", "steps": 5, "threads": 2},
+    "train": {"epochs": 8, "defense": "fgsm_rs", "threads": 2},
     "evaluate": {
         "max_samples": 150,
         "apgd_steps": 50,
@@ -73,10 +79,15 @@ DEMO_PARAMS = {
 }
 
 
-def _demo_params(ws: Path) -> None:
+# The second model: the operator tries another seed and two more epochs.
+DEMO_PARAMS_V2 = {"train": {"seed": 1, "epochs": 10}}
+
+
+def _demo_params(ws: Path, params: dict | None = None) -> None:
     from aegis.config import override_params
 
-    override_params(ws / "params.yaml", DEMO_PARAMS)
+    params = params or DEMO_PARAMS
+    override_params(ws / "params.yaml", params)
     subprocess.run(
         [
             "git",
@@ -84,12 +95,12 @@ def _demo_params(ws: Path) -> None:
             str(ws),
             "commit",
             "-qm",
-            "demo: small training and attack budgets",
+            "demo: training and attack budgets",
             "params.yaml",
         ],
         check=True,
     )
-    console.print(f"demo params: {DEMO_PARAMS}")
+    console.print(f"demo params: {params}")
 
 
 def _corrupt_rows(frame):
@@ -112,11 +123,94 @@ def _variant(side: Path, tag: str, change) -> Path:
     return out
 
 
+class _PrefectServer:
+    """One Prefect server for every flow the demo runs.
+
+    Each ``aegis run``/``promote`` process would otherwise start Prefect's
+    in-process server (10-15 s each). The server starts in the background at
+    the beginning and is waited for just before the first flow.
+    """
+
+    def __init__(self, ws: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.api = f"http://127.0.0.1:{port}/api"
+        self.log_path = ws / ".aegis" / "prefect" / "demo-server.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(self.log_path.parent),
+            "PREFECT_API_URL": "",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "prefect"), "server", "start",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=self._log, stderr=self._log,
+        )  # fmt: skip
+
+    def wait(self, timeout: float = 180) -> None:
+        """Blocks until the server answers, then points the demo's processes at it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(self.api + "/health", timeout=1)
+                os.environ["PREFECT_API_URL"] = self.api
+                return
+            time.sleep(0.3)
+        raise DemoFailed(f"the Prefect server did not start; see {self.log_path}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+@contextlib.contextmanager
+def _prefect_server(ws: Path) -> Iterator[_PrefectServer]:
+    saved = os.environ.get("PREFECT_API_URL")
+    server = _PrefectServer(ws)
+    try:
+        yield server
+    finally:
+        server.stop()
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
+
+
+def _new_key(ws: Path, side: Path, role: str, name: str, owner: str) -> Path:
+    out = side / f"{name}.pem"
+    _aegis(ws, "keys", "new", "--role", role, "--name", name, "--owner", owner, "--out", out)
+    return out
+
+
+def _publish(ws: Path, src: Path, out: Path, supplier: Path) -> Path:
+    _aegis(ws, "data", "publish", src, "--name", "digits", "--key", supplier, "--out", out)
+    return out
+
+
+def _promote(ws: Path, version: str, operator: Path, approver: Path) -> None:
+    """Request, approve (another owner), complete: the two-person rule in three commands."""
+    target = f"digits-model@{version}"
+    _aegis(ws, "promote", target, "--key", operator)
+    _aegis(ws, "approve", target, "--key", approver)
+    _aegis(ws, "promote", target, "--key", operator, "--resume")
+
+
 def run_demo(directory: Path) -> None:
     """Runs the demo in ``directory`` (recreated if it is an old demo workspace)."""
     start = time.monotonic()
     ws = _fresh_directory(directory)
-    side = ws / ".aegis" / "demo"  # the supplier's and operator's side, git-ignored
+    side = ws / ".aegis" / "demo"  # the supplier's, operator's and approver's side, git-ignored
 
     _step("1. A workspace: git + DVC, pipeline and admin keys, signed trust store, audit log")
     subprocess.run([sys.executable, "-m", "aegis", "init", str(ws)], check=True)
@@ -124,56 +218,27 @@ def run_demo(directory: Path) -> None:
     with (ws / ".gitignore").open("a") as fh:
         fh.write("/.aegis/demo/\n")
     _demo_params(ws)
+    with _prefect_server(ws) as server:
+        _story(ws, side, server)
+    console.print()
+    console.print(
+        f"[bold green]Demo complete[/] in {time.monotonic() - start:.0f} s. "
+        f"Workspace: {ws} (try `aegis --workspace {ws} status`)."
+    )
 
-    _step("2. People: a data supplier and an operator, registered by the admin")
-    _aegis(
-        ws,
-        "keys",
-        "new",
-        "--role",
-        "supplier",
-        "--name",
-        "acme-data",
-        "--owner",
-        "acme",
-        "--out",
-        side / "supplier.pem",
-    )
-    _aegis(
-        ws,
-        "keys",
-        "new",
-        "--role",
-        "operator",
-        "--name",
-        "alice",
-        "--owner",
-        "alice",
-        "--out",
-        side / "operator.pem",
-    )
+
+def _story(ws: Path, side: Path, server: _PrefectServer) -> None:
+    _step("2. People: a data supplier, an operator and an approver (another owner)")
+    supplier = _new_key(ws, side, "supplier", "acme-data", "acme")
+    operator = _new_key(ws, side, "operator", "alice", "alice")
+    approver = _new_key(ws, side, "approver", "bob", "bob")
     _aegis(ws, "trust", "list")
 
     _step("3. The supplier publishes digits as a signed dataset (Parquet + manifest + bundle)")
     _aegis(ws, "data", "import-sklearn", "digits", "--out", side / "raw")
-    dataset = side / "digits-signed"
-    _aegis(
-        ws,
-        "data",
-        "publish",
-        side / "raw",
-        "--name",
-        "digits",
-        "--key",
-        side / "supplier.pem",
-        "--out",
-        dataset,
-    )
+    dataset = _publish(ws, side / "raw", side / "digits-signed", supplier)
 
-    _step("4. The retrain flow (Prefect): verify, validate, store, train (PGD), evaluate")
-    _aegis(ws, "run", "--source", dataset, "--name", "digits", "--key", side / "operator.pem")
-
-    _step("5. An attacker flips one byte of a copy: ingest refuses it, nothing changes")
+    _step("4. An attacker flips one byte of a copy: ingest refuses it, nothing changes")
     tampered = side / "digits-tampered"
     shutil.copytree(dataset, tampered)
     target = tampered / "digits.parquet"
@@ -182,64 +247,32 @@ def run_demo(directory: Path) -> None:
     target.write_bytes(bytes(data))
     _aegis(ws, "ingest", tampered, "--name", "digits", expect=1)
 
-    _step("6. Next delivery has a few corrupted rows: quarantined, the model trains without them")
+    _step("5. The retrain flow (Prefect): verify, validate, train (FGSM-RS), evaluate, sign v1")
+    server.wait()
+    _aegis(ws, "run", "--source", dataset, "--name", "digits", "--key", operator)
+
+    _step("6. Promotion of v1: gates, a signed request by alice, approval by bob -> prod")
+    _promote(ws, "v1", operator, approver)
+
+    _step("7. Next delivery has corrupted rows (quarantined); retrain with other params -> v2")
     corrupted = _variant(side, "corrupted", _corrupt_rows)
-    _aegis(
-        ws,
-        "data",
-        "publish",
-        corrupted,
-        "--name",
-        "digits",
-        "--key",
-        side / "supplier.pem",
-        "--out",
-        side / "digits-v2",
-    )
-    _aegis(
-        ws,
-        "run",
-        "--source",
-        side / "digits-v2",
-        "--name",
-        "digits",
-        "--key",
-        side / "operator.pem",
-    )
+    dataset2 = _publish(ws, corrupted, side / "digits-v2", supplier)
+    _demo_params(ws, DEMO_PARAMS_V2)
+    _aegis(ws, "run", "--source", dataset2, "--name", "digits", "--key", operator)
     _aegis(ws, "quarantine", "show", "digits")
 
-    _step("7. A delivery with a broken schema (a column missing) stops the run: exit 1")
-    broken = _variant(side, "broken-schema", lambda f: f.drop(columns=["pixel_3_3"]))
-    _aegis(
-        ws,
-        "data",
-        "publish",
-        broken,
-        "--name",
-        "digits",
-        "--key",
-        side / "supplier.pem",
-        "--out",
-        side / "digits-v3",
-    )
-    _aegis(
-        ws,
-        "run",
-        "--source",
-        side / "digits-v3",
-        "--name",
-        "digits",
-        "--key",
-        side / "operator.pem",
-        expect=1,
-    )
+    _step("8. Promotion of v2, the same way")
+    _promote(ws, "v2", operator, approver)
+    _aegis(ws, "status")
 
-    _step("8. The audit log: every action, hash-chained, head signed by the pipeline")
-    _aegis(ws, "audit", "show", "--last", "5")
+    _step("9. Incident: v2 misbehaves in production; roll back to v1, re-verified first")
+    _aegis(
+        ws, "rollback", "--to", "digits-model@v1", "--reason",
+        "demo incident: v2 misclassifies a customer's forms", "--key", operator,
+    )  # fmt: skip
+    _aegis(ws, "verify", "digits-model#prod")
+    _aegis(ws, "status")
+
+    _step("10. The audit log: every action, hash-chained, head signed by the pipeline")
+    _aegis(ws, "audit", "show", "--last", "8")
     _aegis(ws, "audit", "verify")
-
-    console.print()
-    console.print(
-        f"[bold green]Demo complete[/] in {time.monotonic() - start:.0f} s. "
-        f"Workspace: {ws} (try `aegis --workspace {ws} trust list`)."
-    )

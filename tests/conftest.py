@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from helpers import CliResult, Env
+from release_helpers import ReleasedEnv, build_released, copy_released
 
 QUIET_ENV = {
     "DO_NOT_TRACK": "1",
@@ -101,6 +102,40 @@ def env(template_env: Env, tmp_path: Path) -> Env:
         dst / "digits-signed",
         dst / "raw",
     )
+
+
+@pytest.fixture(scope="session")
+def sbom_cache(request) -> Path:
+    """A persistent SBOM cache (keyed by the environment, so never stale): saves ~15 s."""
+    path = Path(request.config.cache.mkdir("aegis-cache"))
+    os.environ.setdefault("AEGIS_CACHE_DIR", str(path))
+    return Path(os.environ["AEGIS_CACHE_DIR"])
+
+
+@pytest.fixture(scope="session")
+def released_base(request, tmp_path_factory, sbom_cache) -> Path:
+    """A workspace with two signed releases, built once per session (use ``released_env``).
+
+    Digits ingested and validated, ``digits-model@v1.0.0`` and ``@v2.0.0``
+    released (v2 trained with ``train.seed: 1``), an operator (``ops``, owner
+    alice) and two approvers (bob, carol); see ``release_helpers.ReleasedEnv``.
+    ``AEGIS_TEST_RELEASED_BASE=DIR`` (opt-in, for iterating) builds it once into
+    DIR and reuses it in later sessions; delete DIR after changing how releases
+    are built.
+    """
+    reuse = os.environ.get("AEGIS_TEST_RELEASED_BASE")
+    if reuse and (Path(reuse) / "ws" / "releases").is_dir():
+        return Path(reuse)
+    template_env = request.getfixturevalue("template_env")
+    base = Path(reuse) if reuse else tmp_path_factory.mktemp("released") / "env"
+    build_released(template_env.root.parent, base)
+    return base
+
+
+@pytest.fixture
+def released_env(released_base: Path, tmp_path: Path) -> ReleasedEnv:
+    """A private copy of the session's two-release workspace (see ``released_base``)."""
+    return copy_released(released_base, tmp_path / "env")
 
 
 @pytest.fixture

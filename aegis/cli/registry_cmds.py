@@ -59,17 +59,9 @@ def _status_table(model) -> Any:
     if model.bad:
         title += f", marked bad {', '.join(model.bad)}"
     table = Table(title=title)
-    for col in (
-        "version",
-        "stage",
-        "clean",
-        "robust",
-        "ε",
-        "signer",
-        "request / approvals",
-        "created",
-        "model digest",
-    ):
+    for col in ("version", "stage", "clean", "robust", "ε"):
+        table.add_column(col, no_wrap=True)
+    for col in ("signer", "request / approvals", "created (UTC)", "model digest"):
         table.add_column(col, overflow="fold")
     for v in model.versions:
         table.add_row(
@@ -80,8 +72,8 @@ def _status_table(model) -> Any:
             _num(v.epsilon, "{:.2f}"),
             v.signer or "-",
             _approvals_cell(v.approvals),
-            (v.created or "-")[:19],
-            (v.model_digest or "-")[:19],
+            (v.created or "-")[:16].replace("T", " "),
+            (v.model_digest or "-").removeprefix("sha256:")[:12],
         )
     return table
 

@@ -151,7 +151,7 @@ def audit_show(
     for col in ("seq", "time (UTC)", "actor", "action", "subjects", "details"):
         table.add_column(col, overflow="fold")
     for e in entries:
-        subjects = ", ".join(f"{k}={v[:19]}…" for k, v in e.subjects.items())
+        subjects = ", ".join(f"{k}={v.removeprefix('sha256:')[:12]}" for k, v in e.subjects.items())
         details = ", ".join(
             f"{k}={str(v)[:10] if k == 'commit' else v}"
             for k, v in e.details.items()

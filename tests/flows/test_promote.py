@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from helpers import CliResult
-from release_helpers import build_released, copy_released
 
 from aegis import vcs
 from aegis.config import override_params
@@ -41,26 +40,6 @@ pytestmark = pytest.mark.slow
 def set_promote(env, **values) -> None:
     override_params(env.root / "params.yaml", {"promote": {**LENIENT, **values}})
     vcs.commit_paths(env.root, "test: promote params", ["params.yaml"])
-
-
-@pytest.fixture(scope="module")
-def released_module(template_env, tmp_path_factory, request) -> Path:
-    """v1 and v2 of digits-model, built once for this module (as the registry tests' base).
-
-    ``AEGIS_TEST_RELEASED_BASE=DIR`` reuses a base built by the registry tests' fixture.
-    """
-    os.environ.setdefault("AEGIS_CACHE_DIR", str(request.config.cache.mkdir("aegis-cache")))
-    reuse = os.environ.get("AEGIS_TEST_RELEASED_BASE")
-    if reuse and (Path(reuse) / "ws" / "releases").is_dir():
-        return Path(reuse)
-    base = tmp_path_factory.mktemp("released-promote") / "env"
-    build_released(template_env.root.parent, base)
-    return base
-
-
-@pytest.fixture
-def released_env(released_module, tmp_path):
-    return copy_released(released_module, tmp_path / "env")
 
 
 @pytest.fixture

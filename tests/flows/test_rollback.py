@@ -1,17 +1,13 @@
 """The ``rollback`` flow: in-process under Prefect's test harness, and ``aegis rollback --flow``.
 
-The released workspace (v1, v2 of digits-model) is built once for this module
-with the same helper as the registry tests' ``released_env``.
+Each test gets a copy of the session's two-release workspace (``released_env``).
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 from registry_helpers import aegis, assert_registry_consistent, promote_in_turn
-from release_helpers import build_released, copy_released
 
 from aegis.errors import RefusedError
 from aegis.registry import tags
@@ -26,18 +22,11 @@ def _prefect_harness():
         yield
 
 
-@pytest.fixture(scope="module")
-def released_module(template_env, tmp_path_factory, request):
-    os.environ.setdefault("AEGIS_CACHE_DIR", str(request.config.cache.mkdir("aegis-cache")))
-    base = tmp_path_factory.mktemp("released-flows") / "env"
-    env = build_released(template_env.root.parent, base)
-    promote_in_turn(env.ws, env.model, [V1, V2])
-    return base
-
-
 @pytest.fixture
-def prod_v2(released_module, tmp_path):
-    return copy_released(released_module, tmp_path / "env")
+def prod_v2(released_env):
+    """The session's two releases with v1 then v2 promoted in turn (v2 holds prod)."""
+    promote_in_turn(released_env.ws, released_env.model, [V1, V2])
+    return released_env
 
 
 @pytest.mark.slow
