@@ -55,12 +55,17 @@ def _step(title: str) -> None:
 
 
 def _fresh_directory(directory: Path) -> Path:
+    """Recreates ``directory`` if it is empty or an earlier demo's workspace, else refuses.
+
+    Only a workspace the demo made (it holds ``.aegis/demo/``) is ever deleted: a
+    real workspace's keys, registry and audit log are not the demo's to throw away.
+    """
     root = directory.expanduser().resolve()
     if root.exists():
-        is_workspace = (root / ".aegis" / "workspace.json").is_file()
-        if not is_workspace and any(root.iterdir()):
-            raise UsageError(f"{root}: exists and is not an Aegis workspace; refusing to delete it")
-        shutil.rmtree(root)
+        if (root / ".aegis" / "demo").is_dir():
+            shutil.rmtree(root)
+        elif not root.is_dir() or any(root.iterdir()):
+            raise UsageError(f"{root}: exists and is not a demo workspace; refusing to delete it")
     return root
 
 

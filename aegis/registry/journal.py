@@ -78,7 +78,7 @@ def _reconcile_locked(ws: Workspace) -> list[str]:
         if planned and len(present) == len(planned):
             _append(
                 ws, actor=pipeline, action=f"{action}.done", subjects=intent.subjects,
-                details=closing,
+                details={**closing, "tag_commits": registry_tags.tag_commits(ws, planned)},
             )  # fmt: skip
             notes.append(f"completed interrupted {action} (audit entry {intent.seq})")
         else:
@@ -155,5 +155,8 @@ def registry_change(
         crash_point(f"{action}.done")
         _append(
             ws, actor=actor, action=f"{action}.done", subjects=subjects,
-            details={**change.details, "intent": intent.seq},
+            details={
+                **change.details, "intent": intent.seq,
+                "tag_commits": registry_tags.tag_commits(ws, tags),
+            },
         )  # fmt: skip

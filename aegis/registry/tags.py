@@ -10,6 +10,13 @@ Tag forms (GTO's): ``model@v1.0.0`` registers a version on a commit,
 ``model#prod#7`` assigns stage ``prod`` to the version on the tagged commit,
 ``model#prod!#8`` unassigns it. Aegis uses two stages: ``prod`` (exactly one
 holder) and ``bad`` (versions rolled back from).
+
+Git tags are not signed, so anyone who can write to the repository could
+``git tag`` or ``gto assign`` a version into prod. Every registry change is
+therefore audited with the exact tags it created and their commits (the
+journal's done entry), and :func:`read_registry` refuses a registry whose
+tags differ from the signed audit log: a tag no audited change made, an
+audited tag deleted, or a tag moved to another commit.
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ class RegistryState:
             if info is None:
                 raise RefusedError("registry", f"{target}: no such registered version")
             return info
+        if target.stage == PROD and self.prod:
+            return self.get(self.prod)  # type: ignore[return-value]
         holders = [v for v in self.versions if target.stage in v.stages]
         if not holders:
             raise RefusedError("registry", f"{target}: no version holds stage '{target.stage}'")
@@ -86,12 +95,81 @@ def _tags(ws: Workspace, model: str) -> list[tuple[str, str, str]]:
     return rows
 
 
-def read_registry(ws: Workspace, model: str) -> RegistryState:
-    """Reads a model's registry state from its git tags."""
+def _belongs(tag: str, model: str) -> bool:
+    return tag.startswith((f"{model}@", f"{model}#"))
+
+
+def audited_tags(ws: Workspace, model: str) -> tuple[dict[str, str], set[str]]:
+    """The model's tags per the verified audit log.
+
+    Returns:
+        ``{tag: commit}`` created by completed registry changes, and the tags
+        planned by changes still open (in flight, or to be reconciled).
+
+    Raises:
+        RefusedError: ``audit`` (the log does not verify).
+    """
+    ws.verify_audit()
+    entries = ws.audit().entries()
+    closed = {
+        e.details.get("intent")
+        for e in entries
+        if e.action.endswith((".done", ".aborted")) and "intent" in e.details
+    }
+    expected: dict[str, str] = {}
+    in_flight: set[str] = set()
+    for e in entries:
+        if e.action.endswith(".done"):
+            for tag, commit in (e.details.get("tag_commits") or {}).items():
+                if _belongs(tag, model):
+                    expected[tag] = commit
+        elif e.action.endswith(".intent") and e.seq not in closed:
+            in_flight.update(t for t in e.details.get("tags", []) if _belongs(t, model))
+    return expected, in_flight
+
+
+def _check_against_audit(
+    model: str, rows: list[tuple[str, str, str]], expected: dict[str, str], in_flight: set[str]
+) -> None:
+    actual = {name: commit for name, commit, _ in rows}
+    for name, commit in sorted(actual.items()):
+        if name in in_flight:
+            continue
+        if name not in expected:
+            raise RefusedError(
+                "registry",
+                f"tag '{name}' was not made by an audited Aegis change (registry edited by hand)",
+            )
+        if expected[name] != commit:
+            raise RefusedError("registry", f"tag '{name}' was moved to another commit")
+    missing = sorted(set(expected) - set(actual))
+    if missing:
+        raise RefusedError(
+            "registry", f"audited tag '{missing[0]}' of {model} is missing (deleted by hand)"
+        )
+
+
+def read_registry(ws: Workspace, model: str, *, audited: bool = True) -> RegistryState:
+    """Reads a model's registry state from its git tags.
+
+    Args:
+        ws: The workspace.
+        model: The registry name.
+        audited: Refuse unless the tags are exactly those the audit log records
+            (always, in product code; tests of tag mechanics alone turn it off).
+
+    Raises:
+        RefusedError: ``registry``: the tags differ from the audit log.
+    """
+    if audited:  # read the audit log first: a change in flight has its intent there
+        expected, in_flight = audited_tags(ws, model)
+    rows = _tags(ws, model)
+    if audited:
+        _check_against_audit(model, rows, expected, in_flight)
     versions: dict[str, VersionInfo] = {}
     by_commit: dict[str, str] = {}
     events: list[tuple[int, str, str, bool]] = []
-    for name, commit, created in _tags(ws, model):
+    for name, commit, created in rows:
         if (m := _REGISTRATION.match(name)) and m["model"] == model:
             if m["dereg"]:
                 continue
@@ -130,6 +208,22 @@ def models(ws: Workspace) -> list[str]:
     """Names of the models with registered versions."""
     out = vcs.git(ws.root, "for-each-ref", "--format=%(refname:strip=2)", "refs/tags/")
     return sorted({m["model"] for t in out.split() if (m := _REGISTRATION.match(t))})
+
+
+def tag_commits(ws: Workspace, tags: list[str]) -> dict[str, str]:
+    """``{tag: commit}`` of the given tags that exist (peeled to the commit)."""
+    out = vcs.git(
+        ws.root,
+        "for-each-ref",
+        "--format=%(refname:strip=2)%09%(*objectname)%09%(objectname)",
+        *[f"refs/tags/{t}" for t in tags],
+    )
+    found = {}
+    for line in out.splitlines():
+        name, peeled, obj = line.split("\t")
+        if name in tags:
+            found[name] = peeled or obj
+    return found
 
 
 def tag_exists(ws: Workspace, tag: str) -> bool:

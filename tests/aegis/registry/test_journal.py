@@ -58,10 +58,12 @@ def test_change_writes_intent_tags_done(ws):
     assert [e.action for e in entries] == ["test.intent", "test.done"]
     intent, done = entries
     assert intent.details == {"why": "t", "tags": planned}
-    assert done.details == {"extra": 1, "intent": intent.seq}
+    made = tags.tag_commits(ws, planned)
+    assert set(made) == set(planned)
+    assert done.details == {"extra": 1, "intent": intent.seq, "tag_commits": made}
     assert intent.subjects == done.subjects == {"model": "sha256:x"}
     assert journal.open_intents(ws) == []
-    state = tags.read_registry(ws, MODEL)
+    state = tags.read_registry(ws, MODEL, audited=False)
     assert (state.prod, state.bad) == ("v2.0.0", {"v1.0.0"})
     ws.verify_audit()
 
@@ -78,7 +80,7 @@ def test_exception_in_body_deletes_created_tags_and_aborts(ws):
     assert _actions(ws)[-2:] == ["test.intent", "test.aborted"]
     assert ws.audit().entries()[-1].details["deleted_tags"] == planned[:1]
     assert not any(tags.tag_exists(ws, t) for t in planned)
-    state = tags.read_registry(ws, MODEL)
+    state = tags.read_registry(ws, MODEL, audited=False)
     assert (state.prod, state.bad) == ("v1.0.0", set())
     assert journal.open_intents(ws) == []
     ws.verify_audit()
@@ -93,7 +95,7 @@ def test_body_that_skips_a_planned_tag_is_aborted(ws):
     ):
         tags.assign_stage(ws, model=MODEL, version="v2.0.0", stage="prod", message="s")
     assert _actions(ws)[-1] == "test.aborted"
-    assert tags.read_registry(ws, MODEL).prod == "v1.0.0"
+    assert tags.read_registry(ws, MODEL, audited=False).prod == "v1.0.0"
 
 
 def test_stale_plan_is_refused_before_any_write(ws):
@@ -163,7 +165,7 @@ def test_reconcile_after_crash(ws, step, forward):
     assert last.details["intent"] == open_[0].seq and last.details["reconciled"] is True
     assert journal.open_intents(ws) == []
     assert all(tags.tag_exists(ws, t) == forward for t in planned)
-    state = tags.read_registry(ws, MODEL)
+    state = tags.read_registry(ws, MODEL, audited=False)
     expected = ("v2.0.0", {"v1.0.0"}) if forward else ("v1.0.0", set())
     assert (state.prod, state.bad) == expected
     assert journal.reconcile(ws) == []  # idempotent
