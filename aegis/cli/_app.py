@@ -70,6 +70,15 @@ def _ws():
     return find_workspace(STATE.workspace)
 
 
+def _print_notes(notes: list[str], label: str = "note") -> None:
+    """Prints notes (reconciled changes, ignored approval files) on stderr."""
+    from rich.markup import escape
+
+    err = _console(stderr=True)
+    for note in notes:
+        err.print(f"[yellow]{label}:[/yellow] {escape(note)}")
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 

@@ -12,13 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aegis.cli._app import STATE, JsonOpt, KeyOpt, _console, _print_json, _ws, app
-
-
-def _print_notes(notes: list[str]) -> None:
-    err = _console(stderr=True)
-    for note in notes:
-        err.print(f"[yellow]reconciled:[/yellow] {note}")
+from aegis.cli._app import STATE, JsonOpt, KeyOpt, _console, _print_json, _print_notes, _ws, app
 
 
 def _num(value: float | None, fmt: str = "{:.3f}") -> str:
@@ -26,7 +20,9 @@ def _num(value: float | None, fmt: str = "{:.3f}") -> str:
 
 
 def _approvals_cell(a) -> str:
-    if not a.requested and not a.approved_by and not a.rejected_by:
+    from rich.markup import escape
+
+    if not a.requested and not a.approved_by and not a.rejected_by and not a.ignored:
         return "-"
     parts = []
     if a.requested:
@@ -35,8 +31,7 @@ def _approvals_cell(a) -> str:
         parts.append(f"approved: {', '.join(a.approved_by)}")
     if a.rejected_by:
         parts.append(f"[red]rejected: {', '.join(a.rejected_by)}[/red]")
-    if a.unreadable:
-        parts.append(f"[red]{a.unreadable} unreadable file(s)[/red]")
+    parts += [f"[red]{escape(note)}[/red]" for note in a.ignored]
     return "; ".join(parts)
 
 
@@ -87,7 +82,7 @@ def status(as_json: JsonOpt = False) -> None:
     from aegis.registry.status import registry_status
 
     ws = _ws()
-    _print_notes(reconcile(ws))
+    _print_notes(reconcile(ws), "reconciled")
     models = registry_status(ws)
     if STATE.json or as_json:
         _print_json({"models": [asdict(m) for m in models]})
@@ -146,7 +141,7 @@ def rollback(
 
         with err.status("verifying the rollback target ..."):
             outcome = do_rollback(ws, to=target, reason=reason, operator_key_path=key, model=model)
-    _print_notes(outcome.reconciled)
+    _print_notes(outcome.reconciled, "reconciled")
     if STATE.json or as_json:
         from dataclasses import asdict
 

@@ -3,7 +3,10 @@
 See :mod:`aegis.approval` for the policy. Every read verifies the signature
 against the trust store; every refusal is ``RefusedError("approval", ...)``
 (exit 1) naming what is wrong. Writes here do not commit or audit: the
-caller (:mod:`aegis.registry.promotion`) does both under the workspace lock.
+caller (:mod:`aegis.registry.promotion`) does both under the workspace lock,
+and removes what it wrote if either fails. Whether an approval file counts
+(signature, binding, audit entry, key status) is decided by
+:mod:`aegis.registry.approvals_review`.
 """
 
 from __future__ import annotations
@@ -12,13 +15,12 @@ import contextlib
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from aegis.approval import GateResult
-from aegis.config import PromoteParams
 from aegis.crypto.keys import PrivateKey, canonical_json, verify_signature
 from aegis.crypto.truststore import TrustEntry, TrustStore
 from aegis.errors import RefusedError
@@ -99,23 +101,10 @@ class Approval:
     def reason(self) -> str:
         return self.body.get("reason", "")
 
-
-@dataclass
-class ApprovalTally:
-    """Approvals counted for one request: distinct approver owners."""
-
-    required: int
-    approvers: list[str] = field(default_factory=list)  # distinct owners who approved
-    rejected_by: list[tuple[str, str]] = field(default_factory=list)  # (owner, reason)
-    ignored: list[str] = field(default_factory=list)  # why a signed file did not count
-
     @property
-    def missing(self) -> int:
-        return max(self.required - len(self.approvers), 0)
-
-    @property
-    def enough(self) -> bool:
-        return not self.rejected_by and self.missing == 0
+    def digest(self) -> str:
+        """sha256 of the canonical body: the audit entry of the decision names it."""
+        return body_digest(self.body)
 
 
 def _refuse(message: str) -> RefusedError:
@@ -182,6 +171,10 @@ def load_request(ws: Workspace, model: str, version: str) -> ApprovalRequest | N
     return ApprovalRequest(path, body, body_digest(body))
 
 
+def request_path(ws: Workspace, model: str, version: str) -> Path:
+    return version_dir(ws, model, version) / REQUEST_FILE
+
+
 def write_request(
     ws: Workspace,
     candidate: Candidate,
@@ -191,10 +184,14 @@ def write_request(
     gates: list[GateResult],
     ttl_seconds: int,
 ) -> ApprovalRequest:
-    """Signs and writes a new request, dropping the approvals of any earlier one.
+    """Signs and writes a new request (replacing any earlier one).
+
+    The approvals of an earlier request stay until the caller has committed and
+    audited the new one (:func:`drop_superseded`); bound to the old request's
+    digest, they never count for the new one.
 
     Returns:
-        The request. The caller commits the version directory (git keeps the old files).
+        The request. The caller commits ``request.json`` and ``.gitignore``.
     """
     created = utc_now()
     expires = (parse_utc(created) + timedelta(seconds=ttl_seconds)).strftime(
@@ -216,11 +213,25 @@ def write_request(
     }
     directory = version_dir(ws, candidate.model, candidate.version)
     directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.glob("approval-*.json"):
-        old.unlink()
     atomic_write(directory / ".gitignore", f"/{WAITING_FILE}\n".encode())
     atomic_write(directory / REQUEST_FILE, _signed(operator, body))
     return ApprovalRequest(directory / REQUEST_FILE, body, body_digest(body))
+
+
+def drop_superseded(ws: Workspace, request: ApprovalRequest) -> list[Path]:
+    """Removes the approval files of earlier requests (call once ``request`` is committed).
+
+    Returns:
+        The removed paths (for the caller to commit).
+    """
+    removed = []
+    for path in sorted(request.path.parent.glob("approval-*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if json.loads(path.read_text())["body"]["request"] == request.digest:
+                continue  # bound to this request (cannot happen under the lock; kept)
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 # -- approvals -----------------------------------------------------------------------
@@ -256,6 +267,38 @@ def check_approver(
     return entry
 
 
+DECISION_ACTIONS = {"approve": "approval.granted", "reject": "approval.rejected"}
+
+
+def decided(ws: Workspace, key_id: str, request: ApprovalRequest) -> bool:
+    """Whether the audit log holds a decision by ``key_id`` on ``request``."""
+    return any(
+        e.action in DECISION_ACTIONS.values()
+        and e.actor == key_id
+        and e.subjects.get("request") == request.digest
+        for e in ws.audit().entries()
+    )
+
+
+def read_approval(path: Path, trust: TrustStore) -> tuple[Approval, TrustEntry]:
+    """A signed approval file, its signature checked, and its signer's trust entry.
+
+    Only the signature and the signer are checked here: binding, audit entry and
+    key status are :mod:`aegis.registry.approvals_review`'s.
+
+    Raises:
+        RefusedError: ``approval``: unreadable, unknown key, bad signature, or the
+            file name or ``approver`` field names another key than the signer.
+    """
+    body, entry = _read_signed(path, trust, APPROVAL_KIND)
+    approver = body.get("approver")
+    if path.name != f"approval-{entry.key_id}.json" or not (
+        isinstance(approver, dict) and approver.get("key_id") == entry.key_id
+    ):
+        raise _refuse(f"{path.name}: approver does not match the signing key")
+    return Approval(path, body, entry.owner, entry.key_id), entry
+
+
 def write_approval(
     ws: Workspace,
     candidate: Candidate,
@@ -267,14 +310,21 @@ def write_approval(
 ) -> Approval:
     """Checks the approver (see :func:`check_approver`) and writes the signed decision.
 
+    Returns:
+        The approval. The caller commits and audits it (``approval.granted`` or
+        ``approval.rejected`` naming its :attr:`Approval.digest`), or removes the
+        file if either fails.
+
     Raises:
         RefusedError: ``approval``: see :func:`check_approver`; or this key already
             recorded a decision on this request.
     """
+    if decision not in DECISION_ACTIONS:
+        raise _refuse(f"unknown decision {decision!r}")
     trust = ws.trust()
     entry = check_approver(trust, approver, request, candidate)
     path = _approval_path(ws, candidate.model, candidate.version, approver.key_id)
-    if path.exists():
+    if decided(ws, entry.key_id, request):  # a file there without its audit entry is replaced
         raise _refuse(f"'{entry.name}' already recorded a decision on this request")
     body = {
         "kind": APPROVAL_KIND,
@@ -290,73 +340,6 @@ def write_approval(
     }
     atomic_write(path, _signed(approver, body))
     return Approval(path, body, entry.owner, entry.key_id)
-
-
-def count_approvals(
-    ws: Workspace, candidate: Candidate, request: ApprovalRequest, params: PromoteParams
-) -> ApprovalTally:
-    """Verifies every approval file of the version and counts distinct approver owners.
-
-    Approvals by keys revoked since, or retired before they signed, do not count
-    (listed in ``ignored``).
-
-    Raises:
-        RefusedError: ``approval``: a tampered or unsigned file, an approval bound to
-            another candidate, evidence digest or request (replayed), or one by the
-            requester's owner.
-    """
-    trust = ws.trust()
-    tally = ApprovalTally(required=params.approvals_required)
-    directory = version_dir(ws, candidate.model, candidate.version)
-    for path in sorted(directory.glob("approval-*.json")):
-        body, entry = _read_signed(path, trust, APPROVAL_KIND)
-        where = f"{candidate.model}/{candidate.version}/{path.name}"
-        bound = (
-            body.get("model"),
-            body.get("version"),
-            body.get("candidate"),
-            body.get("evidence"),
-            body.get("request"),
-        )
-        expected = (
-            candidate.model,
-            candidate.version,
-            candidate.model_digest,
-            candidate.evidence_digest,
-            request.digest,
-        )
-        if bound != expected:
-            raise _refuse(f"{where}: bound to another candidate, digest or request (replayed)")
-        if (
-            path.name != f"approval-{entry.key_id}.json"
-            or body.get("approver", {}).get("key_id") != entry.key_id
-        ):
-            raise _refuse(f"{where}: approver does not match the signing key")
-        if entry.owner == request.requester_owner:
-            raise _refuse(f"{where}: approver owner '{entry.owner}' is the requester's owner")
-        signed_before_retired = entry.status == "retired" and str(body.get("created")) < (
-            entry.changed_at or ""
-        )
-        if entry.role != "approver" or not (entry.status == "active" or signed_before_retired):
-            tally.ignored.append(f"{entry.name}: {entry.role}, {entry.status}")
-            continue
-        if body.get("decision") == "reject":
-            tally.rejected_by.append((entry.owner, str(body.get("reason", ""))))
-        elif body.get("decision") == "approve":
-            if entry.owner not in tally.approvers:
-                tally.approvers.append(entry.owner)
-        else:
-            raise _refuse(f"{where}: unknown decision {body.get('decision')!r}")
-    return tally
-
-
-def list_decisions(ws: Workspace, model: str, version: str) -> list[dict[str, Any]]:
-    """Bodies of the approval files (unverified; for display such as ``aegis status``)."""
-    out = []
-    for path in sorted(version_dir(ws, model, version).glob("approval-*.json")):
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            out.append(json.loads(path.read_text())["body"])
-    return out
 
 
 # -- a waiting Prefect run (machine-local: which flow run `aegis approve` resumes) ------

@@ -2,13 +2,18 @@
 
 ``promote`` never waits: it returns ``pending`` when approvals are missing (the
 ``promote`` flow does the waiting, outside any lock). The assignment is one
-journaled registry change (intent, GTO tags, done) that re-reads the registry
-and re-runs the gates and the approval count under the workspace lock, so a
-concurrent promotion or a policy change in between is seen.
+journaled registry change (intent, GTO tags, done) that re-reads the registry,
+re-verifies the release and re-runs the gates and the approval count under the
+workspace lock, so a concurrent promotion, a policy change or a release
+tampered with in between is seen. Evidence files are re-read only through
+their signed digests. A request or approval whose commit or audit entry fails
+is removed again: a file on disk without its audit entry never counts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +25,13 @@ from aegis.approval import GateResult, evaluate_gates, require_gates
 from aegis.config import PromoteParams, duration_seconds
 from aegis.crypto.keys import PrivateKey, load_private_key
 from aegis.errors import RefusedError, UsageError
+from aegis.fileutil import atomic_write
+from aegis.registry import approvals_review as review
 from aegis.registry import approvals_store as store
 from aegis.registry.journal import crash_point, reconcile, registry_change
 from aegis.registry.tags import PROD, assign_stage, plan_stage_tags, read_registry, unassign_stage
 from aegis.registry.targets import Target
-from aegis.registry.verify import VerifiedRelease, open_release
+from aegis.registry.verify import VerifiedRelease, open_release, verify_release
 from aegis.workspace import Workspace
 
 _ATTEMPTS = 3
@@ -65,25 +72,49 @@ class _Stale(Exception):
     """Prod or the tag counter changed between planning and the lock: plan again."""
 
 
-def _release_dp(verified: VerifiedRelease) -> bool:
+def release_file(verified: VerifiedRelease, name: str) -> bytes | None:
+    """A signed file of ``verified`` re-read from disk; None if the release has no such file.
+
+    Raises:
+        RefusedError: ``integrity``: its bytes are not the signed ones (changed since
+            verification).
+    """
+    if name not in verified.files:
+        return None
     try:
-        params = yaml.safe_load((verified.directory / "params.yaml").read_text()) or {}
-        return (params.get("train") or {}).get("privacy") == "dp"
-    except (OSError, yaml.YAMLError, AttributeError):
+        data = (verified.directory / name).read_bytes()
+    except OSError:
+        data = None
+    if data is None or hashlib.sha256(data).hexdigest() != verified.files[name]:
+        raise RefusedError("integrity", f"{verified}: '{name}' changed after verification")
+    return data
+
+
+def _release_dp(verified: VerifiedRelease) -> bool:
+    data = release_file(verified, "params.yaml")
+    try:
+        params = yaml.safe_load(data) if data is not None else None
+        return ((params or {}).get("train") or {}).get("privacy") == "dp"
+    except (yaml.YAMLError, AttributeError):
         return verified.metrics.get("epsilon_spent") is not None
 
 
 def gates_for(
     verified: VerifiedRelease, params: PromoteParams, prod: VerifiedRelease | None
 ) -> list[GateResult]:
-    """The gate rows of a verified candidate against the current prod (not raising)."""
+    """The gate rows of a verified candidate against the current prod (not raising on gates).
+
+    Raises:
+        RefusedError: ``integrity``: an evidence file changed since verification.
+    """
+    data = release_file(verified, "validation.json")
     try:
-        validation = json.loads((verified.directory / "validation.json").read_text())
-    except (OSError, ValueError):
+        validation = json.loads(data) if data is not None else {}
+    except ValueError:
         validation = {}
     return evaluate_gates(
         metrics=verified.metrics,
-        validation=validation,
+        validation=validation if isinstance(validation, dict) else {},
         params=params,
         prod_metrics=prod.metrics if prod is not None else None,
         dp=_release_dp(verified) or verified.metrics.get("epsilon_spent") is not None,
@@ -106,35 +137,114 @@ def _rel(ws: Workspace, path: Path) -> str:
     return str(path.relative_to(ws.root))
 
 
-def _new_request(ws, verified, candidate, operator, requester, gates, params):
+def _tracked(ws: Workspace, paths: list[Path]) -> list[str]:
+    rels = [_rel(ws, p) for p in paths]
+    return [r for r in rels if vcs.git(ws.root, "ls-files", "--", r).strip()]
+
+
+def _undo(ws: Workspace, path: Path, previous: bytes | None, what: str) -> None:
+    """Puts ``path`` back as it was (``previous`` bytes, or absent) after a failed write.
+
+    A commit of the new file that went through is followed by one restoring it
+    (best effort: the file on disk is what counts, and it is back already).
+    """
+    if previous is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write(path, previous)
+    with contextlib.suppress(Exception):
+        tracked = _tracked(ws, [path])
+        if tracked:
+            vcs.commit_paths(ws.root, f"aegis: undo {what} (not recorded)", tracked)
+
+
+def record_request(ws, candidate, operator, requester, gates, params) -> store.ApprovalRequest:
+    """Writes, commits and audits a new request; then drops the superseded approvals.
+
+    If the commit or the audit entry fails, the earlier request is put back (and
+    its approvals were never touched).
+    """
     with ws.lock():
+        path = store.request_path(ws, candidate.model, candidate.version)
+        previous = path.read_bytes() if path.is_file() else None
         request = store.write_request(
             ws, candidate, operator=operator, requester=requester, gates=gates,
             ttl_seconds=duration_seconds(params.approval_ttl),
         )  # fmt: skip
-        directory = _rel(ws, request.path.parent)
-        vcs.git(ws.root, "add", "-A", "--", directory)
-        vcs.commit_paths(
-            ws.root, f"aegis: promotion request for {candidate.model}@{candidate.version}",
-            [directory],
-        )  # fmt: skip
-        ws.audit().append(
-            actor=operator.key_id,
-            action="approval.requested",
-            pipeline_key=ws.pipeline_key(),
-            subjects={
-                "model": candidate.model_digest,
-                "evidence": candidate.evidence_digest,
-                "request": request.digest,
-            },
-            details={
-                "model_name": candidate.model,
-                "version": candidate.version,
-                "requester": requester.owner,
-                "expires": request.expires,
-            },
-        )
+        try:
+            vcs.commit_paths(
+                ws.root, f"aegis: promotion request for {candidate.model}@{candidate.version}",
+                [_rel(ws, path), _rel(ws, path.parent / ".gitignore")],
+            )  # fmt: skip
+            ws.audit().append(
+                actor=operator.key_id,
+                action="approval.requested",
+                pipeline_key=ws.pipeline_key(),
+                subjects={
+                    "model": candidate.model_digest,
+                    "evidence": candidate.evidence_digest,
+                    "request": request.digest,
+                },
+                details={
+                    "model_name": candidate.model,
+                    "version": candidate.version,
+                    "requester": requester.owner,
+                    "expires": request.expires,
+                },
+            )
+        except BaseException:
+            _undo(ws, path, previous, f"promotion request for {candidate.model}")
+            raise
+        removed = _tracked(ws, store.drop_superseded(ws, request))
+        if removed:
+            vcs.commit_paths(
+                ws.root, f"aegis: drop the approvals of the superseded request for "
+                f"{candidate.model}@{candidate.version}", removed,
+            )  # fmt: skip
     return request
+
+
+def record_approval(
+    ws: Workspace,
+    candidate: store.Candidate,
+    request: store.ApprovalRequest,
+    *,
+    approver: PrivateKey,
+    decision: str,
+    reason: str,
+) -> store.Approval:
+    """Writes, commits and audits a signed decision (see :func:`store.write_approval`).
+
+    The audit entry names the approval's body digest: that entry is what makes
+    the file count. If the commit or the audit entry fails, the file is removed.
+    """
+    model, version = candidate.model, candidate.version
+    with ws.lock():
+        approval = store.write_approval(
+            ws, candidate, request, approver=approver, decision=decision, reason=reason
+        )
+        try:
+            vcs.commit_paths(
+                ws.root, f"aegis: {decision} {model}@{version} ({approval.owner})",
+                [_rel(ws, approval.path)],
+            )  # fmt: skip
+            ws.audit().append(
+                actor=approver.key_id,
+                action=store.DECISION_ACTIONS[decision],
+                pipeline_key=ws.pipeline_key(),
+                subjects={
+                    "model": candidate.model_digest, "evidence": candidate.evidence_digest,
+                    "request": request.digest, "approval": approval.digest,
+                },
+                details={
+                    "model_name": model, "version": version, "owner": approval.owner,
+                    "reason": reason,
+                },
+            )  # fmt: skip
+        except BaseException:
+            _undo(ws, approval.path, None, f"{decision} of {model}@{version}")
+            raise
+    return approval
 
 
 def promote(
@@ -185,7 +295,7 @@ def promote(
         )
         raise RefusedError("approval", f"{model}@{version}: {why}; run `aegis promote` first")
     if not usable:
-        request = _new_request(ws, verified, candidate, operator, requester, gates, params)
+        request = record_request(ws, candidate, operator, requester, gates, params)
     tally = _tally(ws, candidate, request, params)
     outcome = PromotionOutcome(
         "pending", model, version, state.prod, _rel(ws, request.path), request.expires,
@@ -198,8 +308,8 @@ def promote(
     return outcome
 
 
-def _tally(ws, candidate, request, params) -> store.ApprovalTally:
-    tally = store.count_approvals(ws, candidate, request, params)
+def _tally(ws, candidate, request, params) -> review.ApprovalTally:
+    tally = review.count_approvals(ws, candidate, request, params)
     if tally.rejected_by:
         owner, reason = tally.rejected_by[0]
         raise RefusedError("approval", f"rejected by {owner}: {reason or 'no reason given'}")
@@ -207,7 +317,10 @@ def _tally(ws, candidate, request, params) -> store.ApprovalTally:
 
 
 def _assign(ws, verified, request, operator, prod) -> tuple[str | None, list[GateResult], str]:
-    """Assigns prod under the lock, re-checking prod, gates and approvals; retries if stale."""
+    """Assigns prod under the lock, re-checking prod, release, gates and approvals.
+
+    Retries if prod changed between planning and the lock.
+    """
     candidate = store.Candidate.of(verified)
     model, version = candidate.model, candidate.version
     for _ in range(_ATTEMPTS):
@@ -231,8 +344,13 @@ def _assign(ws, verified, request, operator, prod) -> tuple[str | None, list[Gat
                     ws, model=model, ops=ops
                 ):
                     raise _Stale
+                again = verify_release(ws, verified.directory, expect=verified.target)
+                if store.Candidate.of(again) != candidate:
+                    raise RefusedError(
+                        "integrity", f"{model}@{version} is another build than the one verified"
+                    )
                 params = ws.params().promote
-                gates = require_gates(gates_for(verified, params, prod))
+                gates = require_gates(gates_for(again, params, prod))
                 tally = _tally(ws, candidate, request, params)
                 if not tally.enough:
                     raise RefusedError("approval", f"{tally.missing} approval(s) missing")
@@ -281,30 +399,10 @@ def approve(
             "approval", f"{model}@{version}: no promotion request (run `aegis promote` first)"
         )
     decision = "reject" if reject else "approve"
-    with ws.lock():
-        approval = store.write_approval(
-            ws, candidate, request, approver=approver, decision=decision, reason=reason
-        )
-        vcs.commit_paths(
-            ws.root,
-            f"aegis: {decision} {model}@{version} ({approval.owner})",
-            [_rel(ws, approval.path)],
-        )
-        ws.audit().append(
-            actor=approver.key_id,
-            action="approval.granted" if decision == "approve" else "approval.rejected",
-            pipeline_key=ws.pipeline_key(),
-            subjects={
-                "model": candidate.model_digest,
-                "evidence": candidate.evidence_digest,
-                "request": request.digest,
-            },
-            details={
-                "model_name": model, "version": version, "owner": approval.owner,
-                "reason": reason,
-            },
-        )  # fmt: skip
-    tally = store.count_approvals(ws, candidate, request, ws.params().promote)
+    approval = record_approval(
+        ws, candidate, request, approver=approver, decision=decision, reason=reason
+    )
+    tally = review.count_approvals(ws, candidate, request, ws.params().promote)
     return ApprovalOutcome(
         model, version, decision, approval.owner, _rel(ws, approval.path), tally.approvers,
         tally.required, store.waiting_run(ws, model, version), notes,

@@ -3,35 +3,42 @@
 Read-only display, built from the GTO tags (exact order), each release's
 ``release.json`` and ``metrics.json`` (not verified here: anything that
 loads, promotes, rolls back or exports a release verifies it first) and the
-files in ``.aegis/approvals/<model>/<version>/``. A release directory that is
-not checked out in the workspace is shown with the digests the audit log
-recorded at release time.
+files in ``.aegis/approvals/<model>/<version>/``. Those are checked as
+promotion checks them (:mod:`aegis.registry.approvals_review`, against the
+request's candidate): only approvals that count are shown as approvals, any
+other file as ignored with its reason. A release directory that is not checked
+out in the workspace is shown with the digests the audit log recorded at
+release time.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aegis.audit import AuditEntry
+from aegis.crypto.truststore import TrustStore
+from aegis.errors import RefusedError
+from aegis.registry import approvals_review as review
+from aegis.registry import approvals_store as store
 from aegis.registry import tags as registry_tags
 from aegis.workspace import Workspace
 
 
 @dataclass
 class ApprovalSummary:
-    """The request and approval files of one version (as found, not verified)."""
+    """The request and approval files of one version, verified as promotion does."""
 
-    requested: bool = False
-    requester: str | None = None
+    requested: bool = False  # a request file exists (see ``ignored`` if it does not verify)
+    requester: str | None = None  # owner of the operator key that signed the request
     request_created: str | None = None
     expires: str | None = None
     expired: bool = False
-    approved_by: list[str] = field(default_factory=list)
-    rejected_by: list[str] = field(default_factory=list)
-    unreadable: int = 0  # files that are not the expected signed JSON
+    approved_by: list[str] = field(default_factory=list)  # owners whose approval counts
+    rejected_by: list[str] = field(default_factory=list)  # owners whose rejection counts
+    ignored: list[str] = field(default_factory=list)  # "<who>: ignored: <why>" per file
 
 
 @dataclass
@@ -76,61 +83,50 @@ def _json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _body(path: Path) -> dict[str, Any] | None:
-    data = _json(path)
-    body = data.get("body") if data else None
-    return body if isinstance(body, dict) else None
+def approval_summary(
+    ws: Workspace,
+    model: str,
+    version: str,
+    *,
+    trust: TrustStore | None = None,
+    entries: list[AuditEntry] | None = None,
+) -> ApprovalSummary:
+    """Summarizes ``.aegis/approvals/<model>/<version>/``: the verified request and decisions.
 
-
-def _owner(body: dict[str, Any], role: str) -> str | None:
-    for key in (f"{role}_owner", "owner"):
-        if isinstance(body.get(key), str):
-            return body[key]
-    nested = body.get(role)
-    if isinstance(nested, dict):
-        return nested.get("owner") or nested.get("key_id")
-    return body.get(f"{role}_key_id") or body.get("key_id")
-
-
-def _expired(expires: str | None) -> bool:
-    if not expires:
-        return False
-    try:
-        when = datetime.fromisoformat(expires.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when <= datetime.now(UTC)
-
-
-def approval_summary(ws: Workspace, model: str, version: str) -> ApprovalSummary:
-    """Summarizes ``.aegis/approvals/<model>/<version>/`` (request and approval files)."""
+    Args:
+        trust, entries: The trust store and the (verified) audit entries; loaded if not
+            given. ``entries=[]`` makes every approval file ignored.
+    """
     summary = ApprovalSummary()
-    folder = ws.approvals_dir / model / version
+    folder = store.version_dir(ws, model, version)
     if not folder.is_dir():
         return summary
-    request = folder / "request.json"
-    if request.is_file():
-        body = _body(request)
-        summary.requested = True
-        if body is None:
-            summary.unreadable += 1
-        else:
-            summary.requester = _owner(body, "requester")
-            summary.request_created = body.get("created")
-            summary.expires = body.get("expires")
-            summary.expired = _expired(summary.expires)
-    for path in sorted(folder.glob("approval-*.json")):
-        body = _body(path)
-        if body is None:
-            summary.unreadable += 1
-            continue
-        who = _owner(body, "approver") or path.stem.removeprefix("approval-")
-        if body.get("decision") == "reject":
-            summary.rejected_by.append(who)
-        else:
-            summary.approved_by.append(who)
+    summary.requested = (folder / store.REQUEST_FILE).is_file()
+    try:
+        request = store.load_request(ws, model, version)
+    except RefusedError as exc:
+        summary.ignored.append(f"{store.REQUEST_FILE}: ignored: {exc.detail}")
+        request = None
+    if request is None:
+        summary.ignored += [
+            f"{path.name}: ignored: no valid request" for path in folder.glob("approval-*.json")
+        ]
+        return summary
+    summary.requester = request.requester_owner
+    summary.request_created = request.body.get("created")
+    summary.expires = request.expires
+    summary.expired = request.expired()
+    b = request.body
+    candidate = store.Candidate(model, version, b["candidate"], b["evidence"])
+    for verdict in review.review_approvals(ws, candidate, request, trust=trust, entries=entries):
+        if entries == []:  # the audit log did not verify (it always holds workspace.init)
+            summary.ignored.append(f"{verdict.who}: ignored: the audit log does not verify")
+        elif verdict.ignored is not None:
+            summary.ignored.append(verdict.note)
+        elif verdict.decision == "reject":
+            summary.rejected_by.append(str(verdict.owner))
+        elif verdict.owner not in summary.approved_by:
+            summary.approved_by.append(str(verdict.owner))
     return summary
 
 
@@ -161,11 +157,21 @@ def _released(ws: Workspace) -> dict[tuple[str, str], dict[str, Any]]:
     return found
 
 
+def _verified_log(ws: Workspace) -> tuple[TrustStore, list[AuditEntry]]:
+    """The trust store and the audit entries; none if the log does not verify."""
+    try:
+        ws.verify_audit()
+    except RefusedError:
+        return ws.trust(), []  # then no approval counts (each is shown as ignored)
+    return ws.trust(), ws.audit().entries()
+
+
 def model_status(
     ws: Workspace, model: str, released: dict[tuple[str, str], dict[str, Any]] | None = None
 ) -> ModelStatus:
     """The status of one model (see the module docstring)."""
     released = _released(ws) if released is None else released
+    trust, entries = _verified_log(ws)
     state = registry_tags.read_registry(ws, model)
     versions = []
     for info in state.versions:
@@ -192,7 +198,7 @@ def model_status(
                 robust_acc=_float(robust.get("worst_case")),
                 epsilon=_float(metrics.get("epsilon_spent")),
                 signer=_signer(release),
-                approvals=approval_summary(ws, model, info.version),
+                approvals=approval_summary(ws, model, info.version, trust=trust, entries=entries),
             )
         )
     return ModelStatus(

@@ -8,11 +8,15 @@ import shutil
 
 import pytest
 
+from aegis import vcs
 from aegis.approval import GateFailure, evaluate_gates, require_gates
+from aegis.audit import AuditLog
 from aegis.config import PromoteParams
 from aegis.crypto.keys import load_private_key
 from aegis.errors import RefusedError
+from aegis.registry import approvals_review as review
 from aegis.registry import approvals_store as store
+from aegis.registry.promotion import record_approval, record_request
 from aegis.trust_ops import change_status, new_key
 
 GOOD = {
@@ -116,9 +120,34 @@ def _request(env, people, candidate=V1, ttl=3600):
 
 
 def _approve(env, people, who, request, candidate=V1, decision="approve", reason=""):
-    return store.write_approval(
+    """A decision as `aegis approve` records it: signed file, commit, audit entry."""
+    return record_approval(
         env.ws, candidate, request, approver=people[who], decision=decision, reason=reason
     )
+
+
+def _count(env, request, candidate=V1, params=PARAMS):
+    return review.count_approvals(env.ws, candidate, request, params)
+
+
+def _forge(env, key, request, candidate=V1, *, audit=False, **body):
+    """An approval file signed by ``key`` as an attacker holding it would write it."""
+    doc = {
+        "kind": store.APPROVAL_KIND, "model": candidate.model, "version": candidate.version,
+        "candidate": candidate.model_digest, "evidence": candidate.evidence_digest,
+        "request": request.digest, "decision": "approve", "reason": "",
+        "approver": {"key_id": key.key_id, "owner": "?"}, "created": request.body["created"],
+        **body,
+    }  # fmt: skip
+    path = store.version_dir(env.ws, candidate.model, candidate.version)
+    path = path / f"approval-{key.key_id}.json"
+    path.write_bytes(store._signed(key, doc))
+    if audit:  # as if the audit append went through (it cannot for a retired key)
+        env.ws.audit().append(
+            actor=key.key_id, action="approval.granted", pipeline_key=env.ws.pipeline_key(),
+            subjects={"request": request.digest, "approval": store.body_digest(doc)},
+        )  # fmt: skip
+    return path
 
 
 def test_request_round_trip_and_tamper(env, people):
@@ -149,15 +178,18 @@ def test_approval_counts_distinct_owners(env, people):
     request = _request(env, people)
     _approve(env, people, "bob", request)
     _approve(env, people, "bob2", request)  # same owner: one person
-    tally = store.count_approvals(
-        env.ws, V1, request, PARAMS.model_copy(update={"approvals_required": 2})
-    )
+    two = PARAMS.model_copy(update={"approvals_required": 2})
+    tally = _count(env, request, params=two)
     assert tally.approvers == ["bob"] and tally.missing == 1 and not tally.enough
     _approve(env, people, "carol", request)
-    tally = store.count_approvals(
-        env.ws, V1, request, PARAMS.model_copy(update={"approvals_required": 2})
+    tally = _count(env, request, params=two)
+    assert sorted(tally.approvers) == ["bob", "carol"] and tally.enough and not tally.ignored
+    entry = [e for e in env.ws.audit().entries() if e.action == "approval.granted"][-1]
+    approval = store.version_dir(env.ws, V1.model, V1.version) / (
+        f"approval-{people['carol'].key_id}.json"
     )
-    assert sorted(tally.approvers) == ["bob", "carol"] and tally.enough
+    assert entry.subjects["approval"] == store.body_digest(json.loads(approval.read_text())["body"])
+    assert "approval-" in vcs.git(env.root, "log", "-1", "--name-only", "--format=")
 
 
 @pytest.mark.parametrize(
@@ -201,61 +233,164 @@ def test_request_for_another_candidate_refused(env, people):
 
 def test_decision_is_final(env, people):
     request = _request(env, people)
-    _approve(env, people, "bob", request)
+    approval = _approve(env, people, "bob", request)
+    with pytest.raises(RefusedError, match="already recorded"):
+        _approve(env, people, "bob", request, decision="reject", reason="changed my mind")
+    approval.path.unlink()  # the audit entry, not the file, records the decision
     with pytest.raises(RefusedError, match="already recorded"):
         _approve(env, people, "bob", request, decision="reject", reason="changed my mind")
 
 
-def test_replayed_approval_from_another_version_refused(env, people):
+def test_replayed_approval_from_another_version_ignored(env, people):
     r1 = _request(env, people, candidate=V1)
     r2 = _request(env, people, candidate=V2)
     approval = _approve(env, people, "bob", r1, candidate=V1)
     shutil.copy(approval.path, r2.path.parent / approval.path.name)
-    with pytest.raises(RefusedError, match="replayed") as info:
-        store.count_approvals(env.ws, V2, r2, PARAMS)
-    assert info.value.check == "approval"
+    tally = _count(env, r2, candidate=V2)
+    assert tally.approvers == [] and not tally.rejected_by
+    assert tally.ignored == ["bob (bob): ignored: bound to another candidate, evidence digest "
+                             "or request (replayed)"]  # fmt: skip
+    _approve(env, people, "carol", r2, candidate=V2)  # a planted file does not block the rest
+    assert _count(env, r2, candidate=V2).approvers == ["carol"]
 
 
-def test_replayed_approval_of_an_earlier_request_refused(env, people):
+def test_replayed_approval_of_an_earlier_request_ignored(env, people):
     old = _request(env, people)
     approval = _approve(env, people, "bob", old)
-    kept = approval.path.read_bytes()
-    new = _request(env, people)  # a new request drops the old approvals
-    assert not approval.path.exists()
-    approval.path.write_bytes(kept)
-    with pytest.raises(RefusedError, match="replayed"):
-        store.count_approvals(env.ws, V1, new, PARAMS)
+    new = _request(env, people)  # a new request (approvals of the old one no longer count)
+    assert new.digest != old.digest and approval.path.exists()
+    tally = _count(env, new)
+    assert tally.approvers == [] and "replayed" in tally.ignored[0]
 
 
-def test_tampered_or_unsigned_approval_refused(env, people):
+def test_tampered_unsigned_or_unknown_key_ignored(env, people, tmp_path):
+    from aegis.crypto.keys import generate_key
+
     request = _request(env, people)
     approval = _approve(env, people, "bob", request, decision="reject", reason="no")
     doc = json.loads(approval.path.read_text())
     doc["body"]["decision"] = "approve"
     approval.path.write_text(json.dumps(doc))
-    with pytest.raises(RefusedError, match="signature does not verify"):
-        store.count_approvals(env.ws, V1, request, PARAMS)
-    approval.path.write_text("{}")
-    with pytest.raises(RefusedError, match="unreadable"):
-        store.count_approvals(env.ws, V1, request, PARAMS)
+    (approval.path.parent / "approval-junk.json").write_text("{}")
+    stranger = generate_key(tmp_path / "stranger.pem")
+    _forge(env, stranger, request)
+    tally = _count(env, request)
+    assert tally.approvers == [] and tally.rejected_by == []
+    text = "\n".join(tally.ignored)
+    assert len(tally.ignored) == 3, text
+    for reason in ("signature does not verify", "unreadable", "unknown key"):
+        assert reason in text
+
+
+def test_unaudited_approval_ignored(env, people):
+    request = _request(env, people)
+    store.write_approval(  # a file without its audit entry: never counts
+        env.ws, V1, request, approver=people["bob"], decision="approve", reason=""
+    )
+    tally = _count(env, request)
+    assert tally.approvers == [] and "no audit entry" in tally.ignored[0]
+    _approve(env, people, "bob", request)  # replaced by an audited decision
+    assert _count(env, request).approvers == ["bob"]
 
 
 def test_rejection_and_revoked_approvals(env, people):
     request = _request(env, people)
     _approve(env, people, "bob", request)
     _approve(env, people, "carol", request, decision="reject", reason="flaky eval")
-    tally = store.count_approvals(env.ws, V1, request, PARAMS)
+    tally = _count(env, request)
     assert tally.rejected_by == [("carol", "flaky eval")] and not tally.enough
     change_status(env.ws, "bob", status="revoked", reason="compromised", admin_key=None)
-    tally = store.count_approvals(env.ws, V1, request, PARAMS)
-    assert tally.approvers == [] and tally.ignored == ["bob: approver, revoked"]
+    tally = _count(env, request)
+    assert tally.approvers == [] and tally.ignored == ["bob (bob): ignored: its key is revoked"]
 
 
 def test_retired_approver_still_counts_what_it_signed_before(env, people):
     request = _request(env, people)
     _approve(env, people, "bob", request)
     change_status(env.ws, "bob", status="retired", reason="rotated", admin_key=None)
-    assert store.count_approvals(env.ws, V1, request, PARAMS).approvers == ["bob"]
+    assert _count(env, request).approvers == ["bob"]
+
+
+def test_retired_approver_cannot_backdate(env, people):
+    request = _request(env, people)
+    change_status(env.ws, "bob", status="retired", reason="rotated", admin_key=None)
+    # bob's key, retired, signs an approval dated before its retirement
+    _forge(env, people["bob"], request)
+    tally = _count(env, request)
+    assert tally.approvers == [] and "no audit entry" in tally.ignored[0]
+    # even with an audit entry: it comes after the audited retirement
+    _forge(env, people["bob"], request, audit=True)
+    tally = _count(env, request)
+    assert tally.approvers == [] and "after its key was retired" in tally.ignored[0]
+
+
+def test_approval_created_outside_the_request_lifetime_ignored(env, people):
+    request = _request(env, people)
+    for created in ("2000-01-01T00:00:00.000000Z", "2999-01-01T00:00:00.000000Z", "yesterday"):
+        _forge(env, people["bob"], request, audit=True, created=created)
+        tally = _count(env, request)
+        assert tally.approvers == [] and "outside the request's lifetime" in tally.ignored[0]
+
+
+def test_failed_audit_or_commit_removes_the_approval(env, people, monkeypatch):
+    request = _request(env, people)
+    path = store.version_dir(env.ws, V1.model, V1.version) / (
+        f"approval-{people['bob'].key_id}.json"
+    )
+    real_append = AuditLog.append
+
+    def failing_append(self, **kw):
+        if kw["action"] == "approval.granted":
+            raise OSError("disk full")
+        return real_append(self, **kw)
+
+    monkeypatch.setattr(AuditLog, "append", failing_append)
+    with pytest.raises(OSError, match="disk full"):
+        _approve(env, people, "bob", request)
+    assert not path.exists()
+    assert not vcs.git(env.root, "ls-files", "--", str(path)).strip()  # removal committed
+    monkeypatch.setattr(AuditLog, "append", real_append)
+
+    def failing_commit(*a, **kw):
+        raise RuntimeError("git index locked")
+
+    monkeypatch.setattr(vcs, "commit_paths", failing_commit)
+    with pytest.raises(RuntimeError, match="index locked"):
+        _approve(env, people, "bob", request)
+    assert not path.exists()
+    monkeypatch.undo()
+    _approve(env, people, "bob", request)  # nothing recorded: bob may decide again
+    assert _count(env, request).approvers == ["bob"]
+
+
+def test_new_request_drops_old_approvals_only_once_recorded(env, people, monkeypatch):
+    operator = people["operator"]
+    requester = env.ws.trust().by_key_id(operator.key_id)
+
+    def new_request():
+        return record_request(env.ws, V1, operator, requester, [], PARAMS)
+
+    old = new_request()
+    approval = _approve(env, people, "bob", old)
+    kept = old.path.read_bytes()
+    real_append = AuditLog.append
+
+    def failing_append(self, **kw):
+        if kw["action"] == "approval.requested":
+            raise OSError("disk full")
+        return real_append(self, **kw)
+
+    monkeypatch.setattr(AuditLog, "append", failing_append)
+    with pytest.raises(OSError):
+        new_request()
+    assert old.path.read_bytes() == kept and approval.path.exists()  # as before
+    assert store.load_request(env.ws, V1.model, V1.version).digest == old.digest
+    assert not vcs.git(env.root, "status", "--porcelain", "--", str(old.path.parent)).strip()
+    assert _count(env, old).approvers == ["bob"]
+    monkeypatch.undo()
+    new = new_request()
+    assert new.digest != old.digest and not approval.path.exists()
+    assert not vcs.git(env.root, "status", "--porcelain", "--", str(old.path.parent)).strip()
 
 
 def test_waiting_marker(env):

@@ -18,12 +18,13 @@ from helpers import CliResult
 
 from aegis import vcs
 from aegis.approval import GateFailure
-from aegis.config import override_params
+from aegis.config import PromoteParams, override_params
 from aegis.errors import RefusedError
 from aegis.registry import approvals_store as store
-from aegis.registry.promotion import approve, promote
+from aegis.registry.promotion import approve, gates_for, promote
 from aegis.registry.tags import read_registry
 from aegis.registry.targets import parse_target
+from aegis.registry.verify import open_release
 
 LENIENT = {
     "min_clean_acc": 0.0,
@@ -180,6 +181,82 @@ def test_tampered_release_refused_before_request(renv):
     assert store.load_request(renv.ws, renv.model, "v1.0.0") is None
 
 
+def test_evidence_is_reread_through_its_signed_digest(renv):
+    verified = open_release(renv.ws, parse_target(renv.v1))
+    for name, text in (("validation.json", '{"success": true}'), ("params.yaml", "train: {}\n")):
+        path = verified.directory / name
+        kept = path.read_bytes()
+        path.write_text(text)
+        with pytest.raises(RefusedError) as info:
+            gates_for(verified, PromoteParams(), None)
+        assert info.value.check == "integrity" and name in str(info.value)
+        path.write_bytes(kept)
+    assert gates_for(verified, PromoteParams(), None)
+
+
+@pytest.mark.parametrize("victim", ["validation.json", "metrics.json"])
+def test_release_tampered_before_the_assignment_refused(renv, monkeypatch, victim):
+    from aegis.registry import promotion
+
+    for target in (renv.v1, renv.v2):
+        _promote(renv, target)
+        _approve(renv, target, renv.approver_key)
+    assert _promote(renv, renv.v1, resume=True).status == "promoted"
+    real = promotion._assign
+
+    def tamper_then_assign(ws, verified, *args):
+        path = verified.directory / victim  # after the first verification, before the lock
+        path.write_bytes(path.read_bytes().replace(b"}", b"} ", 1))
+        return real(ws, verified, *args)
+
+    monkeypatch.setattr(promotion, "_assign", tamper_then_assign)
+    with pytest.raises(RefusedError) as info:
+        _promote(renv, renv.v2, resume=True)
+    assert info.value.check == "integrity"
+    assert read_registry(renv.ws, renv.model).prod == "v1.0.0"
+    assert renv.ws.audit().entries()[-1].action == "promote.aborted"
+
+
+def test_planted_approval_files_do_not_block(renv, tmp_path):
+    from aegis.crypto.keys import generate_key
+
+    _promote(renv, renv.v1)
+    request = store.load_request(renv.ws, renv.model, "v1.0.0")
+    stranger = generate_key(tmp_path / "stranger.pem")
+    body = {**request.body, "kind": store.APPROVAL_KIND, "request": request.digest,
+            "decision": "reject", "reason": "planted",
+            "approver": {"key_id": stranger.key_id, "owner": "mallory"}}  # fmt: skip
+    folder = request.path.parent
+    (folder / f"approval-{stranger.key_id}.json").write_bytes(store._signed(stranger, body))
+    (folder / "approval-junk.json").write_text("not json")
+    pending = _promote(renv, renv.v1, resume=True)
+    assert pending.status == "pending" and pending.approvers == []
+    notes = "\n".join(pending.notes)
+    assert "unknown key" in notes and "unreadable" in notes
+    _approve(renv, renv.v1, renv.approver_key)
+    done = _promote(renv, renv.v1, resume=True)
+    assert done.status == "promoted" and done.approvers == ["bob"]
+
+
+def test_failed_audit_keeps_no_approval(renv, monkeypatch):
+    from aegis.audit import AuditLog
+
+    _promote(renv, renv.v1)
+    real = AuditLog.append
+
+    def failing(self, **kw):
+        if kw["action"].startswith("approval."):
+            raise OSError("disk full")
+        return real(self, **kw)
+
+    monkeypatch.setattr(AuditLog, "append", failing)
+    with pytest.raises(OSError):
+        _approve(renv, renv.v1, renv.approver_key)
+    folder = store.version_dir(renv.ws, renv.model, "v1.0.0")
+    assert not list(folder.glob("approval-*.json"))
+    assert not vcs.git(renv.root, "status", "--porcelain", "--", str(folder)).strip()
+
+
 # -- the CLI ------------------------------------------------------------------------------
 
 BIN = Path(sys.executable).parent
@@ -236,7 +313,7 @@ def test_cli_expired_request_refused(renv, cli, aegis):
     assert result.code == 1 and "expired" in result.err
 
 
-def test_cli_replayed_approval_refused(renv, cli, aegis):
+def test_cli_replayed_approval_ignored(renv, cli, aegis):
     w = ("--workspace", renv.root)
     for target in (renv.v1, renv.v2):
         assert aegis(*w, "promote", target, "--key", renv.operator_key).code == 0
@@ -246,8 +323,9 @@ def test_cli_replayed_approval_refused(renv, cli, aegis):
     for path in v1_dir.glob("approval-*.json"):
         (v2_dir / path.name).write_bytes(path.read_bytes())
     result = aegis(*w, "promote", renv.v2, "--resume", "--key", renv.operator_key)
-    assert result.code == 1 and "replayed" in result.err
-    # a request copied from another version is refused by `approve` too
+    assert result.code == 0 and "pending" in result.out  # does not count, does not block
+    assert "replayed" in result.err and "ignored" in result.err
+    # a request copied from another version is refused by `approve`
     (v2_dir / "request.json").write_bytes((v1_dir / "request.json").read_bytes())
     result = cli(*w, "approve", renv.v2, "--key", renv.approver2_key)
     assert result.code == 1 and "approval" in result.err

@@ -11,6 +11,7 @@ from registry_helpers import promote_in_turn
 from aegis.crypto.keys import load_private_key
 from aegis.registry import approvals_store as store
 from aegis.registry import tags
+from aegis.registry.promotion import record_approval
 from aegis.registry.status import registry_status
 from aegis.registry.targets import Target
 from aegis.registry.verify import open_release
@@ -32,7 +33,7 @@ def _approvals(env, version: str, *, ttl: int = 3600) -> None:
         ttl_seconds=ttl,
     )
     for key, decision in ((env.approver_key, "approve"), (env.approver2_key, "reject")):
-        store.write_approval(
+        record_approval(
             ws,
             candidate,
             request,
@@ -66,7 +67,7 @@ def test_status_of_two_releases(released_env):
     assert not v1.approvals.requested
     a = v2.approvals
     assert a.requested and a.requester == "alice" and not a.expired
-    assert (a.approved_by, a.rejected_by, a.unreadable) == (["bob"], ["carol"], 0)
+    assert (a.approved_by, a.rejected_by, a.ignored) == (["bob"], ["carol"], [])
 
 
 def test_status_after_rollback_and_missing_directory(released_env):
@@ -84,16 +85,39 @@ def test_status_after_rollback_and_missing_directory(released_env):
     assert v2.model_digest and v2.evidence_digest  # from the audit log
 
 
-def test_expired_and_unreadable_approval_files(released_env):
+def test_expired_request_and_ignored_approval_files(released_env, tmp_path):
+    from aegis.crypto.keys import generate_key
+
     env = released_env
-    _approvals(env, V1, ttl=1)
+    _approvals(env, V1)
     folder = env.ws.approvals_dir / env.model / V1
-    body = json.loads((folder / "request.json").read_text())
-    body["body"]["expires"] = "2000-01-01T00:00:00Z"
-    (folder / "request.json").write_text(json.dumps(body))
+    bob = folder / f"approval-{load_private_key(env.approver_key).key_id}.json"
+    doc = json.loads(bob.read_text())
+    stranger = generate_key(tmp_path / "stranger.pem")
+    forged = {**doc["body"], "approver": {"key_id": stranger.key_id, "owner": "mallory"}}
+    (folder / f"approval-{stranger.key_id}.json").write_bytes(store._signed(stranger, forged))
     (folder / "approval-junk.json").write_text("not json")
     a = registry_status(env.ws)[0].versions[0].approvals
-    assert a.expired and a.unreadable == 1
+    assert (a.approved_by, a.rejected_by) == (["bob"], ["carol"])
+    assert len(a.ignored) == 2 and all(": ignored: " in note for note in a.ignored)
+    assert any("unknown key" in note for note in a.ignored)
+    bob.unlink()
+    bob.write_bytes(  # a valid signature of bob's, but no audit entry records it
+        store._signed(load_private_key(env.approver_key), {**doc["body"], "reason": "again"})
+    )
+    a = registry_status(env.ws)[0].versions[0].approvals
+    assert a.approved_by == [] and any("no audit entry" in n for n in a.ignored)
+    # an expired request (re-signed; a tampered one is itself ignored)
+    body = json.loads((folder / "request.json").read_text())
+    body["body"]["expires"] = "2000-01-01T00:00:00.000000Z"
+    (folder / "request.json").write_text(json.dumps(body))
+    a = registry_status(env.ws)[0].versions[0].approvals
+    assert a.requested and a.requester is None and not a.approved_by
+    assert a.ignored[0].startswith("request.json: ignored: ")
+    operator = load_private_key(env.operator_key)
+    (folder / "request.json").write_bytes(store._signed(operator, body["body"]))
+    a = registry_status(env.ws)[0].versions[0].approvals
+    assert a.expired and a.requester == "alice"
 
 
 def test_status_empty_workspace(env, cli):
