@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from aegis.cli._app import STATE, JsonOpt, _console, _print_json, _ws, app
+from aegis.cli._app import STATE, JsonOpt, _console, _print_json, _print_notes, _ws, app
+from aegis.cli.data_cmds import _prefect_environment
 
 _OperatorKey = Annotated[
     Path,
@@ -29,27 +30,6 @@ def gates_table(rows, *, title: str = "promotion gates"):
         verdict = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
         table.add_row(r.gate, r.measured, r.threshold, verdict)
     return table
-
-
-def _prefect(ws) -> None:
-    """Prefect as `aegis run` sets it up, with more patience for the ephemeral server.
-
-    Without ``PREFECT_API_URL`` each process starts a temporary API server on the
-    workspace's ``.aegis/prefect`` database (how `aegis approve` reaches a run paused
-    by another process); on a busy machine that can take longer than Prefect's 20 s.
-    """
-    import os
-
-    from aegis.cli.data_cmds import _prefect_environment
-
-    _prefect_environment(ws)
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-
-
-def _print_notes(notes: list[str]) -> None:
-    err = _console(stderr=True)
-    for note in notes:
-        err.print(f"[yellow]note:[/yellow] {note}")
 
 
 @app.command()
@@ -77,7 +57,7 @@ def promote(
         raise UsageError("--wait and --resume exclude each other (a resume never waits)")
     parsed = parse_target(target)
     ws = _ws()
-    _prefect(ws)
+    _prefect_environment(ws)
     from flows.promote import promote as promote_flow
 
     try:
@@ -136,7 +116,7 @@ def approve(
     )
     resumed = None
     if outcome.waiting_run:
-        _prefect(ws)
+        _prefect_environment(ws)
         from flows.promote import resume_waiting
 
         resumed = resume_waiting(

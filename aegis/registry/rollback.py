@@ -67,10 +67,7 @@ def released_digests(ws: Workspace, model: str, version: str) -> dict[str, str]:
         if entry.action != "release.created":
             continue
         details = entry.details
-        if details.get("model_name") == model and details.get("version") in (
-            version,
-            version.removesuffix(".0.0"),
-        ):
+        if details.get("model_name") == model and details.get("version") == version:
             return dict(entry.subjects)
     return {}
 
