@@ -79,7 +79,11 @@ class DPParams(_Section):
 class TrainParams(_Section):
     """Robust and optionally private training."""
 
-    model_name: str | None = Field(default=None, description="default <dataset>-model")
+    # GTO's artifact-name rule without '/': it becomes a path component (releases/<name>/)
+    # and a git tag prefix, so nothing that could climb out of releases/ or fail at tag time.
+    model_name: (
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9_-]{0,98}[A-Za-z0-9])?$")] | None
+    ) = Field(default=None, description="default <dataset>-model")
     seed: int = Field(default=0, ge=0)
     threads: int = Field(default=2, ge=1, le=256)
     test_fraction: float = Field(default=0.2, gt=0, lt=0.9)

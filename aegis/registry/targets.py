@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from aegis.errors import UsageError
 
-_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+# GTO's artifact-name rule without '/' (the same as ``train.model_name``): 1-100 letters,
+# digits, '_' and '-', starting and ending with a letter or digit.
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,98}[A-Za-z0-9])?"
 _VERSION = re.compile(rf"^(?P<model>{_NAME})@v(?P<major>[1-9][0-9]{{0,5}})(?:\.0\.0)?$")
 _STAGE = re.compile(rf"^(?P<model>{_NAME})#(?P<stage>[a-z][a-z0-9_-]{{0,31}})$")
 _MODEL = re.compile(rf"^{_NAME}$")
@@ -44,8 +46,11 @@ def version_number(version: str) -> int:
 
 def check_model_name(name: str) -> str:
     """Refuses a model name GTO or a path could not hold safely."""
-    if not _MODEL.fullmatch(name) or ".." in name:
-        raise UsageError(f"'{name}': model names are letters, digits, '_', '.', '-'")
+    if not _MODEL.fullmatch(name):
+        raise UsageError(
+            f"'{name}': model names are 1-100 letters, digits, '_' and '-', starting and "
+            "ending with a letter or digit"
+        )
     return name
 
 

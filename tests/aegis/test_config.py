@@ -285,3 +285,17 @@ def test_override_params_merges_and_validates_before_writing(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.epochs"):
         override_params(path, {"train": {"epochs": 0}})
     assert path.read_text() == before  # nothing written when the result is invalid
+
+
+@pytest.mark.parametrize("name", ["digits-model", "a", "m_1-X9", "x" * 100])
+def test_model_name_accepts_gto_artifact_names(name: str) -> None:
+    assert parse_params({"train": {"model_name": name}}).train.model_name == name
+
+
+@pytest.mark.parametrize(
+    "name", ["../../x", "a/b", "a.b", "ab-", "-ab", "_ab", "", "a b", "x" * 101, "é"]
+)
+def test_model_name_refuses_paths_and_names_gto_refuses(name: str) -> None:
+    """It becomes releases/<name>/ and a git tag: nothing that escapes or fails at gto register."""
+    with pytest.raises(ConfigError, match=r"train\.model_name"):
+        parse_params({"train": {"model_name": name}})

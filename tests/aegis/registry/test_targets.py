@@ -19,7 +19,7 @@ from aegis.registry.targets import (
     [
         ("digits-model@v3", Target("digits-model", version="v3.0.0")),
         ("digits-model@v3.0.0", Target("digits-model", version="v3.0.0")),
-        ("m_1.x@v12", Target("m_1.x", version="v12.0.0")),
+        ("m_1-x@v12", Target("m_1-x", version="v12.0.0")),
         ("digits-model#prod", Target("digits-model", stage="prod")),
         ("digits-model#bad", Target("digits-model", stage="bad")),
     ],
@@ -71,3 +71,18 @@ def test_model_names_that_could_escape_a_path_are_refused():
     for bad in ("a..b", "..", "a/b", "", "x" * 101):
         with pytest.raises(UsageError):
             check_model_name(bad)
+
+
+@pytest.mark.parametrize("name", ["a.b", "ab-", "-ab", "_ab", "a..b", "x" * 101])
+def test_model_names_follow_gtos_rule_without_slash(name):
+    """The same rule as ``train.model_name``: what passes here also passes ``gto register``."""
+    with pytest.raises(UsageError):
+        check_model_name(name)
+    with pytest.raises(UsageError):
+        parse_target(f"{name}@v1")
+
+
+@pytest.mark.parametrize("name", ["a", "A9", "digits-model", "m_1-x", "x" * 100])
+def test_model_names_accepted(name):
+    assert check_model_name(name) == name
+    assert parse_target(f"{name}#prod").model == name
