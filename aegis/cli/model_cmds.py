@@ -130,14 +130,23 @@ def evaluate(
 def _model_source(ws, text: str):
     """(checkpoint directory, (VerifiedRelease, LoadedModel) or None) for ``text``.
 
-    A release target or release directory is verified and loaded through
-    ``load_release_model``; any other directory is a plain checkpoint.
+    A release target, a release directory, or anything under
+    ``<workspace>/releases`` (e.g. ``releases/m/v1/model``, or a release whose
+    ``release.sig`` was deleted) is verified as a release (refused, exit 1,
+    unless it verifies) and loaded through ``load_release_model``; any other
+    directory is a plain checkpoint.
     """
     from aegis.registry.release import BUNDLE, RELEASE_JSON
 
     path = Path(text)
     path = path if path.is_absolute() or path.exists() else ws.root / text
-    if path.is_dir() and not (path / RELEASE_JSON).exists() and not (path / BUNDLE).exists():
+    releases = (ws.root / "releases").resolve()
+    if (
+        path.is_dir()
+        and not path.resolve().is_relative_to(releases)
+        and not (path / RELEASE_JSON).exists()
+        and not (path / BUNDLE).exists()
+    ):
         return path.resolve(), None
     from aegis.cli.release_cmds import open_any
     from aegis.registry.verify import load_release_model

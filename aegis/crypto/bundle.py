@@ -12,6 +12,7 @@ so that a failure can name the exact file and reason.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,8 @@ class SignedDigests:
     files: dict[str, str]
 
 
-def _hashing_config(ignored: list[str]) -> hashing.Config:
+def hashing_config(ignored: list[str]) -> hashing.Config:
+    """SHA-256 per file, symlinks refused, git paths *not* ignored; ``ignored`` left out."""
     return (
         hashing.Config()
         .use_file_serialization(hashing_algorithm="sha256", allow_symlinks=False)
@@ -43,7 +45,7 @@ def sign_directory(directory: Path, *, bundle_name: str, private_key_path: Path)
     (
         signing.Config()
         .use_elliptic_key_signer(private_key=private_key_path)
-        .set_hashing_config(_hashing_config([bundle_name]))
+        .set_hashing_config(hashing_config([bundle_name]))
         .sign(directory, bundle)
     )
     return bundle
@@ -92,9 +94,34 @@ def verify_signed_digests(bundle_path: Path, *, public_key_path: Path) -> Signed
 
 
 def hash_directory(directory: Path, *, ignored: list[str]) -> dict[str, str]:
-    """Hashes each file once (model_signing's file serializer, in parallel)."""
-    manifest = _hashing_config(ignored).hash(directory)
+    """Hashes each file once (model_signing's file serializer, in parallel).
+
+    Raises:
+        RefusedError: ``file-set``: the directory holds a symlink or a special
+            file (model_signing refuses both), or a file cannot be read.
+    """
+    try:
+        manifest = hashing_config(ignored).hash(directory)
+    except ValueError:  # model_signing refuses a symlink, FIFO, socket or device
+        raise RefusedError(
+            "file-set", f"'{_first_special(directory)}' is a symlink or not a regular file"
+        ) from None
+    except OSError as exc:
+        where = Path(exc.filename).name if exc.filename else directory.name
+        raise RefusedError(
+            "file-set", f"cannot read '{where}' ({exc.strerror or type(exc).__name__})"
+        ) from None
     return {str(rd.identifier): rd.digest.digest_hex for rd in manifest.resource_descriptors()}
+
+
+def _first_special(directory: Path) -> str:
+    """The first entry under ``directory`` that is a symlink or neither file nor directory."""
+    for root, dirs, files in os.walk(directory):
+        for name in sorted(dirs + files):
+            path = Path(root) / name
+            if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                return str(path.relative_to(directory))
+    return directory.name
 
 
 def compare_digests(signed: dict[str, str], actual: dict[str, str]) -> None:

@@ -119,7 +119,10 @@ def export_release(ws: Workspace, target: Target | Path, out_dir: Path) -> Expor
         command = verify_command(verified)
         if (verified.release.get("signer") or {}).get("method") != "sigstore":
             entry = ws.trust().by_key_id(verified.signer_key_id)
-            assert entry is not None  # verify_release just found it
+            if entry is None:  # verify_release just found it; the store changed meanwhile
+                raise RefusedError(
+                    "signer", f"key {verified.signer_key_id[:16]} left the trust store"
+                )
             (out_dir / PUBLIC_KEY).write_text(entry.public_key)
         (out_dir / README).write_text(_readme(verified, command))
     except BaseException:

@@ -2,12 +2,13 @@
 
 ``build_release`` checks that ``models/<name>`` and ``reports/<name>`` belong
 together (same model digest, and the audit log holds the train and evaluate
-entries of that digest), assembles the release in a scratch directory,
-signs it with the pipeline key through model_signing, then, under one
-registry change, moves it to ``releases/<model>/v<N>/``, ``dvc add``s it,
-commits the ``.dvc`` file and tags the commit ``<model>@vN.0.0``. A failure
-leaves no half release: the scratch copy is removed, the commit undone and
-the tag deleted.
+entries of that digest), assembles the release in a scratch directory from
+the bytes it checked, signs it with the pipeline key (or Sigstore) through
+model_signing *outside* the workspace lock, then, under one registry change,
+moves it to ``releases/<model>/v<N>/``, ``dvc add``s it, commits the ``.dvc``
+file, audits ``release.created`` and tags the commit ``<model>@vN.0.0``. A
+failure leaves no half release: the scratch copy is removed, the commit undone
+and the tag deleted.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any
 
 from aegis import vcs
 from aegis.config import SignParams
-from aegis.crypto.bundle import hash_directory
+from aegis.crypto.bundle import hash_directory, hashing_config
 from aegis.crypto.keys import canonical_json
-from aegis.errors import ConfigError, RefusedError
+from aegis.errors import ConfigError, RefusedError, UsageError
 from aegis.fileutil import atomic_write
 from aegis.timeutil import utc_now
 from aegis.workspace import Workspace
@@ -77,16 +78,6 @@ def sha256_bytes(data: bytes) -> str:
 # -- signing -----------------------------------------------------------------------------------
 
 
-def _hashing_config(ignored: list[str]):
-    from model_signing import hashing
-
-    return (
-        hashing.Config()
-        .use_file_serialization(hashing_algorithm="sha256", allow_symlinks=False)
-        .set_ignored_paths(paths=ignored, ignore_git_paths=False)
-    )
-
-
 def signing_config(ws: Workspace, sign: SignParams):
     """The model_signing signing config for ``sign.method`` (key: the pipeline key).
 
@@ -107,7 +98,7 @@ def signing_config(ws: Workspace, sign: SignParams):
         )
     else:
         config = config.use_elliptic_key_signer(private_key=ws.pipeline_key_path)
-    return config.set_hashing_config(_hashing_config([BUNDLE]))
+    return config.set_hashing_config(hashing_config([BUNDLE]))
 
 
 def require_sigstore_identity(sign: SignParams) -> tuple[str, str]:
@@ -137,16 +128,23 @@ def _signer(ws: Workspace, sign: SignParams) -> dict[str, str]:
 # -- checks before a release -------------------------------------------------------------------
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def _read_bytes(path: Path, what: str) -> bytes:
     try:
-        data = json.loads(path.read_bytes())
+        return path.read_bytes()
     except FileNotFoundError:
         raise RefusedError("release", f"{what} is missing ({path.name}); run the stage") from None
-    except (OSError, ValueError):
+    except OSError as exc:
+        raise RefusedError("release", f"{what} cannot be read ({exc.strerror})") from None
+
+
+def _parse_json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except ValueError:
         raise RefusedError("release", f"{what} is not valid JSON") from None
-    if not isinstance(data, dict):
+    if not isinstance(parsed, dict):
         raise RefusedError("release", f"{what} is not a JSON object")
-    return data
+    return parsed
 
 
 def _gather(ws: Workspace, name: str) -> dict[str, Any]:
@@ -160,8 +158,8 @@ def _gather(ws: Workspace, name: str) -> dict[str, Any]:
     loaded = load_checkpoint(model_path)
     digest = loaded.digest
     reports = ws.root / "reports" / name
-    metrics = _read_json(reports / "metrics.json", f"reports/{name}/metrics.json")
-    metrics_bytes = (reports / "metrics.json").read_bytes()
+    metrics_bytes = _read_bytes(reports / "metrics.json", f"reports/{name}/metrics.json")
+    metrics = _parse_json(metrics_bytes, f"reports/{name}/metrics.json")
     if metrics.get("model") != digest:
         raise RefusedError(
             "release",
@@ -171,9 +169,9 @@ def _gather(ws: Workspace, name: str) -> dict[str, Any]:
     if not (reports / "report.html").is_file():
         raise RefusedError("release", f"reports/{name}/report.html is missing")
     dataset = str(loaded.config.get("dataset"))
-    validation = _read_json(
-        ws.root / "validation" / name / "result.json", f"validation/{name}/result.json"
-    )
+    what = f"validation/{name}/result.json"
+    validation_bytes = _read_bytes(ws.root / "validation" / name / "result.json", what)
+    validation = _parse_json(validation_bytes, what)
     if validation.get("dataset") != dataset or validation.get("success") is not True:
         raise RefusedError("release", f"no passed validation of dataset {dataset[:19]}")
 
@@ -202,6 +200,9 @@ def _gather(ws: Workspace, name: str) -> dict[str, Any]:
         "model_path": model_path,
         "reports": reports,
         "model_digest": digest,
+        # the bytes checked here are the bytes released (never read again from disk)
+        "metrics_bytes": metrics_bytes,
+        "validation_bytes": validation_bytes,
         "dataset": {
             "format": "aegis-release-dataset/1",
             "name": d.get("name"),
@@ -220,15 +221,26 @@ def _gather(ws: Workspace, name: str) -> dict[str, Any]:
 
 
 def _assemble(ws: Workspace, facts: dict[str, Any], scratch: Path) -> None:
+    """Copies the release's files into ``scratch``: exactly what :func:`_gather` checked.
+
+    Metrics and validation are written from the bytes that were checked; the
+    model files are copied, then their digest is checked again on the copy.
+
+    Raises:
+        RefusedError: ``release``: ``models/<name>`` changed after it was checked.
+    """
     from aegis.registry.sbom import environment_sbom
+    from aegis.train.digest import model_digest
 
     name = facts["name"]
     (scratch / "model").mkdir()
     for file in MODEL_FILES:
         shutil.copyfile(facts["model_path"] / file, scratch / "model" / file)
-    shutil.copyfile(facts["reports"] / "metrics.json", scratch / "metrics.json")
+    if model_digest(scratch / "model") != facts["model_digest"]:
+        raise RefusedError("release", f"models/{name} changed while the release was built")
+    (scratch / "metrics.json").write_bytes(facts["metrics_bytes"])
     shutil.copyfile(facts["reports"] / "report.html", scratch / "report.html")
-    shutil.copyfile(ws.root / "validation" / name / "result.json", scratch / "validation.json")
+    (scratch / "validation.json").write_bytes(facts["validation_bytes"])
     shutil.copyfile(ws.params_path, scratch / "params.yaml")
     atomic_write(
         scratch / "dataset.json",
@@ -256,6 +268,13 @@ def next_number(ws: Workspace, model_name: str) -> int:
 def build_release(ws: Workspace, dataset_name: str, *, actor: str) -> Release:
     """Builds, signs, commits and registers the release of ``models/<dataset_name>``.
 
+    The release is assembled and signed in a scratch directory *before* the
+    workspace lock is taken (signing may be Sigstore: network and OIDC), for
+    the version number chosen then. Under the lock (one registry change) the
+    number is checked to be still free, the directory moved into place,
+    ``dvc add``ed and committed, ``release.created`` audited, then the tag
+    created: a release whose tag exists always has its audit entry.
+
     Args:
         ws: The workspace.
         dataset_name: The dataset the model was trained on (``models/<name>``).
@@ -266,59 +285,66 @@ def build_release(ws: Workspace, dataset_name: str, *, actor: str) -> Release:
 
     Raises:
         RefusedError: ``release`` (model, metrics, validation and audit
-            disagree), ``dataset`` (the dataset was never accepted), ``signer``.
+            disagree), ``dataset`` (the dataset was never accepted), ``signer``,
+            ``registry`` (another release took the version meanwhile), ``path``
+            (the release directory would leave ``releases/``).
         ConfigError: Sigstore without identity, or git/DVC failed.
     """
     from aegis.data.ingest import staging_area
     from aegis.registry.journal import crash_point, registry_change
     from aegis.registry.tags import register_version
-    from aegis.registry.targets import version_str
+    from aegis.registry.targets import check_model_name, version_str
 
     sign = ws.params().sign
     signer = _signer(ws, sign)
     facts = _gather(ws, dataset_name)
     model_name = facts["model_name"]
+    _inside_releases(ws, release_dir(ws, model_name, 1))
+    try:
+        check_model_name(model_name)
+    except UsageError as exc:
+        raise RefusedError("release", f"train.model_name: {exc}") from None
     with staging_area(ws) as scratch:
-        _assemble(ws, facts, scratch)
         number = next_number(ws, model_name)
+        target = _inside_releases(ws, release_dir(ws, model_name, number))
         version = version_str(number)
         tag = f"{model_name}@{version}"
-        target = release_dir(ws, model_name, number)
+        _assemble(ws, facts, scratch)
         rel = str(target.relative_to(ws.root))
+        entries = ws.audit().entries()
+        info = {
+            "format": FORMAT,
+            "model_name": model_name,
+            "version": version,
+            "dataset_name": dataset_name,
+            "model_digest": facts["model_digest"],
+            "dataset_digest": facts["dataset"]["digest"],
+            "evidence": sorted(["model/" + f for f in MODEL_FILES] + list(EVIDENCE)),
+            "commit": vcs.head_commit(ws.root),
+            "audit_head": entries[-1].hash if entries else None,
+            "created": utc_now(),
+            "actor": actor,
+            "signer": signer,
+        }
+        atomic_write(
+            scratch / RELEASE_JSON, json.dumps(info, indent=1, sort_keys=True).encode() + b"\n"
+        )
+        signing_config(ws, sign).sign(scratch, scratch / BUNDLE)  # never under the lock
+        evidence = evidence_digest(hash_directory(scratch, ignored=[BUNDLE]))
         subjects = {"model": facts["model_digest"], "dataset": facts["dataset"]["digest"]}
         with registry_change(
             ws, action="release", actor=actor, tags=[tag], subjects=subjects,
             details={"model_name": model_name, "version": version, "directory": rel},
         ) as change:  # fmt: skip
             if next_number(ws, model_name) != number:
-                raise RefusedError("release", f"{tag} was taken by a concurrent release; retry")
-            info = {
-                "format": FORMAT,
-                "model_name": model_name,
-                "version": version,
-                "dataset_name": dataset_name,
-                "model_digest": facts["model_digest"],
-                "dataset_digest": facts["dataset"]["digest"],
-                "evidence": sorted(["model/" + f for f in MODEL_FILES] + list(EVIDENCE)),
-                "commit": vcs.head_commit(ws.root),
-                "audit_head": change.intent.hash,
-                "created": utc_now(),
-                "actor": actor,
-                "signer": signer,
-            }
-            atomic_write(
-                scratch / RELEASE_JSON, json.dumps(info, indent=1, sort_keys=True).encode() + b"\n"
-            )
-            signing_config(ws, sign).sign(scratch, scratch / BUNDLE)
-            evidence = evidence_digest(hash_directory(scratch, ignored=[BUNDLE]))
+                raise RefusedError(
+                    "registry", f"another release took {version} meanwhile; run it again"
+                )
             commit = _commit(ws, scratch, target, message=f"release {tag}\n\nmodel: "
                              f"{facts['model_digest']}\nevidence: {evidence}")  # fmt: skip
             try:
                 crash_point("release.commit")
-                register_version(
-                    ws, model=model_name, version=version, ref=commit,
-                    message=f"release {tag} {facts['model_digest']}",
-                )  # fmt: skip
+                # audited before the tag: a tag never exists without its release.created
                 ws.audit().append(
                     actor=actor,
                     action="release.created",
@@ -326,8 +352,13 @@ def build_release(ws: Workspace, dataset_name: str, *, actor: str) -> Release:
                     subjects={**subjects, "evidence": evidence},
                     details={
                         "model_name": model_name, "version": version, "tag": tag,
-                        "commit": commit, "directory": rel,
+                        "commit": commit, "directory": rel, "intent": change.intent.seq,
                     },
+                )  # fmt: skip
+                crash_point("release.audit")
+                register_version(
+                    ws, model=model_name, version=version, ref=commit,
+                    message=f"release {tag} {facts['model_digest']}",
                 )  # fmt: skip
                 crash_point("release.tag")
             except BaseException:
@@ -344,6 +375,20 @@ def build_release(ws: Workspace, dataset_name: str, *, actor: str) -> Release:
         commit=commit,
         tag=tag,
     )
+
+
+def _inside_releases(ws: Workspace, target: Path) -> Path:
+    """``target`` if it resolves inside ``<workspace>/releases``.
+
+    Raises:
+        RefusedError: ``path``: it would leave ``releases/`` (a model name with
+            a path in it; ``train.model_name`` is validated, this is the backstop).
+    """
+    releases = (ws.root / "releases").resolve()
+    resolved = target.resolve()
+    if resolved == releases or not resolved.is_relative_to(releases):
+        raise RefusedError("path", f"release directory {target} is outside {releases}")
+    return target
 
 
 def _tracked(ws: Workspace, path: str) -> bool:
@@ -373,6 +418,7 @@ def _undo_commit(ws: Workspace, target: Path, *, reset_to: str) -> None:
 
     Runs under the workspace lock, right after the commit: ``reset_to`` is its parent.
     """
+    _inside_releases(ws, target)  # never remove anything outside releases/
     rel = target.relative_to(ws.root)
     gitignore = str(rel.parent / ".gitignore")
     parent = vcs.git(ws.root, "rev-parse", "--verify", "-q", reset_to, check=False).strip()

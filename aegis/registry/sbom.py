@@ -9,6 +9,7 @@ is evidence signed into the release; it is not part of the model digest.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -37,18 +38,36 @@ def environment_key() -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
+def is_sbom(path: Path) -> bool:
+    """True if ``path`` is a regular file holding a CycloneDX JSON document.
+
+    A cached file that is not (truncated, corrupt, or planted) is regenerated
+    rather than signed into a release.
+    """
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("bomFormat") == "CycloneDX"
+
+
 def environment_sbom() -> Path:
     """Returns the cached SBOM of this environment, generating it on first use.
+
+    A cached file that does not parse as a CycloneDX JSON document is
+    replaced by a fresh one.
 
     Raises:
         ConfigError: ``cyclonedx-py`` is missing or failed.
     """
     path = cache_dir() / f"{environment_key()}.cdx.json"
-    if path.is_file():
+    if is_sbom(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path.with_suffix(".lock")):  # one generator per environment at a time
-        if path.is_file():
+        if is_sbom(path):
             return path
         tool = Path(sys.executable).parent / "cyclonedx-py"
         if not tool.exists():
@@ -72,5 +91,11 @@ def environment_sbom() -> Path:
                 -1
             ]
             raise ConfigError(f"cyclonedx-py environment failed: {detail}")
+        try:
+            generated = json.loads(proc.stdout)
+        except ValueError:
+            generated = None
+        if not isinstance(generated, dict) or generated.get("bomFormat") != "CycloneDX":
+            raise ConfigError("cyclonedx-py environment did not write a CycloneDX JSON SBOM")
         atomic_write(path, proc.stdout)
     return path

@@ -14,12 +14,25 @@ fails, naming it:
 - ``identity``: ``release.json`` names another model or version than its
   path or the requested target (a swapped directory);
 - ``registry``: the evidence digest differs from the one audited when the
-  release was built (``release.created``);
+  release was built (``release.created``), or that release was aborted;
 - ``dataset``: the dataset was never accepted by ingest.
+
+Each file verification reads (``release.json``, ``metrics.json``, the model
+files) is read once, its bytes checked against the signed SHA-256, and those
+same bytes parsed: nothing is hashed first and read again afterwards. Code
+that needs another file of a verified release reads it with
+:func:`read_verified`, which checks it against the signature again.
+
+Sigstore releases: the expected signer identity and OIDC issuer come from
+``params.yaml`` (``sign.identity``, ``sign.oidc_issuer``). The trust store
+holds keys only, not Sigstore identities, so it cannot vouch for (or revoke)
+a Sigstore identity: whoever can edit ``params.yaml`` chooses which identity
+is trusted. This is a known limitation of keyless mode.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -125,6 +138,12 @@ def sigstore_verifier(ws: Workspace):
 
 
 def _sigstore_files(ws: Workspace, bundle: Path) -> tuple[dict[str, str], str, str]:
+    """Verifies a Sigstore bundle for the identity and issuer in ``params.yaml``.
+
+    Limitation: the trust store has no entries for Sigstore identities, so
+    no trust-store entry (role, owner, revocation) is required or checked for
+    the identity; ``params.yaml`` alone names it.
+    """
     from model_signing._signing import sign_sigstore
 
     verifier = sigstore_verifier(ws)
@@ -139,14 +158,55 @@ def _sigstore_files(ws: Workspace, bundle: Path) -> tuple[dict[str, str], str, s
     return files, identity, str(ws.params().sign.oidc_issuer)
 
 
-def _load_json(directory: Path, name: str) -> dict[str, Any]:
+def _read_signed(directory: Path, files: dict[str, str], name: str) -> bytes:
+    """The bytes of ``directory/name``, read once and checked against the signed SHA-256.
+
+    Raises:
+        RefusedError: ``file-set`` (not signed, missing, unreadable or not a
+            regular file) or ``integrity`` (the bytes differ from the signature).
+    """
+    rel = Path(name)
+    if name not in files or rel.is_absolute() or ".." in rel.parts:
+        raise RefusedError("file-set", f"'{name}' is not a file of the signed release")
+    path = directory / rel
+    if path.is_symlink() or not path.is_file():
+        raise RefusedError("file-set", f"signed file '{name}' is missing or not a regular file")
     try:
-        data = json.loads((directory / name).read_bytes())
-    except (OSError, ValueError):
-        raise RefusedError("integrity", f"'{name}' is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise RefusedError("integrity", f"'{name}' is not a JSON object")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RefusedError("file-set", f"cannot read '{name}' ({exc.strerror})") from None
+    if hashlib.sha256(data).hexdigest() != files[name]:
+        raise RefusedError("integrity", f"'{name}' does not match its signed SHA-256")
     return data
+
+
+def read_verified(verified: VerifiedRelease, name: str) -> bytes:
+    """Reads a file of a verified release again, refusing unless it still matches the signature.
+
+    For evidence used after verification (``validation.json``, ``params.yaml``
+    ...): the bytes returned are the bytes checked, so use them, not the file.
+
+    Args:
+        verified: A release :func:`verify_release` returned.
+        name: The file's signed name (``"params.yaml"``, ``"model/config.json"``).
+
+    Raises:
+        RefusedError: ``integrity`` (changed since it was signed) or
+            ``file-set`` (not a signed file, missing, or not a regular file).
+    """
+    if not isinstance(verified, VerifiedRelease):
+        raise TypeError("read_verified takes a VerifiedRelease (use open_release)")
+    return _read_signed(verified.directory, verified.files, name)
+
+
+def _parse_json(data: bytes, name: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        raise RefusedError("integrity", f"'{name}' is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise RefusedError("integrity", f"'{name}' is not a JSON object")
+    return parsed
 
 
 def _check_identity(ws: Workspace, directory: Path, info: dict, expect: Target | None) -> None:
@@ -185,16 +245,20 @@ def verify_release(
         RefusedError: The first failed check.
         UsageError: ``directory`` is not a directory.
     """
-    from aegis.train.digest import model_digest
+    from aegis.train.digest import CONFIG, WEIGHTS, digest_of
 
     directory = (ws.root / directory if not Path(directory).is_absolute() else directory).resolve()
     if not directory.is_dir():
         raise UsageError(f"{directory}: not a release directory")
     files, signer_id, signer_owner = _signed_files(ws, directory / BUNDLE)
     compare_digests(files, hash_directory(directory, ignored=[BUNDLE]))
-    info = _load_json(directory, RELEASE_JSON)
-    metrics = _load_json(directory, "metrics.json")
-    digest = model_digest(directory / "model")
+    # read once, check against the signature, parse the very bytes checked
+    info = _parse_json(_read_signed(directory, files, RELEASE_JSON), RELEASE_JSON)
+    metrics = _parse_json(_read_signed(directory, files, "metrics.json"), "metrics.json")
+    digest = digest_of(
+        _read_signed(directory, files, f"model/{WEIGHTS}"),
+        _read_signed(directory, files, f"model/{CONFIG}"),
+    )
     if info.get("model_digest") != digest or metrics.get("model") != digest:
         raise RefusedError(
             "integrity", f"release.json, metrics.json and the model files disagree on {digest[:19]}"
@@ -214,6 +278,11 @@ def verify_release(
     ]
     if not created:
         raise RefusedError("registry", f"no release.created audit entry for {model}@{version}")
+    intent = created[-1].details.get("intent")
+    if intent is not None and any(
+        e.action == "release.aborted" and e.details.get("intent") == intent for e in entries
+    ):
+        raise RefusedError("registry", f"the release of {model}@{version} was aborted")
     if created[-1].subjects.get("evidence") != evidence:
         raise RefusedError(
             "registry",
@@ -255,8 +324,9 @@ def open_release(ws: Workspace, target: Target) -> VerifiedRelease:
     the remote (``dvc pull``).
 
     Raises:
-        RefusedError: ``registry`` (no such version or stage holder) or any
-            :func:`verify_release` check.
+        RefusedError: ``registry`` (no such version or stage holder, or its
+            ``.dvc`` file is missing), ``fetch`` (DVC ran but the directory is
+            still missing), or any :func:`verify_release` check.
         TransientIOError: The DVC remote could not be reached.
     """
     version, directory = resolve_directory(ws, target)
@@ -267,22 +337,40 @@ def open_release(ws: Workspace, target: Target) -> VerifiedRelease:
             raise RefusedError("registry", f"{target}: {rel} is missing from the workspace")
         try:
             vcs.dvc(ws.root, "checkout", "-q", rel)
-        except Exception:
+        except Exception:  # not in the local cache: the remote
             vcs.dvc(ws.root, "pull", "-q", rel, io=True)
+        if not directory.is_dir():
+            vcs.dvc(ws.root, "pull", "-q", rel, io=True)
+        if not directory.is_dir():
+            raise RefusedError(
+                "fetch",
+                f"{target}: DVC could not restore {directory.relative_to(ws.root)} "
+                "from its cache or remote",
+            )
     return verify_release(ws, directory, expect=Target(model=target.model, version=version))
 
 
 def load_release_model(verified: VerifiedRelease):
     """Loads the weights of a verified release (``LoadedModel``), re-checking the digest.
 
+    ``load_checkpoint`` reads the weights and config once and computes the
+    digest of exactly the bytes it builds the model from; that digest must
+    equal the verified one (itself computed from the signed bytes), so the
+    model in memory is the signed model. ``metadata.json`` (not in the model
+    digest) is checked against its signed SHA-256 too.
+
     Raises:
         RefusedError: ``integrity``: the files changed since verification.
     """
     from aegis.train.checkpoint import load_checkpoint
+    from aegis.train.digest import METADATA
 
     if not isinstance(verified, VerifiedRelease):
         raise TypeError("load_release_model takes a VerifiedRelease (use open_release)")
     loaded = load_checkpoint(verified.directory / "model")
     if loaded.digest != verified.model_digest:
         raise RefusedError("integrity", f"{verified}: model files changed after verification")
+    signed_metadata = _parse_json(read_verified(verified, f"model/{METADATA}"), METADATA)
+    if signed_metadata != loaded.metadata:
+        raise RefusedError("integrity", f"{verified}: model/{METADATA} changed after verification")
     return loaded

@@ -89,6 +89,7 @@ _RELEASE = textwrap.dedent(
     [
         ("release.intent", False),
         ("release.commit", False),
+        ("release.audit", False),  # release.created written, the tag not yet
         ("release.tag", True),
         ("release.done", True),
     ],
@@ -116,6 +117,7 @@ def test_release_crash_at_every_step(released_env, step, completed):
         assert verify.returncode == 0, verify.stdout + verify.stderr
     else:
         assert V3 not in versions
+        assert (V3 in created) == (step == "release.audit")
 
 
 def test_two_rollbacks_at_once_one_wins_registry_consistent(released_env):

@@ -108,3 +108,23 @@ def test_export_of_a_missing_directory_fetches_it(released_env, tmp_path):
     result = export_release(env.ws, parse_target(V1), tmp_path / "x")
     assert result.release == V1 and (tmp_path / "x" / "release.json").is_file()
     assert _run_documented(tmp_path / "x").returncode == 0
+
+
+def test_export_refuses_if_the_signer_left_the_trust_store(released_env, monkeypatch, tmp_path):
+    """No ``assert`` in product code: a real refusal, and nothing left behind."""
+    import aegis.registry.export as export_module
+    from aegis.crypto.truststore import TrustStore
+
+    real = export_module.open_release
+
+    def verified_then_key_gone(ws, target):
+        verified = real(ws, target)
+        monkeypatch.setattr(TrustStore, "by_key_id", lambda self, key_id: None)
+        return verified
+
+    monkeypatch.setattr(export_module, "open_release", verified_then_key_gone)
+    out = tmp_path / "export"
+    with pytest.raises(RefusedError) as exc:
+        export_release(released_env.ws, parse_target(V1), out)
+    assert exc.value.check == "signer"
+    assert not out.exists()

@@ -154,9 +154,16 @@ def test_sigstore_bundle_needs_sigstore_method(released_env):
         sigstore_verifier(released_env.ws)
 
 
-@pytest.mark.parametrize("step", ["release.intent", "release.commit", "release.tag"])
+@pytest.mark.parametrize(
+    "step", ["release.intent", "release.commit", "release.audit", "release.tag"]
+)
 def test_crash_then_reconcile(released_env, step, cli):
-    """Killed at each step: reconcile completes it (tag made) or rolls it back (no tag)."""
+    """Killed at each step: reconcile completes it (tag made) or rolls it back (no tag).
+
+    ``release.created`` is audited before the tag, so a completed release always
+    verifies; a release aborted after its audit entry (``release.audit``) does not,
+    not even by its directory.
+    """
     env = released_env
     code = (
         "import sys; from aegis.workspace import Workspace; "
@@ -181,5 +188,134 @@ def test_crash_then_reconcile(released_env, step, cli):
         assert notes and "rolled back" in notes[0]
         assert "digits-model@v3.0.0" not in tags
         assert cli("--workspace", env.root, "verify", "digits-model@v3").code == 1
+        if step == "release.audit":
+            created = [e for e in env.ws.audit().entries() if e.action == "release.created"]
+            assert created[-1].details["version"] == "v3.0.0"
+            by_dir = cli("--workspace", env.root, "verify", env.release_dir(3))
+            assert by_dir.code == 1 and by_dir.err.startswith("refused: registry:"), by_dir.err
+            assert "aborted" in by_dir.err
         assert _build(env).tag in ("digits-model@v3.0.0", "digits-model@v4.0.0")
     assert cli("--workspace", env.root, "verify", "digits-model@v2").code == 0
+
+
+# -- the model name, the order of audit and tag, the lock, the bytes released -------------------
+
+
+def test_model_name_with_a_path_is_refused_before_anything_is_written(released_env, monkeypatch):
+    env = released_env
+    bad = {"train": {"model_name": "../../x"}}
+    with pytest.raises(ConfigError, match=r"train\.model_name"):
+        override_params(env.ws.params_path, bad)
+    # the backstop, should a name reach build_release unvalidated
+    import aegis.train.stage as stage
+
+    before = _state(env)
+    outside = env.root.parent / "x"
+    monkeypatch.setattr(stage, "registry_name", lambda ws, name: "../../x")
+    with pytest.raises(RefusedError) as exc:
+        _build(env)
+    assert exc.value.check == "path"
+    assert not outside.exists() and _state(env) == before
+    monkeypatch.setattr(stage, "registry_name", lambda ws, name: "a.b")
+    with pytest.raises(RefusedError) as exc:
+        _build(env)
+    assert exc.value.check == "release" and "train.model_name" in str(exc.value)
+
+
+def test_release_is_audited_before_it_is_tagged(released_env):
+    env = released_env
+    release = _build(env)
+    actions = [e.action for e in env.ws.audit().entries()[-3:]]
+    assert actions == ["release.intent", "release.created", "release.done"]
+    created = env.ws.audit().entries()[-2]
+    assert created.details["intent"] == env.ws.audit().entries()[-3].seq
+    assert release.tag in vcs.git(env.root, "tag", "-l").split()
+
+
+def _lock_is_free(ws) -> bool:
+    import fcntl
+
+    fd = os.open(ws.aegis_dir / "workspace.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _spy_signing(monkeypatch, after=None) -> list[bool]:
+    """Wraps the real signer; records whether the workspace lock was free while signing."""
+    import aegis.registry.release as release_module
+
+    real = release_module.signing_config
+    seen: list[bool] = []
+
+    class Spy:
+        def __init__(self, ws, sign):
+            self.ws, self.config = ws, real(ws, sign)
+
+        def sign(self, directory, bundle):
+            seen.append(_lock_is_free(self.ws))
+            result = self.config.sign(directory, bundle)
+            if after:
+                after(self.ws)
+            return result
+
+    monkeypatch.setattr(release_module, "signing_config", Spy)
+    return seen
+
+
+def test_signing_runs_outside_the_workspace_lock(released_env, monkeypatch):
+    env = released_env
+    seen = _spy_signing(monkeypatch)
+    assert _build(env).tag == "digits-model@v3.0.0"
+    assert seen == [True]
+
+
+def test_version_taken_while_signing_is_refused_cleanly(released_env, monkeypatch):
+    env = released_env
+
+    def another_release_takes_v3(ws):
+        (ws.root / "releases" / "digits-model" / "v3").mkdir()
+
+    _spy_signing(monkeypatch, after=another_release_takes_v3)
+    head, tags = vcs.head_commit(env.root), vcs.git(env.root, "tag", "-l").split()
+    with pytest.raises(RefusedError) as exc:
+        _build(env)
+    assert exc.value.check == "registry"
+    assert "another release took v3.0.0 meanwhile; run it again" in str(exc.value)
+    assert vcs.head_commit(env.root) == head and vcs.git(env.root, "tag", "-l").split() == tags
+    assert list(env.ws.staging_dir.iterdir()) == []  # the signed scratch copy is gone
+    assert [e.action for e in env.ws.audit().entries()[-2:]] == [
+        "release.intent",
+        "release.aborted",
+    ]
+
+
+def test_release_holds_the_bytes_that_were_checked(released_env, tmp_path):
+    from aegis.registry.release import _assemble, _gather
+
+    env = released_env
+    facts = _gather(env.ws, "digits")
+    metrics = env.root / "reports" / "digits" / "metrics.json"
+    checked = metrics.read_bytes()
+    metrics.unlink()
+    metrics.write_bytes(checked.replace(b'"clean_acc": 0.', b'"clean_acc": 1.'))
+    scratch = tmp_path / "a"
+    scratch.mkdir()
+    _assemble(env.ws, facts, scratch)
+    assert (scratch / "metrics.json").read_bytes() == checked
+
+    weights = env.root / "models" / "digits" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.unlink()
+    weights.write_bytes(bytes(data))
+    scratch = tmp_path / "b"
+    scratch.mkdir()
+    with pytest.raises(RefusedError) as exc:
+        _assemble(env.ws, facts, scratch)
+    assert exc.value.check == "release" and "changed while" in str(exc.value)

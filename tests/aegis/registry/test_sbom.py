@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from aegis.errors import ConfigError
 from aegis.registry.sbom import cache_dir, environment_key, environment_sbom
 
 
@@ -29,3 +32,41 @@ def test_cache_key_is_stable_and_env_dir_respected(monkeypatch, tmp_path):
 def test_release_carries_the_environment_sbom(released_env):
     released = released_env.release_dir(1) / "sbom.cdx.json"
     assert released.read_bytes() == environment_sbom().read_bytes()
+
+
+def _fake_generator(monkeypatch, output: bytes) -> list[int]:
+    import subprocess
+
+    import aegis.registry.sbom as sbom
+
+    calls: list[int] = []
+
+    def run(*args, **kwargs):
+        calls.append(1)
+        return subprocess.CompletedProcess(args, 0, stdout=output, stderr=b"")
+
+    monkeypatch.setattr(sbom.subprocess, "run", run)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "planted", [b"", b"{not json", b'{"bomFormat": "SPDX"}', b"[1, 2]", b'"CycloneDX"']
+)
+def test_a_cached_file_that_is_not_a_cyclonedx_sbom_is_regenerated(monkeypatch, tmp_path, planted):
+    monkeypatch.setenv("AEGIS_CACHE_DIR", str(tmp_path))
+    good = json.dumps({"bomFormat": "CycloneDX", "specVersion": "1.6", "components": []})
+    calls = _fake_generator(monkeypatch, good.encode())
+    path = cache_dir() / f"{environment_key()}.cdx.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(planted)
+    assert environment_sbom() == path
+    assert calls == [1] and json.loads(path.read_text())["bomFormat"] == "CycloneDX"
+    assert environment_sbom() == path and calls == [1]  # now a valid cache entry
+
+
+def test_generator_output_that_is_not_cyclonedx_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("AEGIS_CACHE_DIR", str(tmp_path))
+    _fake_generator(monkeypatch, b'{"hello": "world"}')
+    with pytest.raises(ConfigError, match="CycloneDX"):
+        environment_sbom()
+    assert not (cache_dir() / f"{environment_key()}.cdx.json").exists()

@@ -265,3 +265,98 @@ def test_evaluate_a_release_verifies_it_first(released_env, cli, tmp_path):
     result = cli("--workspace", env.root, "evaluate", env.release_dir(1), "--out", tmp_path / "x")
     assert result.code == 1 and result.err.startswith("refused: integrity:"), result.err
     assert not (tmp_path / "x").exists()
+
+
+# -- symlinks, reading once, read_verified, fetching -----------------------------------------------
+
+
+def test_symlink_in_a_release_is_refused(released_env, cli, tmp_path):
+    env = released_env
+    (env.release_dir(1) / "extra.json").symlink_to(env.release_dir(1) / "metrics.json")
+    assert "extra.json" in _refused(env, cli, tmp_path, "file-set")
+
+
+def test_signed_file_replaced_by_a_symlink_to_same_bytes(released_env, cli, tmp_path):
+    env = released_env
+    params = env.release_dir(1) / "params.yaml"
+    copy = tmp_path / "params.yaml"
+    copy.write_bytes(params.read_bytes())
+    params.unlink()
+    params.symlink_to(copy)
+    assert "params.yaml" in _refused(env, cli, tmp_path, "file-set")
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "release.json", "model/model.safetensors"])
+def test_files_are_checked_as_read_not_only_as_hashed(released_env, monkeypatch, name):
+    """A file swapped after the directory was hashed is still refused: its bytes are checked."""
+    import aegis.registry.verify as verify_module
+
+    env = released_env
+    signed = open_release(env.ws, parse_target(V1)).files
+    _flip(env.release_dir(1) / name)
+    monkeypatch.setattr(verify_module, "hash_directory", lambda d, ignored: dict(signed))
+    with pytest.raises(RefusedError) as exc:
+        verify_release(env.ws, env.release_dir(1))
+    assert exc.value.check == "integrity" and name in str(exc.value)
+
+
+def test_read_verified_checks_the_file_again(released_env):
+    from aegis.registry.verify import read_verified
+
+    env = released_env
+    verified = open_release(env.ws, parse_target(V1))
+    params = env.release_dir(1) / "params.yaml"
+    assert read_verified(verified, "params.yaml") == params.read_bytes()
+    _flip(params)
+    with pytest.raises(RefusedError) as exc:
+        read_verified(verified, "params.yaml")
+    assert exc.value.check == "integrity"
+    for name in ("release.sig", "../v2/params.yaml", "nope.json"):
+        with pytest.raises(RefusedError) as exc:
+            read_verified(verified, name)
+        assert exc.value.check == "file-set"
+    (env.release_dir(1) / "validation.json").unlink()
+    with pytest.raises(RefusedError) as exc:
+        read_verified(verified, "validation.json")
+    assert exc.value.check == "file-set"
+
+
+def test_load_release_model_refuses_changed_metadata(released_env):
+    env = released_env
+    verified = open_release(env.ws, parse_target(V1))
+    meta = env.release_dir(1) / "model" / "metadata.json"
+    data = json.loads(meta.read_text())
+    data["planted"] = True
+    meta.unlink()
+    meta.write_text(json.dumps(data))
+    with pytest.raises(RefusedError) as exc:
+        load_release_model(verified)
+    assert exc.value.check == "integrity"
+
+
+def test_release_dvc_cannot_restore_is_refused_not_usage(released_env, cli, monkeypatch):
+    import aegis.registry.verify as verify_module
+
+    env = released_env
+    shutil.rmtree(env.release_dir(1))
+    # dvc "succeeds" but restores nothing
+    monkeypatch.setattr(verify_module.vcs, "dvc", lambda *a, **k: "")
+    with pytest.raises(RefusedError) as exc:
+        open_release(env.ws, parse_target(V1))
+    assert exc.value.check == "fetch"
+    result = cli("--workspace", env.root, "verify", V1)
+    assert result.code == 1 and result.err.startswith("refused: fetch:"), result.err
+
+
+def test_evaluate_refuses_anything_under_releases_that_does_not_verify(released_env, cli, tmp_path):
+    env = released_env
+    for arg in (env.release_dir(1) / "model", "releases/digits-model/v1/model"):
+        result = cli("--workspace", env.root, "evaluate", arg, "--data", "digits", "--out",
+                     tmp_path / "x", cwd=env.root)  # fmt: skip
+        assert result.code == 1 and result.err.startswith("refused: bundle:"), result.err
+    (env.release_dir(2) / BUNDLE).unlink()
+    (env.release_dir(2) / "release.json").unlink()
+    result = cli("--workspace", env.root, "evaluate", env.release_dir(2), "--data", "digits",
+                 "--out", tmp_path / "x")  # fmt: skip
+    assert result.code == 1 and result.err.startswith("refused: bundle:"), result.err
+    assert not (tmp_path / "x").exists()
