@@ -13,7 +13,6 @@ is removed again: a file on disk without its audit entry never counts.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from aegis.registry import approvals_store as store
 from aegis.registry.journal import crash_point, reconcile, registry_change
 from aegis.registry.tags import PROD, assign_stage, plan_stage_tags, read_registry, unassign_stage
 from aegis.registry.targets import Target
-from aegis.registry.verify import VerifiedRelease, open_release, verify_release
+from aegis.registry.verify import VerifiedRelease, open_release, read_verified, verify_release
 from aegis.workspace import Workspace
 
 _ATTEMPTS = 3
@@ -73,21 +72,12 @@ class _Stale(Exception):
 
 
 def release_file(verified: VerifiedRelease, name: str) -> bytes | None:
-    """A signed file of ``verified`` re-read from disk; None if the release has no such file.
+    """A signed file of ``verified`` re-read (:func:`read_verified`); None if it has no such file.
 
     Raises:
-        RefusedError: ``integrity``: its bytes are not the signed ones (changed since
-            verification).
+        RefusedError: ``integrity`` / ``file-set``: changed or replaced since verification.
     """
-    if name not in verified.files:
-        return None
-    try:
-        data = (verified.directory / name).read_bytes()
-    except OSError:
-        data = None
-    if data is None or hashlib.sha256(data).hexdigest() != verified.files[name]:
-        raise RefusedError("integrity", f"{verified}: '{name}' changed after verification")
-    return data
+    return read_verified(verified, name) if name in verified.files else None
 
 
 def _release_dp(verified: VerifiedRelease) -> bool:

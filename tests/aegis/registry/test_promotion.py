@@ -126,11 +126,14 @@ def test_regression_gate_against_prod(renv):
 
 
 def test_bad_version_refused(renv):
-    from aegis.registry.tags import assign_stage
+    from registry_helpers import promote_in_turn
 
-    assign_stage(renv.ws, model=renv.model, version="v1.0.0", stage="bad", message="test")
-    with pytest.raises(RefusedError, match="marked bad") as info:
-        _promote(renv, renv.v1)
+    from aegis.registry.rollback import rollback
+
+    promote_in_turn(renv.ws, renv.model, ["v1.0.0", "v2.0.0"])
+    rollback(renv.ws, to=None, reason="incident", operator_key_path=renv.operator_key)
+    with pytest.raises(RefusedError, match="marked bad") as info:  # v2, rolled back from
+        _promote(renv, renv.v2)
     assert info.value.check == "registry"
 
 
