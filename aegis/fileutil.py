@@ -1,13 +1,15 @@
-"""Small file helpers: atomic writes and an exclusive lock."""
+"""Small file helpers: atomic writes, an exclusive lock, strict JSON objects."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -43,3 +45,20 @@ def file_lock(path: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def json_object(data: bytes, *, check: str, what: str) -> dict[str, Any]:
+    """Parses ``data`` as a JSON object, refusing anything else under ``check``.
+
+    Raises:
+        RefusedError: Not JSON, or not an object (``{check}: {what} is not ...``).
+    """
+    from aegis.errors import RefusedError
+
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        raise RefusedError(check, f"{what} is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise RefusedError(check, f"{what} is not a JSON object")
+    return parsed

@@ -78,13 +78,10 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import random
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -178,21 +175,6 @@ def parse_args() -> argparse.Namespace:
 # -- attacks ----------------------------------------------------------------------------------
 
 
-@contextmanager
-def seeded_global_rngs(seed: int) -> Iterator[None]:
-    """ART draws from the global numpy/Python/torch generators: seed them, then restore."""
-    np_state, py_state = np.random.get_state(), random.getstate()
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-
-
 @torch.no_grad()
 def rescore(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv, eps: float) -> np.ndarray:
     """Correct on the adversarial input projected into the threat model, and on the clean one."""
@@ -213,6 +195,8 @@ def autoattack(
     """ART's AutoAttack (default attack list) on ``x``; per-sample correctness and timings."""
     from art.attacks.evasion import AutoAttack
     from art.estimators.classification import PyTorchClassifier
+
+    from aegis.evaluate.attacks import seeded_global_rngs
 
     model.eval()
     with torch.no_grad():

@@ -12,9 +12,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+from aegis import vcs
+from aegis.config import override_params
 from aegis.registry import journal, tags
 
 BIN = Path(sys.executable).parent
+# Gates that any test release passes: promotion tests are about approvals and the registry.
+LENIENT = {
+    "min_clean_acc": 0.0,
+    "min_robust_acc": 0.0,
+    "max_epsilon": 100.0,
+    "max_mia_auc": 1.0,
+    "max_regression": 1.0,
+}
+
+
+def set_promote(env, **values) -> None:
+    """Writes ``promote`` params (lenient gates plus ``values``) and commits them."""
+    override_params(env.root / "params.yaml", {"promote": {**LENIENT, **values}})
+    vcs.commit_paths(env.root, "test: promote params", ["params.yaml"])
 
 
 def promote_in_turn(ws, model: str, versions: list[str]) -> None:

@@ -171,7 +171,7 @@ def pgd_correct(
 
 
 @contextmanager
-def _seeded_global_rngs(seed: int) -> Iterator[None]:
+def seeded_global_rngs(seed: int) -> Iterator[None]:
     """Seeds the global generators ART draws from (numpy, Python, torch), then restores them."""
     np_state, py_state = np.random.get_state(), random.getstate()
     np.random.seed(seed % 2**32)
@@ -319,7 +319,7 @@ def apgd_ce_correct(
     x_np = x.numpy()
     nb_classes = predict_logits(model, x[:1]).shape[1]
     clf = _art_classifier(_DefinedGrad(model), x_np, nb_classes, _clip_values(x_np, eps, domain))
-    with _seeded_global_rngs(seed):  # ART draws from the global RNGs, even when building
+    with seeded_global_rngs(seed):  # ART draws from the global RNGs, even when building
         attack = _apgd(clf, eps, steps, "cross_entropy", restarts=restarts, batch_size=batch_size)
         x_adv = attack.generate(x_np, y=y.numpy())
     return _rescore(model, x, y, x_adv, eps, domain)
@@ -370,7 +370,7 @@ def apgd_t_correct(
     order = wrong.argsort(1, descending=True)[:, : min(targets, nb_classes - 1)].numpy()
     x_np = x.numpy()
     clf = _art_classifier(_DefinedGrad(model), x_np, nb_classes, _clip_values(x_np, eps, domain))
-    with _seeded_global_rngs(seed):
+    with seeded_global_rngs(seed):
         attack = _apgd(
             clf, eps, steps, "difference_logits_ratio", targeted=True, batch_size=batch_size
         )
@@ -425,7 +425,7 @@ def square_correct(
         view = _SquareView(model, tuple(x.shape[1:]), side)
         module, x_art = view, view.to_image(x_np)
     clf = _art_classifier(module, x_art, nb_classes, clip)
-    with _seeded_global_rngs(seed):
+    with seeded_global_rngs(seed):
         attack = SquareAttack(
             clf,
             norm=np.inf,

@@ -26,7 +26,7 @@ from aegis.config import SignParams
 from aegis.crypto.bundle import hash_directory, hashing_config
 from aegis.crypto.keys import canonical_json
 from aegis.errors import ConfigError, RefusedError, UsageError
-from aegis.fileutil import atomic_write
+from aegis.fileutil import atomic_write, json_object
 from aegis.timeutil import utc_now
 from aegis.workspace import Workspace
 
@@ -137,16 +137,6 @@ def _read_bytes(path: Path, what: str) -> bytes:
         raise RefusedError("release", f"{what} cannot be read ({exc.strerror})") from None
 
 
-def _parse_json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(data)
-    except ValueError:
-        raise RefusedError("release", f"{what} is not valid JSON") from None
-    if not isinstance(parsed, dict):
-        raise RefusedError("release", f"{what} is not a JSON object")
-    return parsed
-
-
 def _gather(ws: Workspace, name: str) -> dict[str, Any]:
     """Checks that model, metrics, validation and dataset agree; returns what they say."""
     from aegis.train.checkpoint import load_checkpoint
@@ -159,7 +149,7 @@ def _gather(ws: Workspace, name: str) -> dict[str, Any]:
     digest = loaded.digest
     reports = ws.root / "reports" / name
     metrics_bytes = _read_bytes(reports / "metrics.json", f"reports/{name}/metrics.json")
-    metrics = _parse_json(metrics_bytes, f"reports/{name}/metrics.json")
+    metrics = json_object(metrics_bytes, check="release", what=f"reports/{name}/metrics.json")
     if metrics.get("model") != digest:
         raise RefusedError(
             "release",
@@ -171,7 +161,7 @@ def _gather(ws: Workspace, name: str) -> dict[str, Any]:
     dataset = str(loaded.config.get("dataset"))
     what = f"validation/{name}/result.json"
     validation_bytes = _read_bytes(ws.root / "validation" / name / "result.json", what)
-    validation = _parse_json(validation_bytes, what)
+    validation = json_object(validation_bytes, check="release", what=what)
     if validation.get("dataset") != dataset or validation.get("success") is not True:
         raise RefusedError("release", f"no passed validation of dataset {dataset[:19]}")
 

@@ -42,6 +42,7 @@ from typing import Any
 from aegis import vcs
 from aegis.crypto.bundle import compare_digests, hash_directory, verify_signed_digests
 from aegis.errors import RefusedError, UsageError
+from aegis.fileutil import json_object
 from aegis.registry.release import (
     BUNDLE,
     FORMAT,
@@ -199,16 +200,6 @@ def read_verified(verified: VerifiedRelease, name: str) -> bytes:
     return _read_signed(verified.directory, verified.files, name)
 
 
-def _parse_json(data: bytes, name: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(data)
-    except ValueError:
-        raise RefusedError("integrity", f"'{name}' is not valid JSON") from None
-    if not isinstance(parsed, dict):
-        raise RefusedError("integrity", f"'{name}' is not a JSON object")
-    return parsed
-
-
 def _check_identity(ws: Workspace, directory: Path, info: dict, expect: Target | None) -> None:
     model, version = info.get("model_name"), info.get("version")
     if info.get("format") != FORMAT or not isinstance(model, str) or not isinstance(version, str):
@@ -253,8 +244,12 @@ def verify_release(
     files, signer_id, signer_owner = _signed_files(ws, directory / BUNDLE)
     compare_digests(files, hash_directory(directory, ignored=[BUNDLE]))
     # read once, check against the signature, parse the very bytes checked
-    info = _parse_json(_read_signed(directory, files, RELEASE_JSON), RELEASE_JSON)
-    metrics = _parse_json(_read_signed(directory, files, "metrics.json"), "metrics.json")
+    info = json_object(
+        _read_signed(directory, files, RELEASE_JSON), check="integrity", what=f"'{RELEASE_JSON}'"
+    )
+    metrics = json_object(
+        _read_signed(directory, files, "metrics.json"), check="integrity", what="'metrics.json'"
+    )
     digest = digest_of(
         _read_signed(directory, files, f"model/{WEIGHTS}"),
         _read_signed(directory, files, f"model/{CONFIG}"),
@@ -370,7 +365,9 @@ def load_release_model(verified: VerifiedRelease):
     loaded = load_checkpoint(verified.directory / "model")
     if loaded.digest != verified.model_digest:
         raise RefusedError("integrity", f"{verified}: model files changed after verification")
-    signed_metadata = _parse_json(read_verified(verified, f"model/{METADATA}"), METADATA)
+    signed_metadata = json_object(
+        read_verified(verified, f"model/{METADATA}"), check="integrity", what=f"'{METADATA}'"
+    )
     if signed_metadata != loaded.metadata:
         raise RefusedError("integrity", f"{verified}: model/{METADATA} changed after verification")
     return loaded

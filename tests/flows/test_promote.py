@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 from helpers import CliResult
+from registry_helpers import set_promote
 
-from aegis import vcs
-from aegis.config import override_params
 from aegis.registry import approvals_store as store
 from aegis.registry.journal import open_intents
 from aegis.registry.promotion import approve, promote
@@ -27,19 +26,7 @@ from aegis.registry.tags import read_registry
 from aegis.registry.targets import parse_target
 
 BIN = Path(sys.executable).parent
-LENIENT = {
-    "min_clean_acc": 0.0,
-    "min_robust_acc": 0.0,
-    "max_epsilon": 100.0,
-    "max_mia_auc": 1.0,
-    "max_regression": 1.0,
-}
 pytestmark = pytest.mark.slow
-
-
-def set_promote(env, **values) -> None:
-    override_params(env.root / "params.yaml", {"promote": {**LENIENT, **values}})
-    vcs.commit_paths(env.root, "test: promote params", ["params.yaml"])
 
 
 @pytest.fixture
@@ -86,6 +73,21 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.3)
 
 
+def start_waiting(renv, cli_env) -> subprocess.Popen:
+    """Starts ``aegis promote v1 --wait``; returns once its run waits for approval (or ended)."""
+    waiting = start(renv, cli_env, "promote", renv.v1, "--wait", "--key", renv.operator_key)
+    try:
+        wait_for(
+            lambda: store.waiting_run(renv.ws, renv.model, "v1.0.0") or waiting.poll() is not None,
+            120,
+            "the promote run to wait",
+        )
+    except BaseException:
+        waiting.kill()
+        raise
+    return waiting
+
+
 def requested_and_approved(env, *targets: str) -> None:
     """Pending requests approved by bob (in-process core calls: fast setup)."""
     for target in targets:
@@ -125,13 +127,8 @@ def test_wait_resumed_by_approve_in_another_process(renv, cli_env):
     """Two owners required: the first approval resumes the run, which counts 1 of 2 and
     pauses again; the second resumes it and it promotes."""
     set_promote(renv, wait_timeout="180s", approvals_required=2)
-    waiting = start(renv, cli_env, "promote", renv.v1, "--wait", "--key", renv.operator_key)
+    waiting = start_waiting(renv, cli_env)
     try:
-        wait_for(
-            lambda: store.waiting_run(renv.ws, renv.model, "v1.0.0") or waiting.poll() is not None,
-            120,
-            "the promote run to wait",
-        )
         assert waiting.poll() is None, waiting.communicate()
         for key in (renv.approver_key, renv.approver2_key):
             result = aegis(renv, cli_env, "approve", renv.v1, "--key", key)
@@ -191,13 +188,8 @@ def test_wait_times_out_and_changes_nothing(renv, cli_env):
 
 def test_rejection_while_waiting_exits_1(renv, cli_env):
     set_promote(renv, wait_timeout="180s")
-    waiting = start(renv, cli_env, "promote", renv.v1, "--wait", "--key", renv.operator_key)
+    waiting = start_waiting(renv, cli_env)
     try:
-        wait_for(
-            lambda: store.waiting_run(renv.ws, renv.model, "v1.0.0") or waiting.poll() is not None,
-            120,
-            "the promote run to wait",
-        )
         args = ("approve", renv.v1, "--key", renv.approver_key, "--reject", "--reason", "too weak")
         assert aegis(renv, cli_env, *args).code == 0
         _, err = waiting.communicate(timeout=120)
@@ -211,16 +203,9 @@ def test_rejection_while_waiting_exits_1(renv, cli_env):
 
 def test_pending_completed_by_resume_after_its_process_ended(renv, cli_env):
     set_promote(renv, wait_timeout="180s")
-    waiting = start(renv, cli_env, "promote", renv.v1, "--wait", "--key", renv.operator_key)
-    try:
-        wait_for(
-            lambda: store.waiting_run(renv.ws, renv.model, "v1.0.0") or waiting.poll() is not None,
-            120,
-            "the promote run to wait",
-        )
-    finally:
-        waiting.send_signal(signal.SIGKILL)
-        waiting.communicate()
+    waiting = start_waiting(renv, cli_env)
+    waiting.send_signal(signal.SIGKILL)
+    waiting.communicate()
     assert store.waiting_run(renv.ws, renv.model, "v1.0.0") is None  # its process is gone
     result = aegis(renv, cli_env, "approve", renv.v1, "--key", renv.approver_key)
     assert result.code == 0 and "resumed" not in result.out

@@ -15,30 +15,17 @@ from pathlib import Path
 
 import pytest
 from helpers import CliResult
+from registry_helpers import set_promote
 
 from aegis import vcs
 from aegis.approval import GateFailure
-from aegis.config import PromoteParams, override_params
+from aegis.config import PromoteParams
 from aegis.errors import RefusedError
 from aegis.registry import approvals_store as store
 from aegis.registry.promotion import approve, gates_for, promote
 from aegis.registry.tags import read_registry
 from aegis.registry.targets import parse_target
 from aegis.registry.verify import open_release
-
-LENIENT = {
-    "min_clean_acc": 0.0,
-    "min_robust_acc": 0.0,
-    "max_epsilon": 100.0,
-    "max_mia_auc": 1.0,
-    "max_regression": 1.0,
-}
-
-
-def set_promote(env, **values) -> None:
-    """Writes ``promote`` params (lenient gates plus ``values``) and commits them."""
-    override_params(env.root / "params.yaml", {"promote": {**LENIENT, **values}})
-    vcs.commit_paths(env.root, "test: promote params", ["params.yaml"])
 
 
 def no_flags(env, version: int) -> bool:
