@@ -7,7 +7,6 @@ Workspaces and datasets are built once per session and copied per test:
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import CliResult, Env
+from helpers import CliResult, Env, copy_env
 from release_helpers import ReleasedEnv, build_released, copy_released
 
 QUIET_ENV = {
@@ -92,16 +91,7 @@ def template_env(tmp_path_factory) -> Env:
 @pytest.fixture
 def env(template_env: Env, tmp_path: Path) -> Env:
     """A private copy of the template workspace, keys and dataset."""
-    base = template_env.root.parent
-    dst = tmp_path / "env"
-    shutil.copytree(base, dst, symlinks=True)
-    return Env(
-        dst / "ws",
-        dst / "keys" / "supplier.pem",
-        dst / "keys" / "operator.pem",
-        dst / "digits-signed",
-        dst / "raw",
-    )
+    return copy_env(template_env.root.parent, tmp_path / "env")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,23 @@ class Env:
         from aegis.workspace import Workspace
 
         return Workspace(self.root)
+
+
+def env_at(base: Path) -> Env:
+    """The ``Env`` laid out under ``base`` as the session template is (ws, keys, datasets)."""
+    return Env(
+        base / "ws",
+        base / "keys" / "supplier.pem",
+        base / "keys" / "operator.pem",
+        base / "digits-signed",
+        base / "raw",
+    )
+
+
+def copy_env(src: Path, dst: Path) -> Env:
+    """A private copy of the environment under ``src`` (symlinks kept): milliseconds."""
+    shutil.copytree(src, dst, symlinks=True)
+    return env_at(dst)
 
 
 def snapshot(root: Path) -> dict[str, str]:

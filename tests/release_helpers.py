@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import Env
+from helpers import Env, env_at
 
 MODEL = "digits-model"
 V1 = f"{MODEL}@v1.0.0"
@@ -57,11 +57,7 @@ class ReleasedEnv(Env):
 def released_at(base: Path) -> ReleasedEnv:
     keys = base / "keys"
     return ReleasedEnv(
-        root=base / "ws",
-        supplier_key=keys / "supplier.pem",
-        operator_key=keys / "operator.pem",
-        dataset=base / "digits-signed",
-        raw=base / "raw",
+        **vars(env_at(base)),
         approver_key=keys / "approver-bob.pem",
         approver2_key=keys / "approver-carol.pem",
     )

@@ -20,7 +20,7 @@ from torch import nn
 
 from aegis.config import EvaluateParams
 from aegis.errors import ConfigError
-from aegis.evaluate.attacks import APGD_STEPS, APGD_TARGETS, Domain, predict_logits
+from aegis.evaluate.attacks import Domain, predict_logits
 from aegis.evaluate.calibration import CalibrationReport, calibration_from_probs
 from aegis.evaluate.privacy_audit import MembershipAudit, membership_audit
 from aegis.evaluate.robustness import Flag, RobustnessReport, assess_robustness
@@ -176,8 +176,6 @@ def evaluate_model(
     params: EvaluateParams,
     seed: int,
     dp: dict | None = None,
-    apgd_steps: int = APGD_STEPS,
-    apgd_targets: int = APGD_TARGETS,
 ) -> EvaluationResult:
     """Evaluates a trained classifier on a held-out test split.
 
@@ -195,8 +193,6 @@ def evaluate_model(
         params: The ``evaluate`` section of params.
         seed: Seed of every random draw (attacks, audit subsets).
         dp: ``{"epsilon_spent" (or "epsilon"): float, "delta": float}`` for a DP model.
-        apgd_steps: APGD iterations (AutoAttack's 100; not in params).
-        apgd_targets: APGD-T target classes (AutoAttack's 9; not in params).
 
     Raises:
         ConfigError: ``train_eps`` is not positive (robust accuracy at 0 is clean accuracy).
@@ -229,8 +225,6 @@ def evaluate_model(
             domain=domain,
             params=params,
             seed=seed,
-            apgd_steps=apgd_steps,
-            apgd_targets=apgd_targets,
         )
         membership = (
             membership_audit(model, x_train, y_train, x, y, seed=seed) if params.mia else None

@@ -181,14 +181,14 @@ def _independent_attack(
     domain: Domain,
     params: EvaluateParams,
     seed: int,
-    apgd_steps: int,
-    apgd_targets: int,
 ) -> np.ndarray:
     common = {"eps": eps, "domain": domain, "seed": seed + _SEED_OFFSETS[name]}
     if name == "apgd-ce":
-        return attacks.apgd_ce_correct(model, x, y, steps=apgd_steps, **common)
+        return attacks.apgd_ce_correct(model, x, y, steps=params.apgd_steps, **common)
     if name == "apgd-t":
-        return attacks.apgd_t_correct(model, x, y, steps=apgd_steps, targets=apgd_targets, **common)
+        return attacks.apgd_t_correct(
+            model, x, y, steps=params.apgd_steps, targets=params.apgd_targets, **common
+        )
     k = params.square_samples  # Square is slow: a prefix of the samples only
     return attacks.square_correct(model, x[:k], y[:k], queries=params.square_queries, **common)
 
@@ -202,8 +202,6 @@ def assess_robustness(
     domain: Domain,
     params: EvaluateParams,
     seed: int,
-    apgd_steps: int = attacks.APGD_STEPS,
-    apgd_targets: int = attacks.APGD_TARGETS,
 ) -> RobustnessReport:
     """Runs our PGD (at ``eps`` and the sweep) and the independent suite, then sets flags.
 
@@ -215,8 +213,6 @@ def assess_robustness(
         domain: ``(min, max)`` of valid inputs, or ``None``.
         params: Attack budgets and the suite (``evaluate`` section of params).
         seed: Seed of every attack's random draws.
-        apgd_steps: Iterations of APGD-CE and of each APGD-T target (not in params).
-        apgd_targets: Target classes of APGD-T (not in params).
 
     Returns:
         The report; Square's run covers the first ``params.square_samples`` samples only.
@@ -257,8 +253,6 @@ def assess_robustness(
             domain=domain,
             params=params,
             seed=seed,
-            apgd_steps=apgd_steps,
-            apgd_targets=apgd_targets,
         )
         independent[name] = _timed(name, eps, run)
 

@@ -95,8 +95,6 @@ def evaluate_stored(
             params=eval_params,
             seed=train_params.seed,
             dp=loaded.config.get("privacy"),
-            apgd_steps=eval_params.apgd_steps,
-            apgd_targets=eval_params.apgd_targets,
         )
     finally:
         torch.set_num_threads(threads)

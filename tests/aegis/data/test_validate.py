@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import CliResult, Env, snapshot
+from helpers import CliResult, Env, copy_env, snapshot
 from validation_helpers import (
     BAD_PIXEL,
     corrupt,
@@ -49,21 +49,6 @@ BETWEEN = f"column_values_to_be_between({BAD_PIXEL})"
 # -- workspaces ------------------------------------------------------------------------------
 
 
-def _env_at(base: Path) -> Env:
-    return Env(
-        base / "ws",
-        base / "keys" / "supplier.pem",
-        base / "keys" / "operator.pem",
-        base / "digits-signed",
-        base / "raw",
-    )
-
-
-def _copy(src: Path, dst: Path) -> Env:
-    shutil.copytree(src, dst, symlinks=True)
-    return _env_at(dst)
-
-
 def _ingest(env: Env, source: Path) -> str:
     actor, _ = env.ws.actor(None)
     return ingest(env.ws, str(source), name="digits", actor=actor).digest
@@ -79,7 +64,7 @@ def _validate(env: Env) -> None:
 @pytest.fixture(scope="module")
 def ingested_base(template_env, tmp_path_factory) -> Path:
     """The template with the pristine digits ingested (not validated)."""
-    env = _copy(template_env.root.parent, tmp_path_factory.mktemp("ingested") / "env")
+    env = copy_env(template_env.root.parent, tmp_path_factory.mktemp("ingested") / "env")
     _ingest(env, env.dataset)
     return env.root.parent
 
@@ -87,7 +72,7 @@ def ingested_base(template_env, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def validated_base(ingested_base, tmp_path_factory) -> Path:
     """Pristine digits ingested and validated: the drift reference of any later version."""
-    env = _copy(ingested_base, tmp_path_factory.mktemp("validated") / "env")
+    env = copy_env(ingested_base, tmp_path_factory.mktemp("validated") / "env")
     _validate(env)
     return env.root.parent
 
@@ -95,7 +80,7 @@ def validated_base(ingested_base, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def quarantined_base(template_env, tmp_path_factory) -> Path:
     """Digits with BAD_ROWS corrupted, ingested and validated: three rows in quarantine."""
-    env = _copy(template_env.root.parent, tmp_path_factory.mktemp("quarantined") / "env")
+    env = copy_env(template_env.root.parent, tmp_path_factory.mktemp("quarantined") / "env")
     _ingest(env, publish_frame(env, corrupt(digits_frame(env), BAD_ROWS), "corrupted"))
     _validate(env)
     return env.root.parent
@@ -103,17 +88,17 @@ def quarantined_base(template_env, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def ingested(ingested_base, tmp_path) -> Env:
-    return _copy(ingested_base, tmp_path / "env")
+    return copy_env(ingested_base, tmp_path / "env")
 
 
 @pytest.fixture
 def validated(validated_base, tmp_path) -> Env:
-    return _copy(validated_base, tmp_path / "env")
+    return copy_env(validated_base, tmp_path / "env")
 
 
 @pytest.fixture
 def quarantined(quarantined_base, tmp_path) -> Env:
-    return _copy(quarantined_base, tmp_path / "env")
+    return copy_env(quarantined_base, tmp_path / "env")
 
 
 @pytest.fixture(autouse=True)

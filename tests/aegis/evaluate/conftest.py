@@ -154,11 +154,10 @@ def masked(digits: Digits) -> nn.Module:
 
 # The sanity test's budgets: gradient attacks on 300 samples (APGD-T on the 3 likeliest wrong
 # classes instead of AutoAttack's 9, for time), Square on the 100 x 500 budget.
-GRADIENT_SUITE = EvaluateParams(max_samples=300, independent=["apgd-ce", "apgd-t"])
+GRADIENT_SUITE = EvaluateParams(max_samples=300, independent=["apgd-ce", "apgd-t"], apgd_targets=3)
 SQUARE_SUITE = EvaluateParams(
     max_samples=300, independent=["square"], square_samples=100, square_queries=500
 )
-APGD_TARGETS = 3
 
 
 def run_evaluation(model: nn.Module, data: Digits, params: EvaluateParams, **overrides):
@@ -172,7 +171,6 @@ def run_evaluation(model: nn.Module, data: Digits, params: EvaluateParams, **ove
         "train_eps": EPS,
         "params": params,
         "seed": 0,
-        "apgd_targets": APGD_TARGETS,
     }
     return evaluate_model(model, **{**kwargs, **overrides})
 

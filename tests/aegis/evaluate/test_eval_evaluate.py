@@ -19,8 +19,9 @@ TINY = EvaluateParams(
     independent=["apgd-ce", "apgd-t", "square"],
     square_samples=10,
     square_queries=20,
+    apgd_steps=5,
+    apgd_targets=2,
 )
-TINY_KW = {"apgd_steps": 5, "apgd_targets": 2}
 
 
 @pytest.mark.slow
@@ -54,16 +55,16 @@ def test_metrics_are_json_and_complete(undefended_eval):
 def test_evaluation_is_deterministic_and_leaves_the_model_alone(digits, undefended, run_eval):
     model = copy.deepcopy(undefended)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    first = run_eval(model, digits, TINY, **TINY_KW)
+    first = run_eval(model, digits, TINY)
     assert all(p.grad is None for p in model.parameters())  # ART's backward() undone
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not model.training
-    second = run_eval(model, digits, TINY, **TINY_KW)
+    second = run_eval(model, digits, TINY)
     assert first.to_metrics() == second.to_metrics()
     assert first.to_metrics()["samples"]["square"] == 10
 
     model.train()
-    run_eval(model, digits, TINY.model_copy(update={"mia": False}), **TINY_KW)
+    run_eval(model, digits, TINY.model_copy(update={"mia": False}))
     assert all(m.training for m in model.modules())
 
 

@@ -81,6 +81,7 @@ def test_worst_case_is_per_sample_and_square_covers_a_prefix(digits):
         independent=["apgd-ce", "square"],
         square_samples=10,
         square_queries=5,
+        apgd_steps=2,
     )
     r = assess_robustness(
         model,
@@ -90,7 +91,6 @@ def test_worst_case_is_per_sample_and_square_covers_a_prefix(digits):
         domain=(0.0, 1.0),
         params=params,
         seed=0,
-        apgd_steps=2,
     )
     assert r.n == 30 and r.independent["square"].n == 10
     assert sorted(r.sweep) == [0.05, 0.1] and r.sweep[0.1] is r.pgd
@@ -104,7 +104,7 @@ def test_binary_model_skips_apgd_t():
     x = np.random.default_rng(0).normal(size=(20, 6)).astype(np.float32)
     y = np.zeros(20, dtype=np.int64)
     params = EvaluateParams(
-        max_samples=20, pgd_steps=2, independent=["apgd-ce", "apgd-t"], epsilons=[]
+        max_samples=20, pgd_steps=2, independent=["apgd-ce", "apgd-t"], epsilons=[], apgd_steps=2
     )
-    r = assess_robustness(model, x, y, eps=0.5, domain=None, params=params, seed=0, apgd_steps=2)
+    r = assess_robustness(model, x, y, eps=0.5, domain=None, params=params, seed=0)
     assert "apgd-t" in r.skipped and set(r.independent) == {"apgd-ce"}

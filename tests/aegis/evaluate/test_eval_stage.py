@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 from pathlib import Path
 
 import pytest
-from helpers import Env, snapshot
+from helpers import Env, copy_env, snapshot
 from validation_helpers import digits_frame, publish_frame, resample, sha256_file
 
 from aegis.data.ingest import ingest
@@ -24,21 +23,6 @@ from aegis.train.checkpoint import CONFIG, WEIGHTS, canonical_json, model_digest
 from aegis.train.stage import train_stage
 
 # -- workspaces ------------------------------------------------------------------------------
-
-
-def _env_at(base: Path) -> Env:
-    return Env(
-        base / "ws",
-        base / "keys" / "supplier.pem",
-        base / "keys" / "operator.pem",
-        base / "digits-signed",
-        base / "raw",
-    )
-
-
-def _copy(src: Path, dst: Path) -> Env:
-    shutil.copytree(src, dst, symlinks=True)
-    return _env_at(dst)
 
 
 def _ingest_and_validate(env: Env, source: Path) -> str:
@@ -51,7 +35,7 @@ def _ingest_and_validate(env: Env, source: Path) -> str:
 @pytest.fixture(scope="module")
 def trained_base(template_env, tmp_path_factory) -> Path:
     """Digits ingested and validated, and models/digits trained on it (train stage)."""
-    env = _copy(template_env.root.parent, tmp_path_factory.mktemp("eval-trained") / "env")
+    env = copy_env(template_env.root.parent, tmp_path_factory.mktemp("eval-trained") / "env")
     _ingest_and_validate(env, env.dataset)
     actor, _ = env.ws.actor(None)
     train_stage(env.ws, "digits", actor=actor)
@@ -60,7 +44,7 @@ def trained_base(template_env, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def trained(trained_base, tmp_path) -> Env:
-    return _copy(trained_base, tmp_path / "env")
+    return copy_env(trained_base, tmp_path / "env")
 
 
 # -- helpers ------------------------------------------------------------------------------------

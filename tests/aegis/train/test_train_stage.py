@@ -10,12 +10,11 @@ stderr and leaves the workspace exactly as it was.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import CliResult, Env, snapshot
+from helpers import CliResult, Env, copy_env, snapshot
 from validation_helpers import sha256_file
 
 from aegis import vcs
@@ -26,25 +25,10 @@ from aegis.train.checkpoint import CONFIG, METADATA, WEIGHTS, model_digest
 # -- workspaces ------------------------------------------------------------------------------
 
 
-def _env_at(base: Path) -> Env:
-    return Env(
-        base / "ws",
-        base / "keys" / "supplier.pem",
-        base / "keys" / "operator.pem",
-        base / "digits-signed",
-        base / "raw",
-    )
-
-
-def _copy(src: Path, dst: Path) -> Env:
-    shutil.copytree(src, dst, symlinks=True)
-    return _env_at(dst)
-
-
 @pytest.fixture(scope="module")
 def ingested_base(template_env, tmp_path_factory) -> Path:
     """The template (FAST_PARAMS committed) with the signed digits ingested, not validated."""
-    env = _copy(template_env.root.parent, tmp_path_factory.mktemp("train-ingested") / "env")
+    env = copy_env(template_env.root.parent, tmp_path_factory.mktemp("train-ingested") / "env")
     actor, _ = env.ws.actor(None)
     ingest(env.ws, str(env.dataset), name="digits", actor=actor)
     return env.root.parent
@@ -53,7 +37,7 @@ def ingested_base(template_env, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def validated_base(ingested_base, tmp_path_factory) -> Path:
     """Digits ingested and validated, the validation recorded in dvc.lock and git."""
-    env = _copy(ingested_base, tmp_path_factory.mktemp("train-validated") / "env")
+    env = copy_env(ingested_base, tmp_path_factory.mktemp("train-validated") / "env")
     actor, _ = env.ws.actor(None)
     record_validation(env.ws, validate_dataset(env.ws, "digits", actor=actor))
     return env.root.parent
@@ -61,12 +45,12 @@ def validated_base(ingested_base, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def ingested(ingested_base, tmp_path) -> Env:
-    return _copy(ingested_base, tmp_path / "env")
+    return copy_env(ingested_base, tmp_path / "env")
 
 
 @pytest.fixture
 def validated(validated_base, tmp_path) -> Env:
-    return _copy(validated_base, tmp_path / "env")
+    return copy_env(validated_base, tmp_path / "env")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -165,7 +149,7 @@ def test_same_data_and_params_give_the_same_digest_and_another_seed_does_not(
     cli, validated_base, tmp_path
 ):
     """Determinism end to end: two workspaces train byte-identical models."""
-    envs = [_copy(validated_base, tmp_path / f"env{i}") for i in range(3)]
+    envs = [copy_env(validated_base, tmp_path / f"env{i}") for i in range(3)]
     _set_seed(envs[2], 1)
 
     for env in envs:

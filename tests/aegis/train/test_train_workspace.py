@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import Env
+from helpers import Env, copy_env
 from validation_helpers import corrupt, digits_frame, publish_frame, resample
 
 from aegis.config import ModelParams, TrainParams
@@ -24,22 +23,11 @@ BAD_ROWS = [3, 500, 1200]
 pytestmark = pytest.mark.slow
 
 
-def _env_at(base: Path) -> Env:
-    return Env(
-        base / "ws",
-        base / "keys" / "supplier.pem",
-        base / "keys" / "operator.pem",
-        base / "digits-signed",
-        base / "raw",
-    )
-
-
 @pytest.fixture(scope="module")
 def quarantined_base(template_env, tmp_path_factory) -> Path:
     """Digits with BAD_ROWS corrupted, ingested and validated: three rows in quarantine."""
     base = tmp_path_factory.mktemp("train-ws") / "env"
-    shutil.copytree(template_env.root.parent, base, symlinks=True)
-    env = _env_at(base)
+    env = copy_env(template_env.root.parent, base)
     actor, _ = env.ws.actor(None)
     source = publish_frame(env, corrupt(digits_frame(env), BAD_ROWS), "corrupted")
     ingest(env.ws, str(source), name="digits", actor=actor)
@@ -49,7 +37,7 @@ def quarantined_base(template_env, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def quarantined(quarantined_base, tmp_path) -> Env:
-    return _env_at(Path(shutil.copytree(quarantined_base, tmp_path / "env", symlinks=True)))
+    return copy_env(quarantined_base, tmp_path / "env")
 
 
 def _refused(env: Env, match: str) -> str:
