@@ -220,27 +220,58 @@ def parse_params(data: Any, *, source: str = "params.yaml") -> Params:
         raise ConfigError(f"{source}: {path}: {err['msg']}") from None
 
 
-def load_params(path: Path) -> Params:
-    """Reads and validates ``params.yaml``.
+PARAMS_LIMIT = 1024 * 1024  # params.yaml is a few KiB; anything this large is not ours
+
+
+def read_params_data(path: Path) -> Any:
+    """Reads ``params.yaml`` as DVC does (YAML 1.2), refusing hostile YAML before use.
 
     Raises:
-        ConfigError: The file is missing, not YAML, or invalid.
+        ConfigError: Missing, unreadable, not a regular file, too large, not
+            UTF-8, not YAML, or YAML with aliases or duplicate keys (the line is named).
     """
+    from aegis.errors import UnsafeFileError
+    from aegis.fileutil import read_regular
+    from aegis.yamlio import YamlRefused, load_yaml
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, limit=PARAMS_LIMIT, what=path.name).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found") from None
+    except UnsafeFileError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.detail})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path.name}: not valid YAML{where}") from None
-    return parse_params(data, source=path.name)
+        return load_yaml(text)
+    except YamlRefused as exc:
+        where = f" (line {exc.line})" if exc.line else ""
+        raise ConfigError(f"{path.name}: not valid YAML: {exc}{where}") from None
+
+
+def load_params(path: Path) -> Params:
+    """Reads and validates ``params.yaml`` (see :func:`read_params_data`).
+
+    Raises:
+        ConfigError: The file is missing, not YAML Aegis reads, or invalid.
+    """
+    return parse_params(read_params_data(path), source=path.name)
+
+
+def policy_of(params: PromoteParams) -> dict[str, Any]:
+    """The promotion policy as bound into a request: the whole ``promote`` section."""
+    return params.model_dump(mode="json")
+
+
+def policy_digest(params: PromoteParams) -> str:
+    """``sha256:`` of the canonical JSON of the ``promote`` section (gates, approvals, TTL)."""
+    import hashlib
+    import json
+
+    canonical = json.dumps(policy_of(params), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def override_params(path: Path, overrides: dict[str, dict[str, Any]]) -> Params:
@@ -256,7 +287,7 @@ def override_params(path: Path, overrides: dict[str, dict[str, Any]]) -> Params:
     Raises:
         ConfigError: The file is invalid, or the overrides make it invalid.
     """
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = read_params_data(path) or {}
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
     params = parse_params(data, source=path.name)

@@ -54,18 +54,24 @@ def _step(title: str) -> None:
     console.print(Rule(f"[bold]{title}"))
 
 
-def _fresh_directory(directory: Path) -> Path:
-    """Recreates ``directory`` if it is empty or an earlier demo's workspace, else refuses.
+MARKER = ".aegis-demo"
 
-    Only a workspace the demo made (it holds ``.aegis/demo/``) is ever deleted: a
-    real workspace's keys, registry and audit log are not the demo's to throw away.
+
+def _fresh_directory(directory: Path) -> Path:
+    """Recreates ``directory`` if it is empty or an earlier demo's, else refuses.
+
+    Only a folder the demo made (it holds ``.aegis-demo``, or, from earlier
+    versions, ``.aegis/demo/``) is ever deleted: a real workspace's keys,
+    registry and audit log are not the demo's to throw away.
     """
     root = directory.expanduser().resolve()
     if root.exists():
-        if (root / ".aegis" / "demo").is_dir():
+        if (root / MARKER).is_file() or (root / ".aegis" / "demo").is_dir():
             shutil.rmtree(root)
         elif not root.is_dir() or any(root.iterdir()):
-            raise UsageError(f"{root}: exists and is not a demo workspace; refusing to delete it")
+            raise UsageError(f"{root}: exists and is not a demo folder; refusing to delete it")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("made by `aegis demo`; deleted by the next one\n")
     return root
 
 
@@ -194,7 +200,10 @@ def _prefect_server(ws: Path) -> Iterator[_PrefectServer]:
 
 def _new_key(ws: Path, side: Path, role: str, name: str, owner: str) -> Path:
     out = side / f"{name}.pem"
-    _aegis(ws, "keys", "new", "--role", role, "--name", name, "--owner", owner, "--out", out)
+    _aegis(
+        ws, "keys", "new", "--role", role, "--name", name, "--owner", owner, "--out", out,
+        "--admin-key", side / "admin.pem",
+    )  # fmt: skip
     return out
 
 
@@ -214,21 +223,35 @@ def _promote(ws: Path, version: str, operator: Path, approver: Path) -> None:
 def run_demo(directory: Path) -> None:
     """Runs the demo in ``directory`` (recreated if it is an old demo workspace)."""
     start = time.monotonic()
-    ws = _fresh_directory(directory)
-    side = ws / ".aegis" / "demo"  # the supplier's, operator's and approver's side, git-ignored
+    base = _fresh_directory(directory)
+    ws = base / "workspace"
+    # The people's side: each person's private key and the supplier's files live outside
+    # the workspace, as on a real team (a key inside the workspace is refused). The demo
+    # keeps them together in one folder, people/, and says so.
+    side = base / "people"
+    side.mkdir()
 
-    _step("1. A workspace: git + DVC, pipeline and admin keys, signed trust store, audit log")
-    subprocess.run([sys.executable, "-m", "aegis", "init", str(ws)], check=True)
-    side.mkdir(parents=True)
-    with (ws / ".gitignore").open("a") as fh:
-        fh.write("/.aegis/demo/\n")
+    _step("1. A workspace: git + DVC, the pipeline key, a signed trust store, the audit log")
+    console.print(f"people's keys (admin included) live in {side}, outside the workspace")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aegis",
+            "init",
+            str(ws),
+            "--admin-key-out",
+            str(side / "admin.pem"),
+        ],
+        check=True,
+    )
     _demo_params(ws)
     with _prefect_server(ws) as server:
         _story(ws, side, server)
     console.print()
     console.print(
         f"[bold green]Demo complete[/] in {time.monotonic() - start:.0f} s. "
-        f"Workspace: {ws} (try `aegis --workspace {ws} status`)."
+        f"Workspace: {ws} (try `aegis --workspace {ws} status`); the people's keys: {side}."
     )
 
 

@@ -2,6 +2,9 @@
 
 Exit code 1 is a refusal for a security or policy reason; exit code 2 is a
 usage or configuration error. Every message names what failed, in one line.
+
+Refusals that code branches on have their own subclass (python-tuf style),
+so control flow never parses a message or compares ``check`` strings.
 """
 
 from __future__ import annotations
@@ -30,17 +33,68 @@ class RefusedError(AegisError):
 
     Attributes:
         check: Short name of the failed check (for example ``integrity``).
+        detail: The message without the check's name.
     """
 
     exit_code = 1
+    default_check = "refused"
 
-    def __init__(self, check: str, message: str) -> None:
+    def __init__(self, check: str | None = None, message: str = "") -> None:
+        check = check or self.default_check
         super().__init__(f"{check}: {message}")
         self.check = check
         self.detail = message
 
     def __reduce__(self):  # picklable across process boundaries (Prefect workers)
         return (type(self), (self.check, self.detail))
+
+
+class AuditError(RefusedError):
+    """The audit log does not verify (edited, truncated, appended by hand)."""
+
+    default_check = "audit"
+
+    def __init__(self, message: str, check: str | None = None) -> None:
+        super().__init__(check or self.default_check, message)
+
+    def __reduce__(self):
+        return (type(self), (self.detail, self.check))
+
+
+class TrustStoreError(AuditError):
+    """The trust store does not verify, or is not the one the audit log last recorded."""
+
+    default_check = "trust-store"
+
+
+class FreshnessError(AuditError):
+    """The audit log or trust store is older than what git records (a restored copy)."""
+
+    default_check = "freshness"
+
+
+class UnsafeFileError(RefusedError):
+    """A workspace file is a symlink, FIFO or device, or larger than its limit."""
+
+    default_check = "file"
+
+    def __init__(self, message: str, check: str | None = None) -> None:
+        super().__init__(check or self.default_check, message)
+
+    def __reduce__(self):
+        return (type(self), (self.detail, self.check))
+
+
+class StalePlanError(RefusedError):
+    """A registry change was planned before the lock and the registry moved meanwhile."""
+
+    default_check = "registry"
+
+    def __init__(self, message: str, check: str | None = None) -> None:
+        super().__init__(check or self.default_check, message)
+
+    def __reduce__(self):
+        return (type(self), (self.detail, self.check))
 
 
 class TransientIOError(AegisError):

@@ -1,53 +1,106 @@
-"""Trust-store changes as workspace operations: signed, committed, audited."""
+"""Trust-store changes as workspace operations: signed by an admin, audited, committed.
+
+The admin key never lives in the workspace: whoever can read the workspace
+could otherwise add an approver key of their own and approve their own
+promotion (the two-person rule would hold only on paper). Every change is
+made against the verified ledger (a restored older trust store is refused,
+never signed on top of), audited with the store's new head, then committed
+with the audit anchor.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
 
-from aegis import vcs
 from aegis.crypto.keys import PrivateKey, generate_key, load_private_key
-from aegis.crypto.truststore import ROLES, TrustEntry
-from aegis.errors import UsageError
+from aegis.crypto.truststore import TrustEntry
+from aegis.errors import RefusedError, UsageError
+from aegis.ledger import Action, Ledger
 from aegis.workspace import Workspace
 
 CREATABLE_ROLES = ("admin", "supplier", "operator", "approver")
 
 
+def require_admin_key_outside(ws: Workspace) -> None:
+    """Refuses while the workspace still holds its admin key (workspaces made before 0.2).
+
+    Raises:
+        RefusedError: ``admin-key``, saying how to move it.
+    """
+    legacy = ws.legacy_admin_key_path
+    if legacy.exists() or legacy.is_symlink():
+        raise RefusedError(
+            "admin-key",
+            f"the admin key is inside the workspace ({legacy.relative_to(ws.root)}), where "
+            "anyone who can read the workspace can change the trust store; move it out: "
+            f"`mv {legacy} ~/aegis-admin.pem && mv {legacy}.pub ~/aegis-admin.pem.pub`, then "
+            "pass --admin-key ~/aegis-admin.pem (or AEGIS_ADMIN_KEY)",
+        )
+
+
 def _admin(ws: Workspace, admin_key: Path | None) -> PrivateKey:
-    path = admin_key or ws.admin_key_path
-    if not path.exists():
-        raise UsageError(f"{path}: admin key not found (give --admin-key)")
-    return load_private_key(path)
+    require_admin_key_outside(ws)
+    if admin_key is None:
+        raise UsageError("trust changes are signed by an admin key: give --admin-key PATH "
+                         "(or AEGIS_ADMIN_KEY)")  # fmt: skip
+    if ws.contains(admin_key):
+        raise RefusedError(
+            "admin-key", f"{admin_key} is inside the workspace; keep the admin key outside it"
+        )
+    return load_private_key(admin_key)
 
 
-def _record(ws: Workspace, admin: PrivateKey, action: str, message: str, **details: str) -> None:
-    store = ws.trust()
-    vcs.commit_paths(ws.root, message, [".aegis/trust.json"])
-    ws.audit().append(
+def check_key_out(out: Path) -> None:
+    """Refuses to write a new private key inside a workspace (this one or another).
+
+    Raises:
+        RefusedError: ``key-location``: anyone who can read the workspace could use it.
+    """
+    from aegis.pipeline.layout import enclosing_workspace
+
+    if enclosing_workspace(out.expanduser().resolve().parent) is not None:
+        raise RefusedError(
+            "key-location",
+            f"{out} is inside the workspace; write private keys outside it (anyone who can "
+            "read the workspace could sign with it)",
+        )
+
+
+def _record(ledger: Ledger, admin: PrivateKey, action: str, message: str, **details: str) -> None:
+    ledger.append(
+        action,
         actor=admin.key_id,
-        action=action,
-        pipeline_key=ws.pipeline_key(),
-        subjects={"trust": "sha256:" + store.head},
+        subjects={"trust": "sha256:" + ledger.trust.head},
         details=details,
     )
+    ledger.commit(message, [".aegis/trust.json"])
 
 
 def new_key(
-    ws: Workspace, *, role: str, name: str, owner: str, out: Path, admin_key: Path | None
+    ws: Workspace,
+    *,
+    role: str,
+    name: str,
+    owner: str,
+    out: Path,
+    admin_key: Path | None,
+    ledger: Ledger | None = None,
 ) -> TrustEntry:
     """Creates a key pair at ``out`` and registers it, signed by an admin key.
 
     Raises:
-        UsageError: Unknown role, taken name, or ``out`` exists.
-        RefusedError: The admin key is not an active admin.
+        UsageError: Unknown role, taken name, no admin key, or ``out`` exists.
+        RefusedError: The admin key is not an active admin, lives in the
+            workspace, or ``out`` is inside the workspace.
     """
     if role not in CREATABLE_ROLES:
         raise UsageError(f"role '{role}': one of {', '.join(CREATABLE_ROLES)}")
-    assert role in ROLES
+    check_key_out(out)
     admin = _admin(ws, admin_key)
-    with ws.lock():
-        store = ws.trust()
+    ledger = ledger or Ledger.load(ws)
+    with ledger.locked():
+        store = ledger.trust
         if any(e.name == name for e in store.entries):
             raise UsageError(f"a trust entry named '{name}' already exists")
         key = generate_key(out)
@@ -59,38 +112,33 @@ def new_key(
                     p.unlink()
             raise
         _record(
-            ws,
-            admin,
-            "trust.add",
-            f"trust: add {role} key '{name}' ({owner})",
-            name=name,
-            role=role,
-            owner=owner,
-            key_id=key.key_id,
-        )
-    return ws.trust().get(name)
+            ledger, admin, Action.TRUST_ADD, f"trust: add {role} key '{name}' ({owner})",
+            name=name, role=role, owner=owner, key_id=key.key_id,
+        )  # fmt: skip
+    return store.get(name)
 
 
 def change_status(
-    ws: Workspace, name: str, *, status: str, reason: str, admin_key: Path | None
+    ws: Workspace,
+    name: str,
+    *,
+    status: str,
+    reason: str,
+    admin_key: Path | None,
+    ledger: Ledger | None = None,
 ) -> None:
     """Revokes or retires a key, signed by an admin key."""
     admin = _admin(ws, admin_key)
-    with ws.lock():
-        store = ws.trust()
+    ledger = ledger or Ledger.load(ws)
+    with ledger.locked():
+        store = ledger.trust
         entry = store.get(name)
         if entry.role == "pipeline":
             raise UsageError("the pipeline key is managed by the workspace, not by hand")
         store.set_status(name, status, reason=reason, admin=admin)
         op = "revoke" if status == "revoked" else "retire"
+        message = f"trust: {op} '{name}'" + (f": {reason}" if reason else "")
         _record(
-            ws,
-            admin,
-            f"trust.{op}",
-            f"trust: {op} '{name}'" + (f": {reason}" if reason else ""),
-            name=name,
-            role=entry.role,
-            owner=entry.owner,
-            key_id=entry.key_id,
-            reason=reason,
-        )
+            ledger, admin, f"trust.{op}", message,
+            name=name, role=entry.role, owner=entry.owner, key_id=entry.key_id, reason=reason,
+        )  # fmt: skip

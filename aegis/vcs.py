@@ -7,8 +7,10 @@ failures surface as one clear error instead of a library traceback.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from aegis.errors import ConfigError, TransientIOError
@@ -66,14 +68,70 @@ def head_commit(root: Path) -> str:
     return git(root, "rev-parse", "--verify", "-q", "HEAD", check=False).strip()
 
 
-def commit_paths(root: Path, message: str, paths: list[str]) -> str:
+def commit_paths(root: Path, message: str, paths: list[str], *, trailer: str | None = None) -> str:
     """Stages ``paths`` and commits only them; returns the new commit id.
 
     Does nothing (returns the current commit) when they did not change.
+
+    Args:
+        root: The repository.
+        message: The commit message.
+        paths: Repository-relative paths to stage and commit.
+        trailer: A trailer line appended to the message (the audit anchor).
     """
     git(root, "add", "--", *paths)
     staged = git(root, "diff", "--cached", "--name-only", "--", *paths).strip()
     if not staged:
         return head_commit(root)
-    git(root, "commit", "-q", "-m", message, "--", *paths)
+    git(root, "commit", "-q", "-m", with_trailer(message, trailer), "--", *paths)
     return head_commit(root)
+
+
+def commit_empty(root: Path, message: str, *, trailer: str | None = None) -> str:
+    """An empty commit (nothing staged is included); returns its id."""
+    git(root, "commit", "-q", "--allow-empty", "--only", "-m", with_trailer(message, trailer))
+    return head_commit(root)
+
+
+# -- audit anchors: where git records how long the audit log was ---------------------------
+
+ANCHOR_KEY = "Aegis-Audit"
+_ANCHOR = re.compile(rf"^{ANCHOR_KEY}: ([0-9]{{1,12}}) ([0-9a-f]{{64}})$", re.M)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """An audit entry (sequence number and hash) that git recorded, and where."""
+
+    seq: int
+    hash: str
+    where: str  # "commit 1a2b3c4d5e" or "tag digits-model#prod#3"
+
+
+def anchor_line(seq: int, entry_hash: str) -> str:
+    """The trailer line that anchors audit entry ``seq`` in a commit or tag message."""
+    return f"{ANCHOR_KEY}: {seq} {entry_hash}"
+
+
+def with_trailer(message: str, trailer: str | None) -> str:
+    return message if not trailer else f"{message.rstrip()}\n\n{trailer}\n"
+
+
+def audit_anchors(root: Path) -> list[Anchor]:
+    """Every audit anchor in the messages of all commits and annotated tags.
+
+    Returns an empty list for a repository without commits.
+    """
+    found: list[Anchor] = []
+    commits = git(root, "log", "--all", "--format=%H%x00%B%x1e", check=False)
+    tags = git(
+        root, "for-each-ref", "refs/tags", "--format=%(refname:strip=2)%00%(contents)%1e",
+        check=False,
+    )  # fmt: skip
+    for text, kind, width in ((commits, "commit", 10), (tags, "tag", None)):
+        for record in text.split("\x1e"):
+            name, _, body = record.strip("\n").partition("\x00")
+            for match in _ANCHOR.finditer(body):
+                where = f"{kind} {name[:width] if width else name}"
+                found.append(Anchor(int(match[1]), match[2], where))
+    return found

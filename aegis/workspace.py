@@ -18,18 +18,19 @@ from importlib import resources
 from pathlib import Path
 
 from aegis import vcs
-from aegis.audit import AuditCheck, AuditLog
+from aegis.audit import AuditLog, VerifiedLog
 from aegis.config import Params, load_params
-from aegis.crypto.keys import PrivateKey, generate_key, load_private_key
-from aegis.crypto.truststore import TrustEntry, TrustStore
-from aegis.errors import ConfigError, RefusedError, UsageError
-from aegis.fileutil import atomic_write, file_lock
+from aegis.crypto.keys import generate_key
+from aegis.crypto.truststore import TrustStore
+from aegis.errors import AegisError, ConfigError, UsageError
+from aegis.fileutil import atomic_write, file_lock, read_regular
 
 TEMPLATE_FILES = ("params.yaml", "dvc.yaml", "expectations")
 GITIGNORE = """\
 # Aegis: private keys, scratch space and local services never enter git.
 /.aegis/keys/
 /.aegis/staging/
+/.aegis/scratch/
 /.aegis/prefect/
 /.aegis/dvc-remote/
 /.aegis/audit/
@@ -71,10 +72,6 @@ class Workspace:
         return self.keys_dir / "pipeline.pem"
 
     @property
-    def admin_key_path(self) -> Path:
-        return self.keys_dir / "admin.pem"
-
-    @property
     def meta_path(self) -> Path:
         return self.aegis_dir / "workspace.json"
 
@@ -110,13 +107,22 @@ class Workspace:
     def params_path(self) -> Path:
         return self.root / "params.yaml"
 
-    # -- loaders that verify what they load ------------------------------------
+    @property
+    def legacy_admin_key_path(self) -> Path:
+        """Where ``aegis init`` kept the admin key before it moved out of the workspace."""
+        return self.keys_dir / "admin.pem"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Per-run scratch directories (git-ignored): ``.aegis/scratch/<run>/``."""
+        return self.aegis_dir / "scratch"
 
     def meta(self) -> dict[str, str]:
+        """``workspace.json``: the trust anchor (admin key id) and the pipeline key id."""
         try:
-            meta = json.loads(self.meta_path.read_text())
+            meta = json.loads(read_regular(self.meta_path, what="workspace.json"))
             return {"trust_anchor": meta["trust_anchor"], "pipeline_key": meta["pipeline_key"]}
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AegisError):
             raise ConfigError(
                 f"{self.meta_path}: missing or corrupt; is this a workspace?"
             ) from None
@@ -124,67 +130,16 @@ class Workspace:
     def params(self) -> Params:
         return load_params(self.params_path)
 
-    def trust(self) -> TrustStore:
-        """Loads the trust store and verifies its whole signed history."""
-        return TrustStore.load(self.trust_path, anchor=self.meta()["trust_anchor"])
-
     def audit(self) -> AuditLog:
         return AuditLog(self.audit_dir)
 
-    def pipeline_key(self) -> PrivateKey:
-        key = load_private_key(self.pipeline_key_path)
-        if key.key_id != self.meta()["pipeline_key"]:
-            raise RefusedError("signer", "the pipeline key on disk is not this workspace's")
-        return key
-
-    def pipeline_entry(self) -> TrustEntry:
-        entry = self.trust().by_key_id(self.meta()["pipeline_key"])
-        if entry is None:
-            raise RefusedError("trust-store", "the pipeline key is not in the trust store")
-        return entry
-
-    def actor(self, key_path: Path | None, *, role: str = "operator") -> tuple[str, TrustEntry]:
-        """Resolves who is acting: the holder of ``key_path``, or the pipeline.
-
-        Args:
-            key_path: A private key of an active ``role`` key, or None for an
-                unattended run (the pipeline key is then the actor).
-            role: The role ``key_path`` must hold.
-
-        Returns:
-            The actor's key id and trust entry.
-        """
-        trust = self.trust()
-        if key_path is None:
-            entry = self.pipeline_entry()
-            return entry.key_id, entry
-        key = load_private_key(key_path)
-        entry = trust.require_signer(key.key_id, role=role, what=str(key_path), new=True)
-        return entry.key_id, entry
-
-    def verify_audit(self) -> AuditCheck:
-        """Verifies the audit log, and that the trust store is the one it last recorded.
-
-        The second check catches a trust store rolled back to an older signed
-        state (say, to undo a revocation): every change is audited with the
-        store's head hash.
-        """
-        log = self.audit()
-        check = log.verify(pipeline_public_key=self.pipeline_entry().public_key)
-        first = log.entries()[:1]
-        if not first or first[0].action != "workspace.init":
-            raise RefusedError("audit", "entry 0: the log does not start at workspace.init")
-        head = "sha256:" + self.trust().head
-        recorded = [e.subjects["trust"] for e in log.entries() if "trust" in e.subjects]
-        if recorded and recorded[-1] != head:
-            raise RefusedError(
-                "trust-store", "the trust store differs from its last audited state (rolled back?)"
-            )
-        return check
+    def contains(self, path: Path) -> bool:
+        """Whether ``path`` (resolved) lies inside this workspace."""
+        return path.expanduser().resolve().is_relative_to(self.root.resolve())
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """The workspace write lock: hold it only around registry/data writes."""
+        """The workspace write lock (re-entrant): hold it only around registry/data writes."""
         with file_lock(self.aegis_dir / "workspace.lock"):
             yield
 
@@ -210,16 +165,25 @@ def find_workspace(explicit: Path | None = None, start: Path | None = None) -> W
     raise ConfigError("not inside an Aegis workspace (use --workspace DIR or `aegis init DIR`)")
 
 
-def init_workspace(directory: Path, *, remote: str | None = None) -> tuple[Workspace, list[str]]:
+def init_workspace(
+    directory: Path, *, admin_key_out: Path | None, remote: str | None = None
+) -> tuple[Workspace, list[str]]:
     """Creates a workspace, or completes one; never changes what exists.
 
     Args:
         directory: Where the workspace goes (created if missing).
+        admin_key_out: Where to write the first admin key: outside the workspace,
+            so that whoever can read the workspace cannot change the trust store
+            (and make themselves an approver). Required for a new workspace.
         remote: DVC remote URL (``s3://bucket/prefix`` or a path); default a
             local remote under ``.aegis/dvc-remote``.
 
     Returns:
         The workspace and the list of things created (empty on a re-run).
+
+    Raises:
+        UsageError: ``directory`` is a file or the Aegis checkout, or the admin
+            key path is missing, inside the workspace, or exists.
     """
     root = directory.expanduser().resolve()
     if root.exists() and not root.is_dir():
@@ -227,8 +191,10 @@ def init_workspace(directory: Path, *, remote: str | None = None) -> tuple[Works
     checkout = Path(__file__).resolve().parent.parent
     if (checkout / "pyproject.toml").is_file() and root in (checkout, *checkout.parents):
         raise UsageError(f"{root}: the Aegis source checkout is never used as a workspace")
-    root.mkdir(parents=True, exist_ok=True)
     ws = Workspace(root)
+    if not ws.meta_path.exists():
+        _check_admin_key_out(root, admin_key_out)
+    root.mkdir(parents=True, exist_ok=True)
     created: list[str] = []
 
     if not (root / ".git").exists():
@@ -259,7 +225,7 @@ def init_workspace(directory: Path, *, remote: str | None = None) -> tuple[Works
     for d in (ws.keys_dir, ws.audit_dir, ws.approvals_dir, ws.prefect_home, ws.data_dir):
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(ws.keys_dir, 0o700)
-    created += _init_identities(ws)
+    created += _init_identities(ws, admin_key_out)
 
     if not vcs.dvc(root, "remote", "list").strip():
         url = remote or os.path.relpath(ws.local_remote, root)  # dvc rebases it on .dvc/
@@ -268,14 +234,22 @@ def init_workspace(directory: Path, *, remote: str | None = None) -> tuple[Works
         vcs.dvc(root, "remote", "add", "-d", "storage", url)
         created.append(f"DVC remote {remote or '.aegis/dvc-remote'}")
 
-    audit = ws.audit()
-    if not audit.log_path.exists():
-        audit.append(
-            actor=ws.meta()["pipeline_key"],
+    log = ws.audit()
+    trailer = None
+    if not log.log_path.exists():
+        from aegis.crypto.keys import load_private_key
+
+        meta = ws.meta()
+        store = TrustStore.load(ws.trust_path, anchor=meta["trust_anchor"])
+        pipeline_public = store.by_key_id(meta["pipeline_key"]).public_key  # type: ignore[union-attr]
+        view = VerifiedLog.open(log, pipeline_public_key=pipeline_public)
+        entry = view.append(
+            actor=meta["pipeline_key"],
             action="workspace.init",
-            pipeline_key=ws.pipeline_key(),
-            subjects={"trust": "sha256:" + ws.trust().head},
+            pipeline_key=load_private_key(ws.pipeline_key_path),
+            subjects={"trust": "sha256:" + store.head},
         )
+        trailer = vcs.anchor_line(entry.seq, entry.hash)
         created.append("audit log")
 
     (ws.data_dir / ".gitkeep").touch()
@@ -293,27 +267,43 @@ def init_workspace(directory: Path, *, remote: str | None = None) -> tuple[Works
             root,
             "aegis init: workspace, template and trust store",
             [p for p in tracked if (root / p).exists()],
+            trailer=trailer,
         )
     return ws, created
 
 
-def _init_identities(ws: Workspace) -> list[str]:
-    created: list[str] = []
+def _check_admin_key_out(root: Path, admin_key_out: Path | None) -> None:
+    if admin_key_out is None:
+        raise UsageError(
+            "a new workspace needs --admin-key-out PATH: where to keep the admin key, "
+            "outside the workspace"
+        )
+    path = admin_key_out.expanduser().resolve()
+    if path.is_relative_to(root):
+        raise UsageError(
+            f"{admin_key_out}: the admin key must live outside the workspace (whoever can "
+            "read the workspace could otherwise change the trust store)"
+        )
+    if path.exists() or Path(f"{path}.pub").exists():
+        raise UsageError(f"{admin_key_out}: already exists; refusing to overwrite a key")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path.parent}: no such directory")
+
+
+def _init_identities(ws: Workspace, admin_key_out: Path | None) -> list[str]:
+    from aegis.crypto.keys import load_private_key
+
     if ws.meta_path.exists():
-        return created
+        return []
+    if ws.trust_path.exists():
+        raise ConfigError(f"{ws.trust_path} exists without workspace.json; refusing to guess")
+    assert admin_key_out is not None  # checked before anything was created
     pipeline = (
         load_private_key(ws.pipeline_key_path)
         if ws.pipeline_key_path.exists()
         else generate_key(ws.pipeline_key_path)
     )
-    admin = (
-        load_private_key(ws.admin_key_path)
-        if ws.admin_key_path.exists()
-        else generate_key(ws.admin_key_path)
-    )
-    created += ["pipeline key", "admin key"]
-    if ws.trust_path.exists():
-        raise ConfigError(f"{ws.trust_path} exists without workspace.json; refusing to guess")
+    admin = generate_key(admin_key_out.expanduser())
     store = TrustStore.create(ws.trust_path, admin=admin, name="admin", owner="workspace-admin")
     store.add(
         name="pipeline", role="pipeline", owner="aegis", public_pem=pipeline.public_pem, admin=admin
@@ -324,5 +314,4 @@ def _init_identities(ws: Workspace) -> list[str]:
         "pipeline_key": pipeline.key_id,
     }
     atomic_write(ws.meta_path, json.dumps(meta, indent=2).encode() + b"\n")
-    created.append("trust store")
-    return created
+    return ["pipeline key", f"admin key {admin_key_out}", "trust store"]

@@ -2,9 +2,15 @@
 
 With ``wait`` the flow run pauses (``pause_flow_run`` with a typed input) until
 ``aegis approve`` resumes it, in this or another process sharing the Prefect
-server or ``PREFECT_HOME``. The signed approval files stay the source of truth:
-on every resume the flow re-verifies the release, re-runs the gates and counts
-the approvals again. No lock is held while it waits.
+server or ``PREFECT_HOME``. The audited decisions stay the source of truth: on
+every resume the flow re-verifies the release, re-runs the gates and counts
+the approvals again from the audit log. No lock is held while it waits.
+
+An approval can arrive at any moment, also between a count and the next
+pause. ``aegis approve`` therefore keeps trying to resume the run while it is
+on its way to the pause (as long as its process lives), so the run always
+counts a new decision before it pauses again; and the run counts once more
+after marking itself waiting, so a decision recorded before the mark is seen.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from uuid import UUID
 
@@ -20,14 +27,18 @@ from prefect.input import RunInput
 
 from aegis.config import duration_seconds
 from aegis.errors import RefusedError
+from aegis.ledger import Ledger
+from aegis.pipeline.layout import Layout
 from aegis.registry import approvals_store
 from aegis.registry.promotion import PromotionOutcome
 from aegis.workspace import Workspace
 from tasks.registry import promote_release
 
+RESUME_PATIENCE = 600.0  # seconds `aegis approve` waits at most for a run on its way to pause
+
 
 class ApprovalSignal(RunInput):
-    """What `aegis approve` sends a waiting run (a hint: the files are re-counted)."""
+    """What `aegis approve` sends a waiting run (a hint: the decisions are re-counted)."""
 
     approver: str = ""
     decision: str = "approve"
@@ -61,23 +72,25 @@ def promote(
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
-    outcome = promote_release(workspace, target, operator_key, resume)
+    ws = Workspace(Path(workspace))
+    ledger = Ledger.load(ws)
+    outcome = promote_release(ledger, target, operator_key, resume)
     if outcome.status != "pending" or not wait:
         return outcome
-    ws = Workspace(Path(workspace))
+    layout = Layout.of(ws)
     wait_timeout = ws.params().promote.wait_timeout
     deadline = time.monotonic() + duration_seconds(wait_timeout)
     context = FlowRunContext.get()
     run_id = str(context.flow_run.id) if context and context.flow_run else ""
-    approvals_store.mark_waiting(ws, outcome.model, outcome.version, run_id)
+    approvals_store.mark_waiting(layout, outcome.model, outcome.version, run_id)
     sys.stderr.write(
         f"waiting up to {wait_timeout} for approval of {outcome.model}@{outcome.version} "
         f"(flow run {run_id}; `aegis approve` resumes it)\n"
     )
     try:
         while True:
-            # count again after marking: an approval written before the marker is seen
-            outcome = promote_release(workspace, target, operator_key, True)
+            # count again after marking, and after every resume (see the module docstring)
+            outcome = promote_release(ledger, target, operator_key, True)
             remaining = math.ceil(deadline - time.monotonic())
             if outcome.status != "pending":
                 return outcome
@@ -88,41 +101,57 @@ def promote(
             except FlowPauseTimeout:
                 raise _timeout_error(target, wait_timeout) from None
     finally:
-        approvals_store.clear_waiting(ws, outcome.model, outcome.version, run_id)
+        approvals_store.clear_waiting(layout, outcome.model, outcome.version, run_id)
 
 
-def resume_waiting(flow_run_id: str, *, approver: str, decision: str, timeout: float = 20.0) -> str:
+def resume_waiting(
+    flow_run_id: str,
+    *,
+    approver: str,
+    decision: str,
+    alive: Callable[[], bool],
+    patience: float = RESUME_PATIENCE,
+) -> tuple[str, str | None]:
     """Resumes the paused ``promote`` run ``flow_run_id`` (called by `aegis approve`).
 
-    A run that is still on its way to the pause (its approvals were just counted)
-    is retried until ``timeout``.
+    A run that is not paused at this moment is on its way to the pause (it is
+    counting): it is tried again until it pauses, ends, or its process is gone.
+
+    Args:
+        flow_run_id: The waiting run.
+        approver, decision: The hint sent with the resume.
+        alive: Whether the waiting process still runs (its marker's pid).
+        patience: Give up after this many seconds of a run that neither pauses nor ends.
 
     Returns:
-        ``resumed``, ``finished`` (the run already ended), ``not-paused`` or ``unknown``
-        (this Prefect server does not know the run).
+        ``("resumed", None)``, ``("finished", <final state name>)``, ``("gone", None)``
+        (its process died), ``("unknown", None)`` (this Prefect server does not know
+        the run) or ``("not-paused", <state name>)`` after ``patience``.
     """
     from prefect import get_client
     from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
     from prefect.flow_runs import resume_flow_run
 
     run = UUID(flow_run_id)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience
     while True:
         try:
             with get_client(sync_client=True) as client:
                 state = client.read_flow_run(run).state
         except ObjectNotFound:
-            return "unknown"
+            return "unknown", None
         if state is not None and state.is_paused():
             try:
                 resume_flow_run(run, run_input={"approver": approver, "decision": decision})
-                return "resumed"
+                return "resumed", None
             except NotPausedError:
-                pass
+                pass  # resumed by another approval in between: look again
             except FlowPauseTimeout:
-                return "finished"
+                return "finished", "pause timed out"
         elif state is not None and state.is_final():
-            return "finished"
+            return "finished", state.name
+        elif not alive():
+            return "gone", None
         if time.monotonic() >= deadline:
-            return "not-paused"
-        time.sleep(0.5)
+            return "not-paused", state.name if state is not None else None
+        time.sleep(0.2)

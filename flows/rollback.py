@@ -8,11 +8,14 @@ button on a Prefect server, or a run from another flow.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from prefect import flow
 
+from aegis.ledger import Ledger
 from aegis.registry.rollback import RollbackOutcome
-from tasks.rollback import move_prod, plan_rollback, reconcile_registry, verify_target
+from aegis.workspace import Workspace
+from tasks.registry import move_prod, plan_rollback, reconcile_registry, verify_target
 
 
 @flow(name="rollback", log_prints=True)
@@ -32,10 +35,11 @@ def rollback(
         to: Target ``name@vN``; default the latest earlier prod version not marked bad.
         model: Which model, when ``to`` is not given and several are registered.
     """
-    reconciled = reconcile_registry(workspace)
-    plan = plan_rollback(workspace, to, model, reason, operator_key)
-    verified = verify_target(workspace, plan)
-    outcome = move_prod(workspace, plan, verified)
+    ledger = Ledger.load(Workspace(Path(workspace)))
+    reconciled = reconcile_registry(ledger)
+    plan = plan_rollback(ledger, to, model, reason, operator_key)
+    verified = verify_target(ledger, plan)
+    outcome = move_prod(ledger, plan, verified)
     print(
         f"rolled back {outcome.model}: {outcome.from_version} -> {outcome.to_version} "
         f"({outcome.from_version} marked bad)"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import CliResult, Env, copy_env
+from helpers import CliResult, Env, copy_env, env_at
 from release_helpers import ReleasedEnv, build_released, copy_released
 
 QUIET_ENV = {
@@ -47,12 +47,12 @@ FAST_PARAMS = {
 
 
 def _fast_params(root: Path) -> None:
-    import subprocess
-
     from aegis.config import override_params
 
     override_params(root / "params.yaml", FAST_PARAMS)
-    subprocess.run(["git", "-C", str(root), "commit", "-qam", "test params"], check=True)
+    from aegis import vcs
+
+    vcs.commit_paths(root, "test params", ["params.yaml"])
 
 
 def _build_env(base: Path) -> Env:
@@ -61,26 +61,23 @@ def _build_env(base: Path) -> Env:
     from aegis.trust_ops import new_key
     from aegis.workspace import init_workspace
 
-    ws, _ = init_workspace(base / "ws")
-    _fast_params(ws.root)
     keys = base / "keys"
     keys.mkdir()
+    ws, _ = init_workspace(base / "ws", admin_key_out=keys / "admin.pem")
+    _fast_params(ws.root)
+    admin = keys / "admin.pem"
     new_key(
-        ws,
-        role="supplier",
-        name="acme",
-        owner="acme-data",
-        out=keys / "supplier.pem",
-        admin_key=None,
-    )
+        ws, role="supplier", name="acme", owner="acme-data", out=keys / "supplier.pem",
+        admin_key=admin,
+    )  # fmt: skip
     new_key(
-        ws, role="operator", name="ops", owner="alice", out=keys / "operator.pem", admin_key=None
+        ws, role="operator", name="ops", owner="alice", out=keys / "operator.pem", admin_key=admin
     )
     raw = base / "raw"
     import_sklearn("digits", out=raw)
     dataset = base / "digits-signed"
     publish_dataset(raw, name="digits", key_path=keys / "supplier.pem", out=dataset)
-    return Env(ws.root, keys / "supplier.pem", keys / "operator.pem", dataset, raw)
+    return env_at(base)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,17 @@ class Env:
 
         return Workspace(self.root)
 
+    @property
+    def admin_key(self) -> Path:
+        """The workspace's first admin key (kept outside the workspace, as ``init`` requires)."""
+        return self.supplier_key.with_name("admin.pem")
+
+    def ledger(self):
+        """A freshly verified ledger of the workspace (one per simulated command)."""
+        from aegis.ledger import Ledger
+
+        return Ledger.load(self.ws)
+
 
 def env_at(base: Path) -> Env:
     """The ``Env`` laid out under ``base`` as the session template is (ws, keys, datasets)."""
@@ -66,3 +77,18 @@ class CliResult:
     code: int
     out: str
     err: str
+
+
+def verify_log(ws):
+    """The full check of ``aegis audit verify`` (every entry's hash and link) plus the ledger's."""
+    from aegis.ledger import Ledger
+
+    ledger = Ledger.load(ws)
+    return ws.audit().verify(pipeline_public_key=ledger.pipeline_entry().public_key)
+
+
+def pipeline_key(ws):
+    """The workspace's pipeline private key (tests that forge entries sign heads with it)."""
+    from aegis.crypto.keys import load_private_key
+
+    return load_private_key(ws.pipeline_key_path)

@@ -35,18 +35,26 @@ def set_promote(env, **values) -> None:
 
 def promote_in_turn(ws, model: str, versions: list[str]) -> None:
     """Makes each version prod in turn (unassigning the previous holder), as promotion does."""
+    from aegis.ledger import Ledger
+
+    ledger = Ledger.load(ws)
     actor = ws.meta()["pipeline_key"]
     for version in versions:
-        previous = tags.read_registry(ws, model).prod
+        state = tags.read_registry(ledger, model)
+        previous = state.prod
+        holders = [version] + ([previous] if previous else [])
         ops = [(tags.PROD, False)] + ([(tags.PROD, True)] if previous else [])
         planned = tags.plan_stage_tags(ws, model=model, ops=ops)
+        commits = dict(zip(planned, [state.get(v).commit for v in holders], strict=True))
         with journal.registry_change(
-            ws, action="promote", actor=actor, tags=planned, details={"version": version}
-        ):
-            tags.assign_stage(ws, model=model, version=version, stage=tags.PROD, message="test")
+            ledger, action="promote", actor=actor, tags=planned, commits=commits,
+            details={"version": version},
+        ) as change:  # fmt: skip
+            message = change.message("test")
+            tags.assign_stage(ws, model=model, version=version, stage=tags.PROD, message=message)
             if previous:
                 tags.unassign_stage(
-                    ws, model=model, version=previous, stage=tags.PROD, message="test"
+                    ws, model=model, version=previous, stage=tags.PROD, message=message
                 )
 
 
@@ -63,11 +71,14 @@ def aegis(root: Path, *args: str, env: dict[str, str] | None = None, timeout: fl
 
 def assert_registry_consistent(ws, model: str) -> tags.RegistryState:
     """Exactly one prod; no open intents; every closed change's tags all there or all gone."""
-    state = tags.read_registry(ws, model)
+    from aegis.ledger import Ledger
+
+    ledger = Ledger.load(ws)
+    state = tags.read_registry(ledger, model)
     holders = [v.version for v in state.versions if tags.PROD in v.stages]
     assert len(holders) == 1, holders
     assert state.prod == holders[0]
-    assert journal.open_intents(ws) == []
+    assert ledger.open_intents() == []
     entries = ws.audit().entries()
     outcome = {
         e.details["intent"]: e.action.rsplit(".", 1)[1]
@@ -83,5 +94,5 @@ def assert_registry_consistent(ws, model: str) -> tags.RegistryState:
             reused = {t for later in intents[i + 1 :] for t in later.details.get("tags", [])}
             left = [t for t in planned if t not in reused and tags.tag_exists(ws, t)]
             assert not left, (intent.action, left)
-    ws.verify_audit()
+    ws.audit().verify(pipeline_public_key=ledger.pipeline_entry().public_key)
     return state

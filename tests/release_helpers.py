@@ -65,14 +65,16 @@ def released_at(base: Path) -> ReleasedEnv:
 
 def train_evaluate_release(ws, name: str = "digits"):
     """Train and evaluate stages (recorded like the flow does), then ``build_release``."""
-    from aegis.evaluate.stage import evaluate_stored, record_evaluation
+    from aegis.ledger import Ledger
+    from aegis.pipeline.evaluate import evaluate_stored, record_evaluation
+    from aegis.pipeline.train import record_training, train_stage
     from aegis.registry.release import build_release
-    from aegis.train.stage import record_training, train_stage
 
-    actor, _ = ws.actor(None)
-    record_training(ws, train_stage(ws, name, actor=actor))
-    record_evaluation(ws, evaluate_stored(ws, name, actor=actor))
-    return build_release(ws, name, actor=actor)
+    ledger = Ledger.load(ws)
+    actor, _ = ledger.actor(None)
+    record_training(ledger, train_stage(ledger, name, actor=actor))
+    record_evaluation(ledger, evaluate_stored(ledger, name, actor=actor))
+    return build_release(ledger, name, actor=actor)
 
 
 def build_released(template: Path, base: Path) -> ReleasedEnv:
@@ -80,7 +82,7 @@ def build_released(template: Path, base: Path) -> ReleasedEnv:
     from aegis import vcs
     from aegis.config import override_params
     from aegis.data.ingest import ingest
-    from aegis.data.validate import record_validation, validate_dataset
+    from aegis.pipeline.validate import record_validation, validate_dataset
     from aegis.trust_ops import new_key
 
     shutil.copytree(template, base, symlinks=True)
@@ -88,11 +90,13 @@ def build_released(template: Path, base: Path) -> ReleasedEnv:
     ws = env.ws
     for owner, path in (("bob", env.approver_key), ("carol", env.approver2_key)):
         new_key(
-            ws, role="approver", name=f"approver-{owner}", owner=owner, out=path, admin_key=None
-        )
-    actor, _ = ws.actor(None)
-    ingest(ws, str(env.dataset), name="digits", actor=actor)
-    record_validation(ws, validate_dataset(ws, "digits", actor=actor))
+            ws, role="approver", name=f"approver-{owner}", owner=owner, out=path,
+            admin_key=env.admin_key,
+        )  # fmt: skip
+    ledger = env.ledger()
+    actor, _ = ledger.actor(None)
+    ingest(ledger, str(env.dataset), name="digits", actor=actor)
+    record_validation(ledger, validate_dataset(ledger, "digits", actor=actor))
     first = train_evaluate_release(ws)
     override_params(ws.params_path, {"train": {"seed": 1}})
     vcs.commit_paths(ws.root, "test: train.seed 1", ["params.yaml"])

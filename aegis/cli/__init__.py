@@ -42,8 +42,10 @@ def main() -> None:
             import traceback
 
             traceback.print_exc()
+        from aegis.text import printable
+
         kind = "refused" if exc.exit_code == 1 else "error"
-        _console(stderr=True).print(f"[red]{kind}:[/red] {exc}", soft_wrap=True)
+        _console(stderr=True).print(f"[red]{kind}:[/red] {printable(exc)}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -53,11 +55,24 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         _console(stderr=True).print("[red]aborted[/red]")
         sys.exit(130)
+    except OSError as exc:  # a path the user gave: too long, unreadable, a full disk
+        if verbose:
+            raise
+        from aegis.text import printable
+
+        where = f": {printable(exc.filename)}" if exc.filename else ""
+        _console(stderr=True).print(
+            f"[red]error:[/red] {exc.strerror or type(exc).__name__}{where}", soft_wrap=True
+        )
+        sys.exit(2)
     except Exception as exc:
         if verbose:
             raise
+        from aegis.text import printable
+
         _console(stderr=True).print(
-            f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --verbose)",
+            f"[red]internal error:[/red] {type(exc).__name__}: {printable(exc)} "
+            "(rerun with --verbose)",
             soft_wrap=True,
         )
         sys.exit(2)

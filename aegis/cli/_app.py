@@ -53,7 +53,7 @@ AdminKeyOpt = Annotated[
     typer.Option(
         "--admin-key",
         envvar="AEGIS_ADMIN_KEY",
-        help="Admin private key that signs the change [default: the workspace's admin key].",
+        help="Admin private key that signs the change (kept outside the workspace).",
     ),
 ]
 
@@ -70,13 +70,20 @@ def _ws():
     return find_workspace(STATE.workspace)
 
 
+def _ledger(ws=None):
+    """The command's one verified ledger (see :mod:`aegis.ledger`)."""
+    from aegis.ledger import Ledger
+
+    return Ledger.load(ws or _ws())
+
+
 def _print_notes(notes: list[str], label: str = "note") -> None:
     """Prints notes (reconciled changes, ignored approval files) on stderr."""
-    from rich.markup import escape
+    from aegis.text import printable
 
     err = _console(stderr=True)
     for note in notes:
-        err.print(f"[yellow]{label}:[/yellow] {escape(note)}")
+        err.print(f"[yellow]{label}:[/yellow] {printable(note)}")
 
 
 def _print_json(data: Any) -> None:
@@ -97,6 +104,6 @@ def _global(
     STATE.json = as_json
 
 
-def _actor(ws, key: Path | None) -> str:
-    actor, _ = ws.actor(key, role="operator")
+def _actor(ledger, key: Path | None) -> str:
+    actor, _ = ledger.actor(key, role="operator")
     return actor

@@ -14,6 +14,7 @@ from aegis.cli._app import (
     KeyOpt,
     _actor,
     _console,
+    _ledger,
     _print_json,
     _ws,
     app,
@@ -21,6 +22,7 @@ from aegis.cli._app import (
     quarantine_app,
     stage_app,
 )
+from aegis.text import printable
 
 # -- data --------------------------------------------------------------------------
 
@@ -32,8 +34,9 @@ def data_import_sklearn(
 ) -> None:
     """Write a demo dataset from scikit-learn's bundled copy (no download)."""
     from aegis.data.sklearn_import import import_sklearn
+    from aegis.pipeline.layout import check_user_output
 
-    path = import_sklearn(name, out=out)
+    path = import_sklearn(name, out=check_user_output(out))
     _console().print(f"[green]Wrote[/green] {path}")
 
 
@@ -46,8 +49,9 @@ def data_publish(
 ) -> None:
     """Make a signed dataset: Parquet + manifest.json + model_signing bundle."""
     from aegis.data.publish import publish_dataset
+    from aegis.pipeline.layout import check_user_output
 
-    manifest = publish_dataset(src, name=name, key_path=key, out=out)
+    manifest = publish_dataset(src, name=name, key_path=key, out=check_user_output(out))
     _console().print(
         f"[green]Published[/green] '{name}': {len(manifest.files)} file(s), "
         f"{manifest.rows} rows, signed -> {out}"
@@ -102,14 +106,14 @@ def ingest(
     from aegis.data.ingest import ingest as do_ingest
 
     _require_key_for_older(allow_older, key)
-    ws = _ws()
+    ledger = _ledger()
     err = _console(stderr=True)
     with err.status(f"verifying {source} ..."):
         result = do_ingest(
-            ws,
+            ledger,
             source,
             name=name,
-            actor=_actor(ws, key),
+            actor=_actor(ledger, key),
             allow_older=allow_older,
             on_retry=lambda n, e: err.print(f"retry {n}: {e}"),
         )
@@ -126,6 +130,13 @@ def _prefect_environment(ws) -> None:
         os.environ["PREFECT_HOME"] = str(ws.prefect_home)
     if not STATE.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+        # Prefect's background services log through loggers named after their class, outside
+        # the "prefect" tree, so PREFECT_LOGGING_LEVEL misses them ("EventsWorker - Still
+        # processing items" at exit); they are Prefect's bookkeeping, not the command's result.
+        import logging
+
+        for service in ("EventsWorker", "APILogWorker"):
+            logging.getLogger(service).setLevel(logging.ERROR)
 
 
 @app.command()
@@ -140,9 +151,11 @@ def run(
 ) -> None:
     """Run the retrain flow under Prefect: verify, validate, store, train, evaluate, release."""
     _require_key_for_older(allow_older, key)
+    from aegis.ledger import actor_in, load_trust
+
     ws = _ws()
     _prefect_environment(ws)
-    actor = _actor(ws, key)
+    actor, _ = actor_in(ws, load_trust(ws), key)  # the flow verifies the whole ledger
     err = _console(stderr=True)
     with err.status("starting Prefect and running the retrain flow ..."):
         from flows.retrain import retrain
@@ -225,16 +238,17 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the dataset's expectation suite: quarantine bad rows, gate drift, keep evidence."""
-    from aegis.data.validate import record_validation, require_stage, validate_dataset
-    from aegis.registry.stages import push_stage
+    from aegis.pipeline.stages import push_stage, require_stage
+    from aegis.pipeline.validate import record_validation, validate_dataset
     from aegis.retry import retry_io
 
     ws = _ws()
     require_stage(ws, name)
-    actor = _actor(ws, key)
+    ledger = _ledger(ws)
+    actor = _actor(ledger, key)
     with _console(stderr=True).status(f"validating {name} ..."):
-        result = validate_dataset(ws, name, actor=actor)
-        record_validation(ws, result)
+        result = validate_dataset(ledger, name, actor=actor)
+        record_validation(ledger, result)
         params = ws.params().ingest
         retry_io(
             lambda: push_stage(ws, f"validate@{name}"),
@@ -247,27 +261,14 @@ def validate(
 @stage_app.command("validate")
 def stage_validate(name: Annotated[str, typer.Option(help="Dataset name.")]) -> None:
     """The validate stage for `dvc repro`: writes its outputs, DVC records them."""
-    from aegis.data.validate import validate_dataset
+    from aegis.pipeline.validate import validate_dataset
 
-    ws = _ws()
-    actor, _ = ws.actor(None)
-    result = validate_dataset(ws, name, actor=actor)
+    ledger = _ledger()
+    actor, _ = ledger.actor(None)
+    result = validate_dataset(ledger, name, actor=actor)
     _console().print(
         f"validated {name}: {result.rows['quarantined']} row(s) quarantined, report {result.report}"
     )
-
-
-def _current_digest(ws, name: str) -> str:
-    import json as _json
-
-    from aegis.data.validate import output_paths
-
-    path = output_paths(ws, name)["result"]
-    if not path.is_file():
-        from aegis.errors import UsageError
-
-        raise UsageError(f"'{name}' has not been validated (run `aegis validate {name}`)")
-    return _json.loads(path.read_text())["dataset"]
 
 
 @quarantine_app.command("list")
@@ -275,11 +276,11 @@ def quarantine_list(as_json: JsonOpt = False) -> None:
     """Quarantined and released rows per dataset."""
     from dataclasses import asdict
 
-    from aegis.data.quarantine import summarize
+    from aegis.data.quarantine import summarize, validated_version
 
-    ws = _ws()
-    names = sorted(p.stem for p in (ws.root / "quarantine").glob("*.parquet"))
-    summaries = [summarize(ws, n, _current_digest(ws, n)) for n in names]
+    ledger = _ledger()
+    names = sorted(p.stem for p in (ledger.ws.root / "quarantine").glob("*.parquet"))
+    summaries = [summarize(ledger, n, validated_version(ledger, n)) for n in names]
     if STATE.json or as_json:
         _print_json([asdict(s) for s in summaries])
         return
@@ -290,7 +291,10 @@ def quarantine_list(as_json: JsonOpt = False) -> None:
         table.add_column(col, overflow="fold")
     for s in summaries:
         reasons = ", ".join(f"{v} x {k}" for k, v in s.reasons.items()) or "-"
-        table.add_row(s.name, str(s.rows), str(s.released), reasons, s.dataset_digest[:19])
+        table.add_row(
+            printable(s.name), str(s.rows), str(s.released), printable(reasons),
+            s.dataset_digest[:19],
+        )  # fmt: skip
     _console().print(table)
 
 
@@ -301,11 +305,20 @@ def quarantine_show(
     as_json: JsonOpt = False,
 ) -> None:
     """The quarantined rows of a dataset and why each failed."""
-    from aegis.data.quarantine import REASONS, ROW, read_quarantine, released_rows
+    from aegis.data.manifest import check_dataset_name
+    from aegis.data.quarantine import (
+        REASONS,
+        ROW,
+        read_quarantine,
+        released_rows,
+        validated_version,
+    )
+    from aegis.pipeline.layout import Layout
 
-    ws = _ws()
-    table = read_quarantine(ws, name)
-    released = released_rows(ws, name, _current_digest(ws, name))
+    check_dataset_name(name)
+    ledger = _ledger()
+    table = read_quarantine(Layout.of(ledger.ws), name)
+    released = released_rows(ledger, name, validated_version(ledger, name))
     if STATE.json or as_json:
         head = table.head(limit)
         records = head.astype(object).where(head.notna(), None).to_dict(orient="records")
@@ -319,7 +332,7 @@ def quarantine_show(
     for col in ("row", "released", "reasons"):
         out.add_column(col, overflow="fold")
     for _, r in table.head(limit).iterrows():
-        out.add_row(str(r[ROW]), "yes" if int(r[ROW]) in released else "no", r[REASONS])
+        out.add_row(str(r[ROW]), "yes" if int(r[ROW]) in released else "no", printable(r[REASONS]))
     _console().print(out)
 
 
@@ -332,19 +345,27 @@ def quarantine_release(
     ] = None,
     key: KeyOpt = None,
 ) -> None:
-    """Release quarantined rows back into training (an audited operator decision)."""
-    from aegis.data.quarantine import release
+    """Release quarantined rows back into training (a signed, audited operator decision)."""
+    from aegis.data.manifest import check_dataset_name
+    from aegis.data.quarantine import release, validated_version
     from aegis.errors import UsageError
+    from aegis.text import check_reason
 
     if key is None:
         raise UsageError("releasing quarantined rows is an operator's decision: give --key")
+    check_dataset_name(name)
+    reason = check_reason(reason)
     try:
         wanted = None if rows is None else [int(x) for x in rows.split(",") if x.strip()]
     except ValueError:
         raise UsageError(f"--rows {rows!r}: expected comma-separated integers") from None
-    ws = _ws()
-    actor = _actor(ws, key)
+    ledger = _ledger()
     new = release(
-        ws, name, dataset_digest=_current_digest(ws, name), rows=wanted, reason=reason, actor=actor
+        ledger,
+        name,
+        dataset_digest=validated_version(ledger, name),
+        rows=wanted,
+        reason=reason,
+        operator_key_path=key,
     )
     _console().print(f"released {len(new)} row(s) of '{name}': {new[:20]}")

@@ -13,8 +13,9 @@ from aegis.cli._app import (
     KeyOpt,
     _actor,
     _console,
+    _ledger,
     _print_json,
-    _ws,
+    _print_notes,
     app,
     stage_app,
 )
@@ -63,22 +64,22 @@ def model_summary(ws, trained, evaluated, as_json: bool) -> None:
 @stage_app.command("train")
 def stage_train(name: Annotated[str, typer.Option(help="Dataset name.")]) -> None:
     """The train stage for `dvc repro`: writes models/NAME, DVC records it."""
-    from aegis.train.stage import train_stage
+    from aegis.pipeline.train import train_stage
 
-    ws = _ws()
-    actor, _ = ws.actor(None)
-    trained = train_stage(ws, name, actor=actor)
+    ledger = _ledger()
+    actor, _ = ledger.actor(None)
+    trained = train_stage(ledger, name, actor=actor)
     _console().print(f"trained {trained.model_name}: {trained.digest} -> {trained.directory}")
 
 
 @stage_app.command("evaluate")
 def stage_evaluate(name: Annotated[str, typer.Option(help="Dataset name.")]) -> None:
     """The evaluate stage for `dvc repro`: writes reports/NAME, DVC records it."""
-    from aegis.evaluate.stage import evaluate_stored
+    from aegis.pipeline.evaluate import evaluate_stored
 
-    ws = _ws()
-    actor, _ = ws.actor(None)
-    evaluated = evaluate_stored(ws, name, actor=actor)
+    ledger = _ledger()
+    actor, _ = ledger.actor(None)
+    evaluated = evaluate_stored(ledger, name, actor=actor)
     _console().print(f"evaluated {name}: {evaluated.metrics_path}, {evaluated.report_path}")
 
 
@@ -87,8 +88,8 @@ def evaluate(
     model: Annotated[
         str,
         typer.Argument(
-            help="A release (NAME@vN, NAME#prod, a release directory) or a checkpoint "
-            "directory (models/NAME)."
+            help="A release (NAME@vN, NAME#prod) or a directory path with a '/': a release "
+            "directory or a checkpoint (models/NAME)."
         ),
     ],
     data: Annotated[
@@ -99,57 +100,35 @@ def evaluate(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Where to write metrics.json and report.html.")
+        Path | None,
+        typer.Option(help="Where to write metrics.json and report.html (not a stage output)."),
     ] = None,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a release or stored model again on its held-out split (verified first)."""
-    from aegis.evaluate.stage import evaluate_stored
+    from aegis.pipeline.evaluate import evaluate_stored
+    from aegis.registry.targets import Target, parse_release_arg
+    from aegis.registry.verify import is_release_path, load_release_model, open_release_arg
 
-    ws = _ws()
-    actor = _actor(ws, key)
-    directory, loaded = _model_source(ws, model)
-    if loaded is not None:
-        data = data or loaded[0].release.get("dataset_name")
+    ledger = _ledger()
+    ws = ledger.ws
+    actor = _actor(ledger, key)
+    what = parse_release_arg(model)
+    loaded = verified = None
+    if isinstance(what, Target) or is_release_path(ledger, Path.cwd() / what):
+        verified, notes = open_release_arg(ledger, model)
+        _print_notes(notes, "reconciled")
+        loaded = load_release_model(verified)
+        directory = verified.directory / "model"
+        data = data or verified.release.get("dataset_name")
+    else:
+        directory = (Path.cwd() / what).resolve()
     if not data:
         raise typer.BadParameter("--data NAME is required for a checkpoint directory")
     target = out or ws.root / "reports" / f"{data}-reevaluated"
     with _console(stderr=True).status(f"evaluating {model} (attacks take a while) ..."):
         evaluated = evaluate_stored(
-            ws,
-            data,
-            actor=actor,
-            model_directory=directory,
-            out_dir=target.resolve(),
-            loaded=loaded[1] if loaded else None,
+            ledger, data, actor=actor, model_directory=directory, out_dir=target, loaded=loaded
         )
     model_summary(ws, None, evaluated, as_json)
-
-
-def _model_source(ws, text: str):
-    """(checkpoint directory, (VerifiedRelease, LoadedModel) or None) for ``text``.
-
-    A release target, a release directory, or anything under
-    ``<workspace>/releases`` (e.g. ``releases/m/v1/model``, or a release whose
-    ``release.sig`` was deleted) is verified as a release (refused, exit 1,
-    unless it verifies) and loaded through ``load_release_model``; any other
-    directory is a plain checkpoint.
-    """
-    from aegis.registry.release import BUNDLE, RELEASE_JSON
-
-    path = Path(text)
-    path = path if path.is_absolute() or path.exists() else ws.root / text
-    releases = (ws.root / "releases").resolve()
-    if (
-        path.is_dir()
-        and not path.resolve().is_relative_to(releases)
-        and not (path / RELEASE_JSON).exists()
-        and not (path / BUNDLE).exists()
-    ):
-        return path.resolve(), None
-    from aegis.cli.release_cmds import open_any
-    from aegis.registry.verify import load_release_model
-
-    verified = open_any(ws, text)
-    return verified.directory / "model", (verified, load_release_model(verified))

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from aegis.cli._app import STATE, JsonOpt, _console, _print_json, _print_notes, _ws, app
+from aegis.cli._app import STATE, JsonOpt, _console, _ledger, _print_json, _print_notes, _ws, app
 from aegis.cli.data_cmds import _prefect_environment
+from aegis.text import printable
 
 _OperatorKey = Annotated[
     Path,
@@ -58,7 +59,7 @@ def promote(
     parsed = parse_target(target)
     ws = _ws()
     _prefect_environment(ws)
-    from flows.promote import promote as promote_flow
+    from flows.promote import promote as promote_flow  # it verifies the ledger itself
 
     try:
         with _console(stderr=True).status(f"promote flow: {parsed} ..."):
@@ -108,33 +109,48 @@ def approve(
     """Sign an approval (or rejection) of a pending promotion; resumes a waiting run."""
     from aegis.registry.promotion import approve as do_approve
     from aegis.registry.targets import parse_target
+    from aegis.text import check_reason
 
     parsed = parse_target(target)
+    reason = check_reason(reason)
     ws = _ws()
     outcome = do_approve(
-        ws, parsed, approver_key_path=key.expanduser(), reject=reject, reason=reason
+        _ledger(ws), parsed, approver_key_path=key.expanduser(), reject=reject, reason=reason
     )
-    resumed = None
+    resumed, state = None, None
     if outcome.waiting_run:
         _prefect_environment(ws)
+        from aegis.pipeline.layout import Layout
+        from aegis.registry.approvals_store import waiting_run
         from flows.promote import resume_waiting
 
-        resumed = resume_waiting(
-            outcome.waiting_run, approver=outcome.owner, decision=outcome.decision
+        layout = Layout.of(ws)
+        resumed, state = resume_waiting(
+            outcome.waiting_run,
+            approver=outcome.owner,
+            decision=outcome.decision,
+            alive=lambda: waiting_run(layout, outcome.model, outcome.version) is not None,
         )
     if STATE.json or as_json:
         from dataclasses import asdict
 
-        _print_json({**asdict(outcome), "resumed": resumed})
+        _print_json({**asdict(outcome), "resumed": resumed, "run_state": state})
         return
     _print_notes(outcome.notes)
     name = f"{outcome.model}@{outcome.version}"
     verb = "[green]approved[/green]" if outcome.decision == "approve" else "[red]rejected[/red]"
     out = _console()
-    out.print(f"{verb} {name} as {outcome.owner} ({outcome.path}); "
+    out.print(f"{verb} {name} as {printable(outcome.owner)} (audited; copy {outcome.path}); "
               f"{len(outcome.approvers)} of {outcome.required} approval(s)")  # fmt: skip
+    run = outcome.waiting_run
     if resumed == "resumed":
-        out.print(f"resumed the waiting promote run {outcome.waiting_run}")
-    elif outcome.waiting_run:
-        out.print(f"the waiting run {outcome.waiting_run} could not be resumed ({resumed}); "
-                  f"the operator runs `aegis promote {name} --resume`")  # fmt: skip
+        out.print(f"resumed the waiting promote run {run}: it counts this decision now")
+    elif resumed == "finished":
+        out.print(f"the waiting promote run {run} had already ended ({state}); "
+                  f"`aegis status` shows whether {name} holds prod, and "
+                  f"`aegis promote {name} --resume` completes it if not")  # fmt: skip
+    elif resumed is not None:
+        out.print(
+            f"the waiting promote run {run} was not resumed ({resumed}); the decision is "
+            f"recorded, and `aegis promote {name} --resume` completes the promotion"
+        )

@@ -12,7 +12,18 @@ from typing import Annotated, Any
 
 import typer
 
-from aegis.cli._app import STATE, JsonOpt, KeyOpt, _console, _print_json, _print_notes, _ws, app
+from aegis.cli._app import (
+    STATE,
+    JsonOpt,
+    KeyOpt,
+    _console,
+    _ledger,
+    _print_json,
+    _print_notes,
+    _ws,
+    app,
+)
+from aegis.text import printable
 
 
 def _num(value: float | None, fmt: str = "{:.3f}") -> str:
@@ -20,18 +31,17 @@ def _num(value: float | None, fmt: str = "{:.3f}") -> str:
 
 
 def _approvals_cell(a) -> str:
-    from rich.markup import escape
-
     if not a.requested and not a.approved_by and not a.rejected_by and not a.ignored:
         return "-"
     parts = []
     if a.requested:
-        parts.append(f"requested by {a.requester or '?'}" + (" (expired)" if a.expired else ""))
+        who = printable(a.requester or "?")
+        parts.append(f"requested by {who}" + (" (expired)" if a.expired else ""))
     if a.approved_by:
-        parts.append(f"approved: {', '.join(a.approved_by)}")
+        parts.append(f"approved: {printable(', '.join(a.approved_by))}")
     if a.rejected_by:
-        parts.append(f"[red]rejected: {', '.join(a.rejected_by)}[/red]")
-    parts += [f"[red]{escape(note)}[/red]" for note in a.ignored]
+        parts.append(f"[red]rejected: {printable(', '.join(a.rejected_by))}[/red]")
+    parts += [f"[red]{printable(note)}[/red]" for note in a.ignored]
     return "; ".join(parts)
 
 
@@ -65,7 +75,7 @@ def _status_table(model) -> Any:
             _num(v.clean_acc),
             _num(v.robust_acc),
             _num(v.epsilon, "{:.2f}"),
-            v.signer or "-",
+            printable(v.signer or "-"),
             _approvals_cell(v.approvals),
             (v.created or "-")[:16].replace("T", " "),
             (v.model_digest or "-").removeprefix("sha256:")[:12],
@@ -81,9 +91,9 @@ def status(as_json: JsonOpt = False) -> None:
     from aegis.registry.journal import reconcile
     from aegis.registry.status import registry_status
 
-    ws = _ws()
-    _print_notes(reconcile(ws), "reconciled")
-    models = registry_status(ws)
+    ledger = _ledger()
+    _print_notes(reconcile(ledger), "reconciled")
+    models = registry_status(ledger)
     if STATE.json or as_json:
         _print_json({"models": [asdict(m) for m in models]})
         return
@@ -116,8 +126,10 @@ def rollback(
     """Verified rollback: prod back to a re-verified earlier version; the current one marked bad."""
     from aegis.errors import UsageError
     from aegis.registry.targets import parse_target
+    from aegis.text import check_reason
 
     target = parse_target(to) if to else None
+    reason = check_reason(reason)
     if key is None:
         raise UsageError("a rollback is an operator's decision: give --key OPERATOR_KEY")
     ws = _ws()
@@ -140,7 +152,9 @@ def rollback(
         from aegis.registry.rollback import rollback as do_rollback
 
         with err.status("verifying the rollback target ..."):
-            outcome = do_rollback(ws, to=target, reason=reason, operator_key_path=key, model=model)
+            outcome = do_rollback(
+                _ledger(ws), to=target, reason=reason, operator_key_path=key, model=model
+            )
     _print_notes(outcome.reconciled, "reconciled")
     if STATE.json or as_json:
         from dataclasses import asdict
@@ -153,4 +167,7 @@ def rollback(
         f"{outcome.to_version} (verified, model {outcome.to_model_digest[:19]}); "
         f"{outcome.from_version} marked bad"
     )
-    out.print(f"reason: {outcome.reason}; audit entry {outcome.audit_seq}; {outcome.seconds:.2f}s")
+    out.print(
+        f"reason: {printable(outcome.reason)}; audit entry {outcome.audit_seq}; "
+        f"{outcome.seconds:.2f}s"
+    )

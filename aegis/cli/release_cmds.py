@@ -7,35 +7,8 @@ from typing import Annotated
 
 import typer
 
-from aegis.cli._app import STATE, JsonOpt, _console, _print_json, _ws, app
-
-
-def parse_release_arg(ws, text: str):
-    """A release directory (an existing path) or a registry target (``NAME@vN``, ``NAME#prod``).
-
-    Raises:
-        UsageError: Neither a directory nor a valid target.
-    """
-    from aegis.registry.targets import parse_target
-
-    for candidate in (Path(text), ws.root / text):
-        if candidate.is_dir():
-            return candidate.resolve()
-    return parse_target(text)
-
-
-def open_any(ws, text: str):
-    """Verifies the release a target or directory names (see :func:`parse_release_arg`)."""
-    from aegis.registry.targets import Target
-    from aegis.registry.verify import open_release, verify_release
-
-    what = parse_release_arg(ws, text)
-    if isinstance(what, Target):
-        from aegis.registry.journal import reconcile
-
-        reconcile(ws)
-        return open_release(ws, what)
-    return verify_release(ws, what)
+from aegis.cli._app import STATE, JsonOpt, _console, _ledger, _print_json, _print_notes, app
+from aegis.text import printable
 
 
 def release_summary(verified) -> dict:
@@ -64,8 +37,10 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a release: signature, signer, every file, identity, audit trail, dataset."""
-    ws = _ws()
-    verified = open_any(ws, release)
+    from aegis.registry.verify import open_release_arg
+
+    verified, notes = open_release_arg(_ledger(), release)
+    _print_notes(notes, "reconciled")
     summary = release_summary(verified)
     if STATE.json or as_json:
         _print_json(summary)
@@ -74,7 +49,7 @@ def verify(
     out.print(f"[green]verified[/green] {summary['release']} ({verified.directory})")
     out.print(
         f"  {summary['files']} signed files; signer {summary['signer'][:16]} "
-        f"({summary['signer_owner']})"
+        f"({printable(summary['signer_owner'])})"
     )
     for key in ("model_digest", "evidence_digest", "dataset_digest"):
         out.print(f"  {key.replace('_', ' ')}: {summary[key]}")
@@ -89,15 +64,16 @@ def export_cmd(
 ) -> None:
     """Verify a release, then copy it with its public key and a VERIFY.md for downstream users."""
     from aegis.registry.export import export_release
-    from aegis.registry.targets import Target
+    from aegis.registry.journal import reconcile
+    from aegis.registry.targets import Target, parse_release_arg
 
-    ws = _ws()
-    what = parse_release_arg(ws, release)
+    ledger = _ledger()
+    what = parse_release_arg(release)
     if isinstance(what, Target):
-        from aegis.registry.journal import reconcile
-
-        reconcile(ws)
-    result = export_release(ws, what, out_dir)
+        _print_notes(reconcile(ledger), "reconciled")
+    else:
+        what = Path.cwd() / what
+    result = export_release(ledger, what, out_dir)
     if STATE.json or as_json:
         _print_json(
             {

@@ -12,6 +12,7 @@ from aegis.cli._app import (
     AdminKeyOpt,
     JsonOpt,
     _console,
+    _ledger,
     _print_json,
     _ws,
     app,
@@ -19,6 +20,7 @@ from aegis.cli._app import (
     keys_app,
     trust_app,
 )
+from aegis.text import printable
 
 # -- workspace, keys, trust -----------------------------------------------------
 
@@ -26,6 +28,13 @@ from aegis.cli._app import (
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Where to create the workspace.")],
+    admin_key_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--admin-key-out",
+            help="Where to write the first admin key: outside the workspace (required).",
+        ),
+    ] = None,
     remote: Annotated[
         str | None,
         typer.Option(help="DVC remote URL (s3://bucket/prefix); default a local remote."),
@@ -34,7 +43,7 @@ def init(
     """Create a workspace (git + DVC, keys, signed trust store, audit log)."""
     from aegis.workspace import init_workspace
 
-    ws, created = init_workspace(directory, remote=remote)
+    ws, created = init_workspace(directory, admin_key_out=admin_key_out, remote=remote)
     out = _console()
     if not created:
         out.print(f"{ws.root}: already an Aegis workspace; nothing changed")
@@ -42,7 +51,11 @@ def init(
     out.print(f"[green]Initialized[/green] Aegis workspace in {ws.root}")
     for item in created:
         out.print(f"  + {item}")
-    out.print(f"  admin key: {ws.admin_key_path} (keep it safe; it signs trust changes)")
+    if admin_key_out is not None:
+        out.print(
+            f"  admin key: {admin_key_out} (keep it off this machine's shared paths; trust "
+            "changes take --admin-key or AEGIS_ADMIN_KEY)"
+        )
 
 
 @keys_app.command("new")
@@ -58,6 +71,7 @@ def keys_new(
 
     ws = _ws()
     entry = new_key(ws, role=role, name=name, owner=owner, out=out, admin_key=admin_key)
+    name, owner = printable(name), printable(owner)
     _console().print(
         f"[green]Created[/green] {role} key '{name}' (owner {owner}, id {entry.key_id[:12]}) "
         f"-> {out} (0600) and {out}.pub"
@@ -66,36 +80,49 @@ def keys_new(
 
 @trust_app.command("list")
 def trust_list(as_json: JsonOpt = False) -> None:
-    """List trusted keys: role, owner, status."""
+    """List trusted keys: role, owner, status (refused, after the table, if not current)."""
+    from aegis.crypto.truststore import TrustStore
+    from aegis.errors import RefusedError
+    from aegis.ledger import Ledger
+
     ws = _ws()
-    store = ws.trust()
+    refusal = None
+    try:
+        store = Ledger.load(ws).trust
+    except RefusedError as exc:  # show what is there, then refuse: it is not the audited store
+        refusal = exc
+        store = TrustStore.load(ws.trust_path, anchor=ws.meta()["trust_anchor"])
     if STATE.json or as_json:
         _print_json(store.to_json())
-        return
-    from rich.table import Table
+    else:
+        from rich.table import Table
 
-    table = Table(title="trust store")
-    for col in ("name", "role", "owner", "status", "key id", "added", "changed"):
-        table.add_column(col)
-    style = {"active": "green", "retired": "yellow", "revoked": "red"}
-    for e in store.entries:
-        table.add_row(
-            e.name,
-            e.role,
-            e.owner,
-            f"[{style[e.status]}]{e.status}[/]",
-            e.key_id[:12],
-            e.added_at[:19],
-            e.changed_at[:19],
-        )
-    _console().print(table)
+        table = Table(title="trust store")
+        for col in ("name", "role", "owner", "status", "key id", "added", "changed"):
+            table.add_column(col)
+        style = {"active": "green", "retired": "yellow", "revoked": "red"}
+        for e in store.entries:
+            table.add_row(
+                printable(e.name),
+                e.role,
+                printable(e.owner),
+                f"[{style.get(e.status, 'red')}]{e.status}[/]",
+                e.key_id[:12],
+                e.added_at[:19],
+                e.changed_at[:19],
+            )
+        _console().print(table)
+    if refusal is not None:
+        raise refusal
 
 
 def _status_change(name: str, status: str, reason: str, admin_key: Path | None) -> None:
+    from aegis.text import check_reason
     from aegis.trust_ops import change_status
 
+    reason = check_reason(reason)
     change_status(_ws(), name, status=status, reason=reason, admin_key=admin_key)
-    _console().print(f"'{name}' is now {status}")
+    _console().print(f"'{printable(name)}' is now {status}")
 
 
 @trust_app.command("revoke")
@@ -123,11 +150,14 @@ def trust_retire(
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the whole hash chain and the signed head; exit 1 at the first bad entry."""
-    check = _ws().verify_audit()
+    """Check every entry's hash and link, the signed head, the trust store and freshness."""
+    ws = _ws()
+    ledger = _ledger(ws)
+    check = ws.audit().verify(pipeline_public_key=ledger.pipeline_entry().public_key)
     _console().print(
         f"[green]audit log OK[/green]: {check.entries} entries, head {check.head_hash[:16]}, "
-        "signed by the pipeline key; trust store matches its last audited change"
+        "signed by the pipeline key; trust store matches its last audited change; "
+        "no newer entry recorded in git"
     )
 
 
@@ -151,13 +181,18 @@ def audit_show(
     for col in ("seq", "time (UTC)", "actor", "action", "subjects", "details"):
         table.add_column(col, overflow="fold")
     for e in entries:
-        subjects = ", ".join(f"{k}={v.removeprefix('sha256:')[:12]}" for k, v in e.subjects.items())
+        subjects = ", ".join(
+            f"{k}={str(v).removeprefix('sha256:')[:12]}" for k, v in e.subjects.items()
+        )
         details = ", ".join(
             f"{k}={str(v)[:10] if k == 'commit' else v}"
             for k, v in e.details.items()
             if k in _SHOWN_DETAILS
         )
-        table.add_row(str(e.seq), e.time[:19], e.actor[:12], e.action, subjects, details)
+        table.add_row(
+            str(e.seq), printable(e.time[:19]), printable(e.actor[:12]), printable(e.action),
+            printable(subjects), printable(details),
+        )  # fmt: skip
     _console().print(table)
 
 

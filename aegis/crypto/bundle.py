@@ -1,12 +1,13 @@
-"""Signing and verifying a directory with model_signing (EC keys).
+"""Hashing a signed directory and comparing it with what its bundle signs.
 
 The bundle is model_signing's own format, so anyone can check a dataset
 or release with ``model_signing verify key`` and the public key. Hashing
 covers every file (``ignore_git_paths=False``) except the bundle itself.
 
 Verification mirrors ``model_signing.verifying.Config.verify`` step by step
-(check the bundle signature, hash the directory once, compare manifests)
-so that a failure can name the exact file and reason.
+(check the bundle signature: :func:`aegis.crypto.signing.verify_bundle`;
+hash the directory once; compare manifests) so that a failure can name the
+exact file and reason.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_signing import hashing, signing
-from model_signing._signing import sign_ec_key, sign_sigstore_pb
+from model_signing import hashing
 
-from aegis.errors import RefusedError
+from aegis.errors import RefusedError, UnsafeFileError
+from aegis.fileutil import read_regular
 
 
 @dataclass(frozen=True)
@@ -39,18 +40,6 @@ def hashing_config(ignored: list[str]) -> hashing.Config:
     )
 
 
-def sign_directory(directory: Path, *, bundle_name: str, private_key_path: Path) -> Path:
-    """Signs every file under ``directory`` into ``directory/bundle_name``."""
-    bundle = directory / bundle_name
-    (
-        signing.Config()
-        .use_elliptic_key_signer(private_key=private_key_path)
-        .set_hashing_config(hashing_config([bundle_name]))
-        .sign(directory, bundle)
-    )
-    return bundle
-
-
 def read_bundle_key_id(bundle_path: Path) -> str:
     """Returns the signer's key id (the bundle's public-key hint), unverified.
 
@@ -58,11 +47,13 @@ def read_bundle_key_id(bundle_path: Path) -> str:
         RefusedError: ``bundle`` check: the bundle is not JSON or lacks a hint.
     """
     try:
-        data = json.loads(bundle_path.read_bytes())
+        data = json.loads(read_regular(bundle_path, limit=64 * 1024 * 1024, what=bundle_path.name))
         hint = data["verificationMaterial"]["publicKey"]["hint"]
+    except UnsafeFileError as exc:
+        raise RefusedError("bundle", exc.detail) from None
     except FileNotFoundError:
         raise RefusedError("bundle", f"signature bundle '{bundle_path.name}' is missing") from None
-    except (ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         raise RefusedError(
             "bundle", f"'{bundle_path.name}' is not valid JSON (truncated?)"
         ) from None
@@ -71,26 +62,6 @@ def read_bundle_key_id(bundle_path: Path) -> str:
     if not isinstance(hint, str) or len(hint) != 64:
         raise RefusedError("bundle", f"'{bundle_path.name}' has a malformed key hint")
     return hint
-
-
-def verify_signed_digests(bundle_path: Path, *, public_key_path: Path) -> SignedDigests:
-    """Checks the bundle's signature and returns the digests it signs (no file hashing).
-
-    Raises:
-        RefusedError: ``signature`` check.
-    """
-    key_id = read_bundle_key_id(bundle_path)
-    try:
-        signature = sign_sigstore_pb.Signature.read(bundle_path)
-        manifest = sign_ec_key.Verifier(public_key_path).verify(signature)
-    except Exception as exc:  # model_signing raises many types for a bad bundle
-        raise RefusedError(
-            "signature", f"'{bundle_path.name}' does not verify ({type(exc).__name__})"
-        ) from None
-    files = {}
-    for rd in manifest.resource_descriptors():
-        files[str(rd.identifier)] = rd.digest.digest_hex
-    return SignedDigests(key_id=key_id, files=files)
 
 
 def hash_directory(directory: Path, *, ignored: list[str]) -> dict[str, str]:

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,19 @@ def generate_key(path: Path) -> PrivateKey:
 def load_private_key(path: Path) -> PrivateKey:
     """Loads a PEM private key written by :func:`generate_key`.
 
+    A key that group or others may read is refused, as ssh refuses one: a
+    private key readable by other users of the machine signs for them too.
+
     Raises:
         UsageError: The file is missing, unreadable, not a PEM key, or not P-256.
+        RefusedError: ``key-permissions``: the file is readable by group or others.
     """
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"{path}: cannot read key (not a regular file)")
+        if info.st_size > 64 * 1024:
+            raise UsageError(f"{path}: too large to be a private key")
         data = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{path}: key file not found") from None
@@ -105,6 +115,12 @@ def load_private_key(path: Path) -> PrivateKey:
         raise UsageError(f"{path}: not an unencrypted PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise UsageError(f"{path}: not an ECDSA P-256 key")
+    if info.st_mode & 0o077:
+        raise RefusedError(
+            "key-permissions",
+            f"{path} is readable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"a private key must be mode 0600: chmod 600 {path}",
+        )
     return PrivateKey(path=path, key=key)
 
 

@@ -31,8 +31,8 @@ from aegis.crypto.keys import (
     verify_signature,
 )
 from aegis.crypto.keys import public_pem as pem_of_public_key
-from aegis.errors import RefusedError, UsageError
-from aegis.fileutil import atomic_write
+from aegis.errors import RefusedError, TrustStoreError, UnsafeFileError, UsageError
+from aegis.fileutil import atomic_write, read_regular
 from aegis.timeutil import utc_now
 
 Role = Literal["admin", "supplier", "operator", "approver", "pipeline"]
@@ -93,16 +93,18 @@ class TrustStore:
                 active admin at the time.
         """
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_regular(path, what=path.name))
         except FileNotFoundError:
-            raise RefusedError("trust-store", f"{path}: missing") from None
-        except (OSError, ValueError, UnicodeDecodeError):
-            raise RefusedError("trust-store", f"{path}: not valid JSON") from None
+            raise TrustStoreError(f"{path}: missing") from None
+        except UnsafeFileError as exc:
+            raise TrustStoreError(exc.detail) from None
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+            raise TrustStoreError(f"{path}: not valid JSON") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise RefusedError("trust-store", f"{path}: unknown format")
+            raise TrustStoreError(f"{path}: unknown format")
         records = data.get("changes")
         if not isinstance(records, list) or not records:
-            raise RefusedError("trust-store", f"{path}: has no changes (unsigned store)")
+            raise TrustStoreError(f"{path}: has no changes (unsigned store)")
         return cls(path, anchor, records)
 
     def _replay(self) -> None:
@@ -117,16 +119,16 @@ class TrustStore:
                     record["signature"],
                 )
                 if change["seq"] != seq or change.get("prev") != prev:
-                    raise RefusedError("trust-store", f"{where}: hash chain broken")
+                    raise TrustStoreError(f"{where}: hash chain broken")
                 signer = self._signer_for(entries, signer_id, change, where)
             except (KeyError, TypeError, AttributeError):
-                raise RefusedError("trust-store", f"{where}: malformed") from None
+                raise TrustStoreError(f"{where}: malformed") from None
             if not verify_signature(signer.public_key, canonical_json(change), signature):
-                raise RefusedError("trust-store", f"{where}: signature does not verify")
+                raise TrustStoreError(f"{where}: signature does not verify")
             try:
                 entries = _apply(entries, change)
             except (KeyError, TypeError, ValueError) as exc:
-                raise RefusedError("trust-store", f"{where}: invalid change ({exc})") from None
+                raise TrustStoreError(f"{where}: invalid change ({exc})") from None
             prev = _record_hash(record)
         self._entries = entries
 
@@ -141,19 +143,16 @@ class TrustStore:
                 or signer_id != self.anchor
                 or key_id_of_pem(entry.get("public_key", "")) != self.anchor
             ):
-                raise RefusedError(
-                    "trust-store", f"{where}: first change is not the workspace's anchor admin"
-                )
+                raise TrustStoreError(f"{where}: first change is not the workspace's anchor admin")
             return TrustEntry(**entry)
         for entry in entries.values():
             if entry.key_id == signer_id:
                 if entry.role != "admin" or entry.status != "active":
-                    raise RefusedError(
-                        "trust-store",
-                        f"{where}: signed by '{entry.name}', not an active admin at the time",
+                    raise TrustStoreError(
+                        f"{where}: signed by '{entry.name}', not an active admin at the time"
                     )
                 return entry
-        raise RefusedError("trust-store", f"{where}: signed by an unknown key")
+        raise TrustStoreError(f"{where}: signed by an unknown key")
 
     # -- reading ----------------------------------------------------------------
 

@@ -12,21 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from aegis import vcs
-from aegis.crypto.bundle import (
-    compare_digests,
-    hash_directory,
-    read_bundle_key_id,
-    verify_signed_digests,
-)
+from aegis.crypto.bundle import compare_digests, hash_directory, read_bundle_key_id
+from aegis.crypto.signing import KeyIdentity, verify_bundle
 from aegis.data.manifest import (
     BUNDLE_NAME,
     MANIFEST_NAME,
@@ -37,6 +30,9 @@ from aegis.data.manifest import (
 )
 from aegis.data.sources import StagedSource, stage_source
 from aegis.errors import RefusedError
+from aegis.fileutil import read_regular
+from aegis.ledger import Action, Ledger
+from aegis.pipeline.layout import Layout
 from aegis.retry import retry_io
 from aegis.workspace import Workspace
 
@@ -95,24 +91,21 @@ def stage(ws: Workspace, source: str, staging: Path) -> StagedSource:
     return stage_source(source, staging, ws.params().ingest)
 
 
-def verify_staged(ws: Workspace, staged: StagedSource, *, name: str) -> VerifiedDataset:
+def verify_staged(ledger: Ledger, staged: StagedSource, *, name: str) -> VerifiedDataset:
     """Verifies a staged dataset against the trust store.
 
     Raises:
         RefusedError: The first failed check (``bundle``, ``signer``,
-            ``signature``, ``file-set``, ``integrity``, ``manifest``, ``name``).
+            ``signature``, ``file-set``, ``integrity``, ``manifest``, ``name``,
+            ``schema``).
     """
     directory = staged.directory
     bundle = directory / BUNDLE_NAME
     if not bundle.is_file():
         raise RefusedError("bundle", f"no signature bundle '{BUNDLE_NAME}' in the dataset")
     key_id = read_bundle_key_id(bundle)
-    supplier = ws.trust().require_signer(key_id, role="supplier", what="dataset", new=False)
-    ws.staging_dir.mkdir(parents=True, exist_ok=True)  # git-ignored: absent in a fresh clone
-    with tempfile.NamedTemporaryFile("w", suffix=".pub", dir=ws.staging_dir) as pub:
-        pub.write(supplier.public_key)
-        pub.flush()
-        signed = verify_signed_digests(bundle, public_key_path=Path(pub.name))
+    supplier = ledger.trust.require_signer(key_id, role="supplier", what="dataset", new=False)
+    signed = verify_bundle(bundle, expected=KeyIdentity(supplier.public_key))
     actual = hash_directory(directory, ignored=[BUNDLE_NAME])
     compare_digests(signed.files, actual)
 
@@ -129,7 +122,7 @@ def verify_staged(ws: Workspace, staged: StagedSource, *, name: str) -> Verified
             )
         if entry.bytes != (directory / path).stat().st_size:
             raise RefusedError("manifest", f"manifest's size of '{path}' is wrong")
-        _check_parquet_rows(directory / path, entry.rows)
+        check_parquet(directory / path, rows=entry.rows, columns=manifest.columns)
     if manifest.name != name:
         raise RefusedError("name", f"dataset is named '{manifest.name}', not '{name}'")
     return VerifiedDataset(
@@ -146,28 +139,48 @@ def verify_staged(ws: Workspace, staged: StagedSource, *, name: str) -> Verified
     )
 
 
-def _check_parquet_rows(path: Path, rows: int) -> None:
+def check_parquet(path: Path, *, rows: int, columns) -> None:
+    """Refuses a Parquet file whose row count or schema the pipeline cannot take.
+
+    A signed file can still be hostile: duplicate column names, or nested
+    (list, struct, map) columns no stage reads, crash pandas and Great
+    Expectations later; they are refused here, before anything is stored.
+
+    Raises:
+        RefusedError: ``manifest`` (not Parquet, other rows or columns than the
+            manifest says) or ``schema`` (duplicate or nested columns).
+    """
     import pyarrow.parquet as pq
+    import pyarrow.types as pat
 
     try:
-        actual = pq.ParquetFile(path).metadata.num_rows
+        meta = pq.ParquetFile(path).metadata
+        schema = meta.schema.to_arrow_schema()
     except Exception:  # pyarrow raises several types for a non-Parquet file
         raise RefusedError("manifest", f"'{path.name}' is not a Parquet file") from None
-    if actual != rows:
-        raise RefusedError("manifest", f"'{path.name}' holds {actual} rows, manifest says {rows}")
-
-
-def last_accepted_created(ws: Workspace, name: str) -> str | None:
-    """Creation time of the last accepted version of ``name``, from the verified audit log."""
-    ws.verify_audit()
-    for entry in reversed(ws.audit().entries()):
-        if entry.action == "ingest.accepted" and entry.details.get("name") == name:
-            return str(entry.details["created"])
-    return None
+    if meta.num_rows != rows:
+        raise RefusedError(
+            "manifest", f"'{path.name}' holds {meta.num_rows} rows, manifest says {rows}"
+        )
+    names = list(schema.names)
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise RefusedError("schema", f"'{path.name}' has duplicate column names {duplicates[:5]}")
+    nested = [f.name for f in schema if pat.is_nested(f.type) or pat.is_dictionary(f.type)]
+    if nested:
+        raise RefusedError(
+            "schema", f"'{path.name}' has nested columns {nested[:5]} (only flat columns)"
+        )
+    if names != [c.name for c in columns] or [str(f.type) for f in schema] != [
+        c.type for c in columns
+    ]:
+        raise RefusedError(
+            "manifest", f"'{path.name}': its columns or types differ from the manifest's"
+        )
 
 
 def store(
-    ws: Workspace, verified: VerifiedDataset, *, actor: str, allow_older: bool = False
+    ledger: Ledger, verified: VerifiedDataset, *, actor: str, allow_older: bool = False
 ) -> IngestResult:
     """Moves a verified dataset to ``data/<name>/``, ``dvc add``s it, commits, audits.
 
@@ -177,17 +190,19 @@ def store(
     Raises:
         RefusedError: ``replay``: older than the last accepted version.
     """
+    ws = ledger.ws
+    layout = Layout.of(ws)
     name = verified.name
-    target = ws.data_dir / name
-    dvc_file = f"data/{name}.dvc"
-    with ws.lock():
-        last = last_accepted_created(ws, name)
-        older = last is not None and verified.manifest.created < last
+    target = layout.data(name)
+    dvc_file = layout.data_dvc(name)
+    with ledger.locked():
+        last = ledger.last_accepted(name)
+        older = last is not None and verified.manifest.created < last.created
         if older and not allow_older:
             raise RefusedError(
                 "replay",
                 f"dataset created {verified.manifest.created} is older than the last accepted "
-                f"version of '{name}' ({last}); --allow-older accepts it deliberately",
+                f"version of '{name}' ({last.created}); --allow-older accepts it deliberately",
             )
         previous = target.with_name(f".{name}.previous")
         shutil.rmtree(previous, ignore_errors=True)
@@ -197,8 +212,7 @@ def store(
             shutil.move(str(verified.directory), target)
             vcs.dvc(ws.root, "add", "-q", f"data/{name}")
             md5 = _dvc_md5(ws.root / dvc_file)
-            commit = vcs.commit_paths(
-                ws.root,
+            commit = ledger.commit(
                 f"ingest {name} {verified.digest}\n\nsupplier: {verified.supplier_name}"
                 f" ({verified.supplier_owner})\ncreated: {verified.manifest.created}",
                 [dvc_file, "data/.gitignore"],
@@ -210,10 +224,9 @@ def store(
             vcs.git(ws.root, "checkout", "-q", "--", dvc_file, "data/.gitignore", check=False)
             raise
         shutil.rmtree(previous, ignore_errors=True)
-        entry = ws.audit().append(
+        entry = ledger.append(
+            Action.INGEST_ACCEPTED,
             actor=actor,
-            action="ingest.accepted",
-            pipeline_key=ws.pipeline_key(),
             subjects={"dataset": verified.digest},
             details={
                 "name": name,
@@ -248,17 +261,19 @@ def store(
 
 
 def _dvc_md5(dvc_file: Path) -> str:
-    data = yaml.safe_load(dvc_file.read_text())
+    from aegis.yamlio import load_yaml
+
+    data = load_yaml(read_regular(dvc_file, what=dvc_file.name).decode())
     return str(data["outs"][0]["md5"])
 
 
 def push(ws: Workspace, name: str) -> None:
     """Pushes ``data/<name>`` to the DVC remote (I/O: raises TransientIOError)."""
-    vcs.dvc(ws.root, "push", "-q", f"data/{name}.dvc", io=True)
+    vcs.dvc(ws.root, "push", "-q", Layout.of(ws).data_dvc(name), io=True)
 
 
 def ingest(
-    ws: Workspace,
+    ledger: Ledger,
     source: str,
     *,
     name: str,
@@ -267,6 +282,7 @@ def ingest(
     on_retry=None,
 ) -> IngestResult:
     """Stages, verifies, stores and pushes one dataset (the whole of ``aegis ingest``)."""
+    ws = ledger.ws
     check_dataset_name(name)
     params = ws.params().ingest
     with staging_area(ws) as staging:
@@ -276,8 +292,8 @@ def ingest(
             delay_s=params.io_retry_delay_s,
             on_retry=on_retry,
         )
-        verified = verify_staged(ws, staged, name=name)
-        result = store(ws, verified, actor=actor, allow_older=allow_older)
+        verified = verify_staged(ledger, staged, name=name)
+        result = store(ledger, verified, actor=actor, allow_older=allow_older)
     retry_io(
         lambda: push(ws, name),
         retries=params.io_retries,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aegis.errors import RefusedError, UsageError
+from aegis.errors import RefusedError, UnsafeFileError, UsageError
+from aegis.fileutil import read_regular
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_NAME = "dataset.sig"
@@ -71,9 +72,11 @@ def parse_manifest(path: Path) -> tuple[DatasetManifest, bytes]:
         RefusedError: ``manifest`` check: missing, not JSON, or malformed.
     """
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, limit=64 * 1024 * 1024, what=MANIFEST_NAME)
     except FileNotFoundError:
         raise RefusedError("manifest", f"{MANIFEST_NAME} is missing") from None
+    except UnsafeFileError as exc:
+        raise RefusedError("manifest", exc.detail) from None
     try:
         manifest = DatasetManifest.model_validate_json(raw)
     except ValidationError as exc:

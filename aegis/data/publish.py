@@ -7,8 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from aegis.crypto.bundle import sign_directory
 from aegis.crypto.keys import load_private_key
+from aegis.crypto.signing import KeySigner, sign_directory
 from aegis.data.manifest import (
     BUNDLE_NAME,
     MANIFEST_NAME,
@@ -106,7 +106,7 @@ def publish_dataset(src: Path, *, name: str, key_path: Path, out: Path) -> Datas
             rows=sum(e.rows for e in entries),
         )
         (tmp / MANIFEST_NAME).write_bytes(manifest.to_bytes())
-        sign_directory(tmp, bundle_name=BUNDLE_NAME, private_key_path=key.path)
+        sign_directory(tmp, bundle_name=BUNDLE_NAME, signer=KeySigner(key.path))
         if out.exists():
             out.rmdir()
         tmp.rename(out)

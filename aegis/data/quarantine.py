@@ -1,36 +1,34 @@
-"""Quarantine: rows that failed row-level checks, and audited releases of them.
+"""Quarantine: rows that failed row-level checks, and signed, audited releases of them.
 
 ``quarantine/<name>.parquet`` (a DVC stage output) holds the failing rows
 with ``_aegis_row`` (position in the dataset) and ``_aegis_reasons`` (the
-failed expectations). ``quarantine/<name>.released.json`` (in git) records
-which of them an operator released back into training, bound to the
-dataset digest, so a release never carries over to another version.
+failed expectations). Releasing rows back into training is an operator's
+decision: a document signed with the operator's key, bound to the dataset
+digest (so it never carries over to another version) and kept in the audit
+entry ``quarantine.release``. Only such entries count (:meth:`Ledger.quarantine_releases`);
+``quarantine/<name>.released.json`` is a copy for people and for DVC (the
+train stage depends on it), never read to decide anything.
 """
 
 from __future__ import annotations
 
-import copy
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from aegis import vcs
-from aegis.errors import ConfigError, UsageError
-from aegis.fileutil import atomic_write
+from aegis.crypto.documents import sign_document
+from aegis.crypto.keys import load_private_key
+from aegis.errors import RefusedError, UnsafeFileError, UsageError
+from aegis.fileutil import atomic_write, json_object, read_regular
+from aegis.ledger import QUARANTINE_KIND, Action, Ledger
+from aegis.pipeline.layout import Layout
 from aegis.timeutil import utc_now
-from aegis.workspace import Workspace
 
 ROW = "_aegis_row"
 REASONS = "_aegis_reasons"
+QUARANTINE_LIMIT = 4 * 1024**3
 EMPTY_RELEASES = {"dataset": "", "rows": [], "decisions": []}
-
-
-def quarantine_path(ws: Workspace, name: str) -> Path:
-    return ws.root / "quarantine" / f"{name}.parquet"
-
-
-def releases_path(ws: Workspace, name: str) -> Path:
-    return ws.root / "quarantine" / f"{name}.released.json"
 
 
 def build_quarantine(frame, row_reasons: dict[int, list[str]]):
@@ -53,101 +51,161 @@ class QuarantineSummary:
     reasons: dict[str, int]
 
 
-def read_quarantine(ws: Workspace, name: str):
-    """The quarantine table of ``name``.
+def read_quarantine(layout: Layout, name: str):
+    """The quarantine table of ``name`` (a regular file only).
 
     Raises:
         UsageError: ``name`` was never validated.
+        RefusedError: ``validation``: the file is not a readable quarantine table.
     """
     import pandas as pd
 
-    path = quarantine_path(ws, name)
-    if not path.is_file():
-        raise UsageError(f"no quarantine for '{name}' (run `aegis validate {name}` first)")
-    return pd.read_parquet(path)
-
-
-def read_releases(ws: Workspace, name: str) -> dict:
-    path = releases_path(ws, name)
-    if not path.is_file():
-        return copy.deepcopy(EMPTY_RELEASES)
+    path = layout.quarantine(name)
     try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path}: not valid JSON") from None
+        data = read_regular(path, limit=QUARANTINE_LIMIT, what=layout.rel(path))
+        table = pd.read_parquet(io.BytesIO(data))
+    except FileNotFoundError:
+        raise UsageError(
+            f"no quarantine for '{name}' (run `aegis validate {name}` first)"
+        ) from None
+    except UnsafeFileError:
+        raise
+    except Exception:  # pyarrow raises several types for a corrupt file
+        raise RefusedError("validation", f"{layout.rel(path)} is not a quarantine table") from None
+    if ROW not in table.columns or REASONS not in table.columns:
+        raise RefusedError("validation", f"{layout.rel(path)} is not a quarantine table")
+    return table
 
 
-def released_rows(ws: Workspace, name: str, dataset_digest: str) -> set[int]:
-    """Rows released for this exact dataset version (none for any other version)."""
-    releases = read_releases(ws, name)
-    return set(releases["rows"]) if releases.get("dataset") == dataset_digest else set()
+def released_rows(ledger: Ledger, name: str, dataset_digest: str) -> set[int]:
+    """Rows released by signed, audited decisions for this exact dataset version."""
+    rows: set[int] = set()
+    for release in ledger.quarantine_releases(name, dataset_digest):
+        rows.update(int(r) for r in release.body.get("rows", []) if isinstance(r, int))
+    return rows
 
 
-def summarize(ws: Workspace, name: str, dataset_digest: str) -> QuarantineSummary:
-    table = read_quarantine(ws, name)
+def validated_version(ledger: Ledger, name: str) -> str:
+    """The dataset digest the quarantine on disk belongs to: the audited validation's.
+
+    Raises:
+        UsageError: ``name`` has not been validated.
+        RefusedError: ``validation``: ``validation/<name>/result.json`` is not
+            the result the validate stage audited.
+    """
+    import hashlib
+
+    layout = Layout.of(ledger.ws)
+    path = layout.validation_result(name)
+    try:
+        raw = read_regular(path, what=layout.rel(path))
+    except FileNotFoundError:
+        raise UsageError(f"'{name}' has not been validated (run `aegis validate {name}`)") from None
+    digest = str(json_object(raw, check="validation", what=layout.rel(path)).get("dataset"))
+    if ledger.validated(name, digest, "sha256:" + hashlib.sha256(raw).hexdigest()) is None:
+        raise RefusedError(
+            "validation", f"{layout.rel(path)} is not the audited validation result of '{name}'"
+        )
+    return digest
+
+
+def summarize(ledger: Ledger, name: str, dataset_digest: str) -> QuarantineSummary:
+    table = read_quarantine(Layout.of(ledger.ws), name)
     reasons: dict[str, int] = {}
     for text in table[REASONS]:
-        for reason in text.split("; "):
+        for reason in str(text).split("; "):
             reasons[reason] = reasons.get(reason, 0) + 1
-    released = released_rows(ws, name, dataset_digest) & set(table[ROW])
+    released = released_rows(ledger, name, dataset_digest) & {int(r) for r in table[ROW]}
     return QuarantineSummary(name, dataset_digest, len(table), len(released), reasons)
 
 
+def write_release_copy(ledger: Ledger, name: str, dataset_digest: str) -> Path:
+    """Writes ``quarantine/<name>.released.json`` from the ledger (the copy DVC tracks)."""
+    path = Layout.of(ledger.ws).quarantine_releases(name)
+    releases = ledger.quarantine_releases(name, dataset_digest)
+    doc = {
+        "dataset": dataset_digest,
+        "rows": sorted({int(r) for s in releases for r in s.body.get("rows", [])}),
+        "decisions": [
+            {
+                "rows": s.body.get("rows"),
+                "reason": s.body.get("reason"),
+                "actor": s.signer.key_id,
+                "owner": s.signer.owner,
+                "time": s.body.get("created"),
+                "audit_seq": s.entry.seq,
+            }
+            for s in releases
+        ],
+    }
+    path.parent.mkdir(exist_ok=True)
+    atomic_write(path, json.dumps(doc, indent=1).encode() + b"\n")
+    return path
+
+
 def release(
-    ws: Workspace,
+    ledger: Ledger,
     name: str,
     *,
     dataset_digest: str,
     rows: list[int] | None,
     reason: str,
-    actor: str,
+    operator_key_path: Path,
 ) -> list[int]:
-    """Releases quarantined rows back into training: committed and audited.
+    """Releases quarantined rows back into training: signed, audited, committed.
 
     Args:
-        ws: The workspace.
+        ledger: The workspace's ledger.
         name: Dataset name.
         dataset_digest: Digest of the validated version the quarantine belongs to.
         rows: Row positions to release, or None for all quarantined rows.
         reason: Why (required: the decision is on record).
-        actor: Key id of the operator.
+        operator_key_path: The operator's private key, which signs the decision.
 
     Returns:
         The rows newly released.
+
+    Raises:
+        UsageError: No reason, no such rows, or all already released.
+        RefusedError: ``signer``: not a current operator key.
     """
     if not reason.strip():
         raise UsageError("a release needs --reason")
-    table = read_quarantine(ws, name)
-    quarantined = set(int(r) for r in table[ROW])
+    layout = Layout.of(ledger.ws)
+    table = read_quarantine(layout, name)
+    quarantined = {int(r) for r in table[ROW]}
     if not quarantined:
         raise UsageError(f"no row of '{name}' is quarantined")
     wanted = quarantined if rows is None else set(rows)
     unknown = sorted(wanted - quarantined)
     if unknown:
         raise UsageError(f"row(s) {unknown[:10]} are not in the quarantine of '{name}'")
-    with ws.lock():
-        releases = read_releases(ws, name)
-        if releases.get("dataset") != dataset_digest:
-            releases = {"dataset": dataset_digest, "rows": [], "decisions": []}
-        new = sorted(wanted - set(releases["rows"]))
+    key = load_private_key(operator_key_path)
+    with ledger.locked():
+        operator = ledger.trust.require_signer(
+            key.key_id, role="operator", what=str(operator_key_path), new=True
+        )
+        new = sorted(wanted - released_rows(ledger, name, dataset_digest))
         if not new:
             raise UsageError("those rows are already released")
-        releases["rows"] = sorted(set(releases["rows"]) | set(new))
-        releases["decisions"].append(
-            {"rows": new, "reason": reason, "actor": actor, "time": utc_now()}
-        )
-        path = releases_path(ws, name)
-        path.parent.mkdir(exist_ok=True)
-        atomic_write(path, json.dumps(releases, indent=1).encode() + b"\n")
-        rel = str(path.relative_to(ws.root))
-        commit = vcs.commit_paths(
-            ws.root, f"quarantine: release {len(new)} row(s) of {name}: {reason}", [rel]
-        )
-        ws.audit().append(
-            actor=actor,
-            action="quarantine.release",
-            pipeline_key=ws.pipeline_key(),
+        body = {
+            "kind": QUARANTINE_KIND,
+            "name": name,
+            "dataset": dataset_digest,
+            "rows": new,
+            "reason": reason,
+            "operator": {"key_id": operator.key_id, "owner": operator.owner},
+            "created": utc_now(),
+        }
+        ledger.append(
+            Action.QUARANTINE_RELEASE,
+            actor=operator.key_id,
             subjects={"dataset": dataset_digest},
-            details={"name": name, "rows": new, "reason": reason, "commit": commit},
+            details={"name": name, "rows": new, "reason": reason,
+                     "signed": sign_document(key, body)},
+        )  # fmt: skip
+        path = write_release_copy(ledger, name, dataset_digest)
+        ledger.commit(
+            f"quarantine: release {len(new)} row(s) of {name}: {reason}", [layout.rel(path)]
         )
     return new

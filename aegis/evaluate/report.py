@@ -77,27 +77,43 @@ def _figure(title: str, draw: Callable[[Figure], None] | None, missing: str) -> 
     )
 
 
-def _history_plot(history: list[dict] | None) -> Callable[[Figure], None] | None:
+def history_panels(history: list[dict] | None) -> dict[str, list[str]]:
+    """The training-curve panels: loss keys, accuracy keys, ε spent; timings are no curve."""
     rows = [h for h in history or [] if isinstance(h, dict)]
-    keys = sorted({k for h in rows for k, v in h.items() if k != "epoch" and _is_num(v)}, key=str)
-    if not keys:
+    keys = sorted({k for h in rows for k, v in h.items() if _is_num(v)}, key=str)
+    panels = {
+        "loss": [k for k in keys if str(k).endswith("loss")],
+        "accuracy": [k for k in keys if str(k).endswith(("_acc", "accuracy"))],
+        "ε spent": [k for k in keys if k == "epsilon"],
+    }
+    return {title: ks for title, ks in panels.items() if ks}
+
+
+def _history_plot(history: list[dict] | None) -> Callable[[Figure], None] | None:
+    """Loss and accuracy per epoch (and ε spent with DP), one panel each."""
+    rows = [h for h in history or [] if isinstance(h, dict)]
+    panels = history_panels(rows)
+    if not panels:
         return None
 
     def draw(fig: Figure) -> None:
-        loss_ax, other_ax = fig.subplots(1, 2)
-        for key in keys:
-            points = [
-                (h["epoch"] if _is_num(h.get("epoch")) else i + 1, h[key])
-                for i, h in enumerate(rows)
-                if _is_num(h.get(key))
-            ]
-            ax = loss_ax if "loss" in str(key).lower() else other_ax
-            ax.plot(*zip(*points, strict=True), marker=".", label=_plain(key))
-        for ax, name in ((loss_ax, "loss"), (other_ax, "accuracy / other")):
+        from matplotlib.ticker import MaxNLocator
+
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (title, panel_keys) in zip(axes, panels.items(), strict=True):
+            for key in panel_keys:
+                points = [
+                    (h["epoch"] if _is_num(h.get("epoch")) else i + 1, h[key])
+                    for i, h in enumerate(rows)
+                    if _is_num(h.get(key))
+                ]
+                ax.plot(*zip(*points, strict=True), marker=".", label=_plain(key))
             ax.set_xlabel("epoch")
-            ax.set_title(name, fontsize=9)
-            if ax.lines:
-                ax.legend(fontsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+            ax.set_title(title, fontsize=9)
+            if title == "accuracy":
+                ax.set_ylim(0, 1.02)
+            ax.legend(fontsize=7)
 
     return draw
 

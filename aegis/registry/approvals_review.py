@@ -1,45 +1,41 @@
-"""Which approval files count: signature, binding, audit entry, key status, time window.
+"""Which decisions count: signature, binding, key status, owner, time window.
 
-A signed file alone proves little: its ``created`` is written by its signer,
-and anyone who can write the approvals directory can plant files there. An
-approval (or rejection) counts only if
+Decisions are read from the audit log only (see :mod:`aegis.registry.approvals_store`).
+An approval (or rejection) counts only if
 
-- its signature verifies against a key in the trust store, named by its file;
+- its audit entry holds a document whose signature verifies against the
+  key that is the entry's actor (the ledger checks this);
 - it is bound to this candidate, evidence digest and request;
 - its signer is an approver whose owner is not the requester's;
-- the audit log holds its ``approval.granted`` (``approval.rejected``) entry by
-  the same key, naming the file's body digest and the request digest;
 - the key is active, or retired by an audited ``trust.retire`` entry that comes
   after that decision entry (revoked keys never count);
 - its ``created`` lies within the request's ``created`` .. ``expires``.
 
-Any other file is ignored with its reason (it neither counts nor blocks the
-promotion); ``aegis status`` shows it as ignored.
+Anything else is ignored with its reason (it neither counts nor blocks the
+promotion), and so is any file in the approvals folder: ``aegis status``
+names files without an audited decision as ignored, without opening them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from aegis.audit import AuditEntry
-from aegis.config import PromoteParams
-from aegis.crypto.truststore import TrustStore
-from aegis.errors import RefusedError
+from aegis.ledger import Ledger, SignedEntry
+from aegis.pipeline.layout import Layout
 from aegis.registry import approvals_store as store
 from aegis.timeutil import parse_utc
-from aegis.workspace import Workspace
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One approval file, judged."""
+    """One recorded decision, judged."""
 
-    file: str
-    who: str  # "name (owner)" of the signing key, or the file name when unknown
-    owner: str | None  # the signer's owner (from the trust store), if the signature verified
-    decision: str | None  # approve | reject
+    who: str  # "name (owner)" of the signing key
+    owner: str
+    key_id: str
+    decision: str  # approve | reject
     reason: str  # the approver's reason
+    seq: int  # its audit entry
     ignored: str | None = None  # why it does not count; None: it counts
 
     @property
@@ -54,7 +50,8 @@ class ApprovalTally:
     required: int
     approvers: list[str] = field(default_factory=list)  # distinct owners who approved
     rejected_by: list[tuple[str, str]] = field(default_factory=list)  # (owner, reason)
-    ignored: list[str] = field(default_factory=list)  # "<who>: ignored: <why>" per file
+    ignored: list[str] = field(default_factory=list)  # "<who>: ignored: <why>"
+    counted_seq: int = -1  # the last audit entry this tally read
 
     @property
     def missing(self) -> int:
@@ -74,25 +71,18 @@ def _within(created: object, request: store.ApprovalRequest) -> bool:
 
 
 def _judge(
-    path: Path,
+    ledger: Ledger,
+    signed: SignedEntry,
     candidate: store.Candidate,
     request: store.ApprovalRequest,
-    trust: TrustStore,
-    entries: list[AuditEntry],
 ) -> Verdict:
-    try:
-        approval, entry = store.read_approval(path, trust)
-    except RefusedError as exc:
-        why = exc.detail.removeprefix(f"{path.parent.name}/{path.name}: ").removeprefix(
-            f"{path.name}: "
-        )
-        return Verdict(path.name, path.name, None, None, "", why)
-    body = approval.body
-    decision = body.get("decision")
+    body, entry = signed.body, signed.signer
+    decision = str(body.get("decision"))
 
     def verdict(why: str | None) -> Verdict:
         who = f"{entry.name} ({entry.owner})"
-        return Verdict(path.name, who, entry.owner, str(decision), approval.reason, why)
+        reason = str(body.get("reason", ""))
+        return Verdict(who, entry.owner, entry.key_id, decision, reason, signed.entry.seq, why)
 
     bound = tuple(body.get(k) for k in ("model", "version", "candidate", "evidence", "request"))
     expected = (
@@ -107,85 +97,51 @@ def _judge(
         return verdict("its key is revoked")
     if entry.owner == request.requester_owner:
         return verdict(f"approver owner '{entry.owner}' is the requester's (two-person rule)")
-    if decision not in store.DECISION_ACTIONS:
-        return verdict(f"unknown decision {decision!r}")
+    if store.DECISION_ACTIONS.get(decision) != signed.entry.action:
+        return verdict(f"decision {decision!r} does not match its audit entry")
     if not _within(body.get("created"), request):
         return verdict("created outside the request's lifetime (backdated?)")
-    audited = next(
-        (
-            e
-            for e in entries
-            if e.action == store.DECISION_ACTIONS[decision]
-            and e.actor == entry.key_id
-            and e.subjects.get("approval") == approval.digest
-            and e.subjects.get("request") == request.digest
-        ),
-        None,
-    )
-    if audited is None:
-        return verdict("no audit entry records this decision (planted or unaudited file)")
     if entry.status == "retired":
-        retired = next(
-            (
-                e.seq
-                for e in entries
-                if e.action == "trust.retire" and e.details.get("key_id") == entry.key_id
-            ),
-            None,
-        )
-        if retired is None or audited.seq > retired:
+        retired = ledger.retired_at(entry.key_id)
+        if retired is None or signed.entry.seq > retired:
             return verdict("recorded after its key was retired")
     elif entry.status != "active":
         return verdict(f"its key is {entry.status}")
     return verdict(None)
 
 
-def review_approvals(
-    ws: Workspace,
-    candidate: store.Candidate,
-    request: store.ApprovalRequest,
-    *,
-    trust: TrustStore | None = None,
-    entries: list[AuditEntry] | None = None,
+def review_decisions(
+    ledger: Ledger, candidate: store.Candidate, request: store.ApprovalRequest
 ) -> list[Verdict]:
-    """Judges every approval file of ``candidate``'s version (see the module docstring).
+    """Judges every audited decision on ``request`` (see the module docstring)."""
+    return [_judge(ledger, s, candidate, request) for s in ledger.decisions(request.digest)]
 
-    Args:
-        ws: The workspace.
-        candidate: The verified release the request is for.
-        request: The verified request.
-        trust: The trust store (loaded if not given).
-        entries: The audit log's entries (read if not given; the caller verifies it).
-    """
-    trust = ws.trust() if trust is None else trust
-    entries = ws.audit().entries() if entries is None else entries
-    directory = store.version_dir(ws, candidate.model, candidate.version)
+
+def unaudited_files(
+    layout: Layout, candidate: store.Candidate, verdicts: list[Verdict]
+) -> list[str]:
+    """Names of approval files in the folder that no audited decision stands behind."""
+    audited = {store.approval_file(v.key_id) for v in verdicts}
     return [
-        _judge(path, candidate, request, trust, entries)
-        for path in sorted(directory.glob("approval-*.json"))
+        f"{p.name}: ignored: no audited decision (planted, or of an earlier request)"
+        for p in store.stale_copies(layout, candidate.model, candidate.version)
+        if p.name not in audited
     ]
 
 
 def count_approvals(
-    ws: Workspace,
-    candidate: store.Candidate,
-    request: store.ApprovalRequest,
-    params: PromoteParams,
+    ledger: Ledger, candidate: store.Candidate, request: store.ApprovalRequest
 ) -> ApprovalTally:
-    """Verifies the audit log, judges every approval file and counts distinct owners.
+    """Judges every audited decision and counts distinct owners (never raises on one).
 
-    Files that do not count are listed in ``ignored`` (never raised).
-
-    Raises:
-        RefusedError: ``audit``: the audit log does not verify.
+    The number required is the request's bound policy's ``approvals_required``.
     """
-    ws.verify_audit()
-    tally = ApprovalTally(required=params.approvals_required)
-    for verdict in review_approvals(ws, candidate, request):
+    tally = ApprovalTally(required=request.approvals_required, counted_seq=len(ledger.log) - 1)
+    for verdict in review_decisions(ledger, candidate, request):
         if verdict.ignored is not None:
             tally.ignored.append(verdict.note)
         elif verdict.decision == "reject":
-            tally.rejected_by.append((str(verdict.owner), verdict.reason))
+            tally.rejected_by.append((verdict.owner, verdict.reason))
         elif verdict.owner not in tally.approvers:
-            tally.approvers.append(str(verdict.owner))
+            tally.approvers.append(verdict.owner)
     return tally

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from aegis.crypto.bundle import compare_digests, hash_directory
 from aegis.errors import RefusedError, UsageError
+from aegis.ledger import Ledger
+from aegis.pipeline.layout import check_output
 from aegis.registry.release import BUNDLE
 from aegis.registry.targets import Target
 from aegis.registry.verify import VerifiedRelease, open_release, verify_release
-from aegis.workspace import Workspace
 
 PUBLIC_KEY = "pipeline.pub"
 README = "VERIFY.md"
@@ -86,26 +87,28 @@ CycloneDX SBOM of the environment that built it.
 """
 
 
-def export_release(ws: Workspace, target: Target | Path, out_dir: Path) -> ExportResult:
+def export_release(ledger: Ledger, target: Target | Path, out_dir: Path) -> ExportResult:
     """Verifies a release and copies it, with its public key and instructions, to ``out_dir``.
 
     Args:
-        ws: The workspace.
+        ledger: The workspace's verified ledger.
         target: A registry target or a release directory.
-        out_dir: A new or empty directory.
+        out_dir: A new or empty directory, not inside a stage output or ``releases/``.
 
     Raises:
         UsageError: ``out_dir`` exists and is not an empty directory.
-        RefusedError: The release does not verify (any ``verify_release``
-            check), or the copy does not match the signature.
+        RefusedError: ``path`` (``out_dir`` is where a stage or Aegis writes), the
+            release does not verify (any ``verify_release`` check), or the copy
+            does not match the signature.
     """
-    out_dir = out_dir.expanduser().resolve()
+    ws = ledger.ws
+    out_dir = check_output(ws, out_dir, datasets=ws.params().pipeline.datasets)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UsageError(f"{out_dir}: exists and is not empty; export into a new directory")
     if isinstance(target, Target):
-        verified = open_release(ws, target)
+        verified = open_release(ledger, target)
     else:
-        verified = verify_release(ws, target)
+        verified = verify_release(ledger, target)
     if out_dir.is_relative_to(verified.directory) or verified.directory.is_relative_to(out_dir):
         raise UsageError(f"{out_dir}: overlaps the release directory")
     created = not out_dir.exists()
@@ -118,7 +121,7 @@ def export_release(ws: Workspace, target: Target | Path, out_dir: Path) -> Expor
             raise RefusedError(exc.check, f"the exported copy: {exc.detail}") from None
         command = verify_command(verified)
         if (verified.release.get("signer") or {}).get("method") != "sigstore":
-            entry = ws.trust().by_key_id(verified.signer_key_id)
+            entry = ledger.trust.by_key_id(verified.signer_key_id)
             if entry is None:  # verify_release just found it; the store changed meanwhile
                 raise RefusedError(
                     "signer", f"key {verified.signer_key_id[:16]} left the trust store"

@@ -2,13 +2,21 @@
 
 Each change to the registry (a release, a promotion, a rollback) runs under
 the workspace lock and writes ``<action>.intent`` to the audit log naming
-the exact tags it will create, then the tags, then ``<action>.done``. A
-process that dies in between leaves an intent without an outcome; the next
-registry command reconciles it before doing anything else: if every planned
-tag exists the change completed and is closed as done, otherwise the tags it
-did create are deleted and it is closed as aborted. Either way the registry
-holds the whole change or none of it.
+the exact tags it will create *and the commit each must point to*, then the
+tags (their messages carry the intent's audit anchor), then ``<action>.done``.
+A process that dies in between leaves an intent without an outcome; the next
+registry command reconciles it, after the ledger verified the log, before
+doing anything else:
 
+- if every planned tag exists and points to the commit the log bound it to
+  (the intent's, or for a release the commit its ``release.created`` named),
+  the change completed and is closed as done;
+- otherwise every planned tag that exists is deleted (a tag made by hand to
+  the name of a planned one, pointing at another commit, counts for nothing),
+  an aborted release's directory and commit are undone, and the change is
+  closed as aborted.
+
+Either way the registry holds the whole change or none of it.
 ``AEGIS_CRASH_AT=<step>`` kills the process at a named step, so tests can
 crash it at every one.
 """
@@ -22,10 +30,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from aegis import vcs
 from aegis.audit import AuditEntry
-from aegis.errors import RefusedError
+from aegis.errors import StalePlanError
+from aegis.ledger import Action, Ledger
 from aegis.registry import tags as registry_tags
-from aegis.workspace import Workspace
 
 CRASH_ENV = "AEGIS_CRASH_AT"
 
@@ -45,118 +54,122 @@ class Change:
     tags: list[str]
     details: dict[str, Any] = field(default_factory=dict)  # added to the done entry
 
+    def message(self, text: str) -> str:
+        """A tag message carrying the intent's audit anchor (see :mod:`aegis.ledger`)."""
+        return vcs.with_trailer(text, vcs.anchor_line(self.intent.seq, self.intent.hash))
 
-def _append(ws: Workspace, *, actor: str, action: str, subjects=None, details=None) -> AuditEntry:
-    return ws.audit().append(
-        actor=actor,
-        action=action,
-        pipeline_key=ws.pipeline_key(),
-        subjects=subjects or {},
-        details=details or {},
+
+def _close(ledger: Ledger, intent: AuditEntry, outcome: str, **details: Any) -> None:
+    action = intent.action.removesuffix(".intent")
+    ledger.append(
+        f"{action}.{outcome}",
+        actor=ledger.pipeline_entry().key_id,
+        subjects=intent.subjects,
+        details={"intent": intent.seq, "reconciled": True, **details},
     )
 
 
-def open_intents(ws: Workspace) -> list[AuditEntry]:
-    """Intent entries that have neither a done nor an aborted entry."""
-    entries = ws.audit().entries()
-    closed = {
-        e.details.get("intent")
-        for e in entries
-        if e.action.endswith((".done", ".aborted")) and "intent" in e.details
-    }
-    return [e for e in entries if e.action.endswith(".intent") and e.seq not in closed]
-
-
-def _reconcile_locked(ws: Workspace) -> list[str]:
+def _reconcile_locked(ledger: Ledger) -> list[str]:
     notes: list[str] = []
-    pipeline = ws.meta()["pipeline_key"]
-    for intent in open_intents(ws):
+    ws = ledger.ws
+    for intent in ledger.open_intents():
         action = intent.action.removesuffix(".intent")
-        planned = list(intent.details.get("tags", []))
-        present = [t for t in planned if registry_tags.tag_exists(ws, t)]
-        closing = {"intent": intent.seq, "reconciled": True}
-        if planned and len(present) == len(planned):
-            _append(
-                ws, actor=pipeline, action=f"{action}.done", subjects=intent.subjects,
-                details={**closing, "tag_commits": registry_tags.tag_commits(ws, planned)},
-            )  # fmt: skip
+        planned = [t for t in intent.details.get("tags", []) if isinstance(t, str)]
+        bound = ledger.bound_commits(intent)
+        present = registry_tags.tag_commits(ws, planned)
+        on_bound = [t for t in planned if bound.get(t) is not None and present.get(t) == bound[t]]
+        if planned and on_bound == planned:
+            _close(ledger, intent, "done", tag_commits=present)
             notes.append(f"completed interrupted {action} (audit entry {intent.seq})")
-        else:
-            for tag in present:
-                registry_tags.delete_tag(ws, tag)
-            _append(
-                ws, actor=pipeline, action=f"{action}.aborted", subjects=intent.subjects,
-                details={**closing, "deleted_tags": present},
-            )  # fmt: skip
-            notes.append(f"rolled back interrupted {action} (audit entry {intent.seq})")
+            continue
+        for tag in present:
+            registry_tags.delete_tag(ws, tag)
+        foreign = sorted(t for t, c in present.items() if bound.get(t) not in (None, c))
+        if action == "release":
+            from aegis.registry.release import undo_aborted_release
+
+            undo_aborted_release(ledger, intent)
+        _close(ledger, intent, "aborted", deleted_tags=sorted(present), foreign_tags=foreign)
+        why = (
+            f"; deleted tag(s) {', '.join(foreign)} not on their audited commit" if foreign else ""
+        )
+        notes.append(f"rolled back interrupted {action} (audit entry {intent.seq}){why}")
     return notes
 
 
-def reconcile(ws: Workspace) -> list[str]:
+def reconcile(ledger: Ledger) -> list[str]:
     """Closes interrupted registry changes (see the module docstring); returns what it did."""
-    with ws.lock():
-        return _reconcile_locked(ws)
+    if not ledger.open_intents():
+        return []
+    with ledger.locked():
+        return _reconcile_locked(ledger)
 
 
 @contextlib.contextmanager
 def registry_change(
-    ws: Workspace,
+    ledger: Ledger,
     *,
     action: str,
     actor: str,
     tags: list[str],
+    commits: dict[str, str] | None = None,
     subjects: dict[str, str] | None = None,
     details: dict[str, Any] | None = None,
 ) -> Iterator[Change]:
     """Runs one registry change under the workspace lock, intent first, done last.
 
-    The body must create exactly ``tags`` (in order) and must not take
-    ``ws.lock()`` itself (the lock is not re-entrant). An exception in the body
-    deletes the tags it created and records ``<action>.aborted``.
+    The body must create exactly ``tags`` (in order), each on its bound
+    commit. An exception in the body deletes the tags it created and records
+    ``<action>.aborted``.
 
     Args:
-        ws: The workspace.
+        ledger: The workspace's ledger.
         action: ``release``, ``promote`` or ``rollback`` (audit actions get suffixes).
         actor: Key id of who asked for the change.
         tags: The tag names the body will create.
+        commits: The commit each tag must point to, where known at planning
+            (a release's commit is bound later by its ``release.created`` entry).
         subjects: Digests the change is about (audited with intent and outcome).
         details: Facts audited with the intent.
 
     Yields:
         The open change; put extra facts for the done entry in ``change.details``.
+
+    Raises:
+        StalePlanError: A planned tag exists already (another change got there first).
     """
-    with ws.lock():
-        _reconcile_locked(ws)
+    ws = ledger.ws
+    with ledger.locked():
+        _reconcile_locked(ledger)
         taken = [t for t in tags if registry_tags.tag_exists(ws, t)]
         if taken:  # planned before the lock, and another change got there first
-            raise RefusedError(
-                "registry", f"{action}: the registry changed meanwhile ({taken[0]}); run it again"
+            raise StalePlanError(
+                f"{action}: the registry changed meanwhile ({taken[0]}); run it again"
             )
-        intent = _append(
-            ws, actor=actor, action=f"{action}.intent", subjects=subjects,
-            details={**(details or {}), "tags": tags},
+        intent = ledger.append(
+            Action.intent(action), actor=actor, subjects=subjects,
+            details={**(details or {}), "tags": tags, "tag_commits": dict(commits or {})},
         )  # fmt: skip
         change = Change(action=action, intent=intent, tags=list(tags))
         crash_point(f"{action}.intent")
         try:
             yield change
-            missing = [t for t in tags if not registry_tags.tag_exists(ws, t)]
-            if missing:
-                raise RuntimeError(f"{action}: planned tags were not created: {missing}")
+            made = registry_tags.tag_commits(ws, tags)
+            bound = ledger.bound_commits(intent)
+            wrong = [t for t in tags if made.get(t) is None or made.get(t) != bound.get(t)]
+            if wrong:
+                raise RuntimeError(f"{action}: tags not created on their bound commits: {wrong}")
         except BaseException:
-            created = [t for t in tags if registry_tags.tag_exists(ws, t)]
+            created = sorted(registry_tags.tag_commits(ws, tags))
             for tag in created:
                 registry_tags.delete_tag(ws, tag)
-            _append(
-                ws, actor=actor, action=f"{action}.aborted", subjects=subjects,
+            ledger.append(
+                Action.aborted(action), actor=actor, subjects=subjects,
                 details={"intent": intent.seq, "deleted_tags": created},
             )  # fmt: skip
             raise
         crash_point(f"{action}.done")
-        _append(
-            ws, actor=actor, action=f"{action}.done", subjects=subjects,
-            details={
-                **change.details, "intent": intent.seq,
-                "tag_commits": registry_tags.tag_commits(ws, tags),
-            },
+        ledger.append(
+            Action.done(action), actor=actor, subjects=subjects,
+            details={**change.details, "intent": intent.seq, "tag_commits": made},
         )  # fmt: skip

@@ -6,8 +6,9 @@ journaled registry change (intent, GTO tags, done) that re-reads the registry,
 re-verifies the release and re-runs the gates and the approval count under the
 workspace lock, so a concurrent promotion, a policy change or a release
 tampered with in between is seen. Evidence files are re-read only through
-their signed digests. A request or approval whose commit or audit entry fails
-is removed again: a file on disk without its audit entry never counts.
+their signed digests. Requests and decisions are signed documents kept in
+their audit entries (see :mod:`aegis.registry.approvals_store`); a request
+binds the promotion policy, and a resume under another policy is refused.
 """
 
 from __future__ import annotations
@@ -17,21 +18,21 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from aegis import vcs
 from aegis.approval import GateResult, evaluate_gates, require_gates
-from aegis.config import PromoteParams, duration_seconds
+from aegis.config import PromoteParams, policy_digest
+from aegis.crypto.documents import body_digest, sign_document
 from aegis.crypto.keys import PrivateKey, load_private_key
-from aegis.errors import RefusedError, UsageError
-from aegis.fileutil import atomic_write
+from aegis.crypto.truststore import TrustEntry
+from aegis.errors import AegisError, RefusedError, StalePlanError, UsageError
+from aegis.ledger import Action, Ledger
+from aegis.pipeline.layout import Layout
 from aegis.registry import approvals_review as review
 from aegis.registry import approvals_store as store
 from aegis.registry.journal import crash_point, reconcile, registry_change
 from aegis.registry.tags import PROD, assign_stage, plan_stage_tags, read_registry, unassign_stage
 from aegis.registry.targets import Target
 from aegis.registry.verify import VerifiedRelease, open_release, read_verified, verify_release
-from aegis.workspace import Workspace
 
 _ATTEMPTS = 3
 
@@ -50,6 +51,7 @@ class PromotionOutcome:
     required: int = 1
     gates: list[GateResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    counted_seq: int = -1  # the last audit entry the approvals were counted up to
 
 
 @dataclass
@@ -81,11 +83,13 @@ def release_file(verified: VerifiedRelease, name: str) -> bytes | None:
 
 
 def _release_dp(verified: VerifiedRelease) -> bool:
+    from aegis.yamlio import YamlRefused, load_yaml
+
     data = release_file(verified, "params.yaml")
     try:
-        params = yaml.safe_load(data) if data is not None else None
+        params = load_yaml(data.decode()) if data is not None else None
         return ((params or {}).get("train") or {}).get("privacy") == "dp"
-    except (yaml.YAMLError, AttributeError):
+    except (YamlRefused, UnicodeDecodeError, AttributeError):
         return verified.metrics.get("epsilon_spent") is not None
 
 
@@ -111,139 +115,148 @@ def gates_for(
     )
 
 
-def _prod_release(ws: Workspace, model: str, prod: str | None, version: str):
+def _prod_release(ledger: Ledger, model: str, prod: str | None, version: str):
     if prod is None or prod == version:
         return None
-    return open_release(ws, Target(model=model, version=prod))
+    return open_release(ledger, Target(model=model, version=prod))
 
 
-def _operator(ws: Workspace, key_path: Path) -> tuple[PrivateKey, object]:
+def _operator(ledger: Ledger, key_path: Path) -> tuple[PrivateKey, TrustEntry]:
     key = load_private_key(key_path)
-    entry = ws.trust().require_signer(key.key_id, role="operator", what=str(key_path), new=True)
+    entry = ledger.trust.require_signer(key.key_id, role="operator", what=str(key_path), new=True)
     return key, entry
 
 
-def _rel(ws: Workspace, path: Path) -> str:
-    return str(path.relative_to(ws.root))
+def record_request(
+    ledger: Ledger,
+    candidate: store.Candidate,
+    operator: PrivateKey,
+    requester: TrustEntry,
+    gates: list[GateResult],
+    params: PromoteParams,
+) -> store.ApprovalRequest:
+    """Signs and audits a new request (the audit entry holds it), then commits its copy.
 
-
-def _tracked(ws: Workspace, paths: list[Path]) -> list[str]:
-    rels = [_rel(ws, p) for p in paths]
-    return [r for r in rels if vcs.git(ws.root, "ls-files", "--", r).strip()]
-
-
-def _undo(ws: Workspace, path: Path, previous: bytes | None, what: str) -> None:
-    """Puts ``path`` back as it was (``previous`` bytes, or absent) after a failed write.
-
-    A commit of the new file that went through is followed by one restoring it
-    (best effort: the file on disk is what counts, and it is back already).
+    Copies of the superseded request's approvals are removed (by name: they
+    are bound to the old request's digest and never counted for the new one).
     """
-    if previous is None:
-        path.unlink(missing_ok=True)
-    else:
-        atomic_write(path, previous)
-    with contextlib.suppress(Exception):
-        tracked = _tracked(ws, [path])
-        if tracked:
-            vcs.commit_paths(ws.root, f"aegis: undo {what} (not recorded)", tracked)
-
-
-def record_request(ws, candidate, operator, requester, gates, params) -> store.ApprovalRequest:
-    """Writes, commits and audits a new request; then drops the superseded approvals.
-
-    If the commit or the audit entry fails, the earlier request is put back (and
-    its approvals were never touched).
-    """
-    with ws.lock():
-        path = store.request_path(ws, candidate.model, candidate.version)
-        previous = path.read_bytes() if path.is_file() else None
-        request = store.write_request(
-            ws, candidate, operator=operator, requester=requester, gates=gates,
-            ttl_seconds=duration_seconds(params.approval_ttl),
+    layout = Layout.of(ledger.ws)
+    model, version = candidate.model, candidate.version
+    body = store.request_body(candidate, requester=requester, gates=gates, params=params)
+    document = sign_document(operator, body)
+    with ledger.locked():
+        ledger.append(
+            Action.APPROVAL_REQUESTED,
+            actor=operator.key_id,
+            subjects={
+                "model": candidate.model_digest,
+                "evidence": candidate.evidence_digest,
+                "request": body_digest(body),
+            },
+            details={
+                "model_name": model, "version": version, "requester": requester.owner,
+                "expires": body["expires"], "policy_digest": body["policy_digest"],
+                "signed": document,
+            },
         )  # fmt: skip
-        try:
-            vcs.commit_paths(
-                ws.root, f"aegis: promotion request for {candidate.model}@{candidate.version}",
-                [_rel(ws, path), _rel(ws, path.parent / ".gitignore")],
-            )  # fmt: skip
-            ws.audit().append(
-                actor=operator.key_id,
-                action="approval.requested",
-                pipeline_key=ws.pipeline_key(),
-                subjects={
-                    "model": candidate.model_digest,
-                    "evidence": candidate.evidence_digest,
-                    "request": request.digest,
-                },
-                details={
-                    "model_name": candidate.model,
-                    "version": candidate.version,
-                    "requester": requester.owner,
-                    "expires": request.expires,
-                },
-            )
-        except BaseException:
-            _undo(ws, path, previous, f"promotion request for {candidate.model}")
-            raise
-        removed = _tracked(ws, store.drop_superseded(ws, request))
-        if removed:
-            vcs.commit_paths(
-                ws.root, f"aegis: drop the approvals of the superseded request for "
-                f"{candidate.model}@{candidate.version}", removed,
-            )  # fmt: skip
-    return request
+        removed = store.stale_copies(layout, model, version)
+        for path in removed:
+            path.unlink(missing_ok=True)
+        path = store.write_copy(layout, model, version, store.REQUEST_FILE, document)
+        paths = [path, path.parent / ".gitignore", *removed]
+        _commit_copies(ledger, f"aegis: promotion request for {model}@{version}", paths)
+    status = store.latest_request(ledger, model, version)
+    assert status.request is not None and status.request.digest == body_digest(body)
+    return status.request
+
+
+def _commit_copies(ledger: Ledger, message: str, paths: list[Path]) -> None:
+    """Commits the copies of audited documents (best effort: the audit entry is what counts)."""
+    layout = Layout.of(ledger.ws)
+    rels = [layout.rel(p) for p in paths]
+    tracked = vcs.git(ledger.ws.root, "ls-files", "--", *rels).split()
+    with contextlib.suppress(AegisError):
+        ledger.commit(message, [r for r in rels if (layout.root / r).exists() or r in tracked])
 
 
 def record_approval(
-    ws: Workspace,
+    ledger: Ledger,
     candidate: store.Candidate,
     request: store.ApprovalRequest,
     *,
     approver: PrivateKey,
     decision: str,
     reason: str,
-) -> store.Approval:
-    """Writes, commits and audits a signed decision (see :func:`store.write_approval`).
+) -> str:
+    """Signs and audits a decision on ``request`` (the audit entry is what counts), commits a copy.
 
-    The audit entry names the approval's body digest: that entry is what makes
-    the file count. If the commit or the audit entry fails, the file is removed.
+    Returns:
+        The digest of the decision's signed body (its audit entry names it).
+
+    Raises:
+        RefusedError: ``approval``: see :func:`store.check_approver`, or this key
+            already recorded a decision on this request.
     """
+    layout = Layout.of(ledger.ws)
     model, version = candidate.model, candidate.version
-    with ws.lock():
-        approval = store.write_approval(
-            ws, candidate, request, approver=approver, decision=decision, reason=reason
+    with ledger.locked():
+        entry = store.check_approver(ledger.trust, approver, request, candidate)
+        if ledger.decided(entry.key_id, request.digest):
+            raise RefusedError(
+                "approval", f"'{entry.name}' already recorded a decision on this request"
+            )
+        body = store.approval_body(
+            candidate, request, approver=entry, decision=decision, reason=reason
         )
-        try:
-            vcs.commit_paths(
-                ws.root, f"aegis: {decision} {model}@{version} ({approval.owner})",
-                [_rel(ws, approval.path)],
-            )  # fmt: skip
-            ws.audit().append(
-                actor=approver.key_id,
-                action=store.DECISION_ACTIONS[decision],
-                pipeline_key=ws.pipeline_key(),
-                subjects={
-                    "model": candidate.model_digest, "evidence": candidate.evidence_digest,
-                    "request": request.digest, "approval": approval.digest,
-                },
-                details={
-                    "model_name": model, "version": version, "owner": approval.owner,
-                    "reason": reason,
-                },
-            )  # fmt: skip
-        except BaseException:
-            _undo(ws, approval.path, None, f"{decision} of {model}@{version}")
-            raise
-    return approval
+        document = sign_document(approver, body)
+        ledger.append(
+            store.DECISION_ACTIONS[decision],
+            actor=approver.key_id,
+            subjects={
+                "model": candidate.model_digest, "evidence": candidate.evidence_digest,
+                "request": request.digest, "approval": body_digest(body),
+            },
+            details={
+                "model_name": model, "version": version, "owner": entry.owner,
+                "reason": reason, "signed": document,
+            },
+        )  # fmt: skip
+        path = store.write_copy(layout, model, version, store.approval_file(entry.key_id), document)
+        _commit_copies(ledger, f"aegis: {decision} {model}@{version} ({entry.owner})", [path])
+    return body_digest(body)
+
+
+def usable_request(
+    ledger: Ledger, candidate: store.Candidate, params: PromoteParams
+) -> tuple[store.ApprovalRequest | None, str | None]:
+    """The latest request if it can still be approved and completed, else (None, why).
+
+    It must bind this candidate, not be expired, and be bound to the promotion
+    policy that is in force now (the ``promote:`` section's digest).
+    """
+    status = store.latest_request(ledger, candidate.model, candidate.version)
+    request = status.request
+    if request is None:
+        return None, status.unusable or "no promotion request"
+    if not request.binds(candidate):
+        return None, "the request names another candidate"
+    if request.expired():
+        return None, "the request expired"
+    if request.policy_digest != policy_digest(params):
+        return None, (
+            "the promotion policy (params.yaml promote:) changed since the request "
+            f"({str(request.policy_digest)[:19]} then, {policy_digest(params)[:19]} now)"
+        )
+    return request, None
 
 
 def promote(
-    ws: Workspace, target: Target, *, operator_key_path: Path, resume: bool = False
+    ledger: Ledger, target: Target, *, operator_key_path: Path, resume: bool = False
 ) -> PromotionOutcome:
     """Promotes ``target`` to prod if it passes the gates and has enough approvals.
 
     Args:
-        ws: The workspace.
+        ledger: The workspace's verified ledger.
         target: ``model@vN`` (or a stage holder).
         operator_key_path: The requesting operator's private key.
         resume: Complete an existing pending request (refuses if there is none valid).
@@ -254,97 +267,102 @@ def promote(
 
     Raises:
         GateFailure: A gate failed (exit 1, rows for the table).
-        RefusedError: Verification, ``approval`` (rejected, expired on resume,
-            tampered or replayed approval files), ``registry`` (the version is marked
-            bad) or ``signer`` (not an operator).
+        RefusedError: Verification, ``approval`` (rejected; on resume: no request,
+            expired, or made under another policy), ``registry`` (the version is
+            marked bad) or ``signer`` (not an operator).
     """
-    notes = reconcile(ws)
-    operator, requester = _operator(ws, operator_key_path)
-    verified = open_release(ws, target)
+    notes = reconcile(ledger)
+    operator, requester = _operator(ledger, operator_key_path)
+    verified = open_release(ledger, target)
     candidate = store.Candidate.of(verified)
     model, version = candidate.model, candidate.version
-    params = ws.params().promote
-    state = read_registry(ws, model)
+    params = ledger.ws.params().promote
+    state = read_registry(ledger, model)
     if state.prod == version:
         return PromotionOutcome("already-prod", model, version, version, notes=notes)
     if version in state.bad:
         raise RefusedError(
             "registry", f"{model}@{version} is marked bad (rolled back from); release anew"
         )
-    prod = _prod_release(ws, model, state.prod, version)
-    gates = require_gates(gates_for(verified, params, prod))
-    request = store.load_request(ws, model, version)
-    usable = request is not None and request.binds(candidate) and not request.expired()
-    if resume and not usable:
-        why = (
-            "no promotion request"
-            if request is None
-            else "the request expired"
-            if request.binds(candidate)
-            else "the request names another candidate"
-        )
+    request, why = usable_request(ledger, candidate, params)
+    if resume and request is None:  # before the gates: a resume under another policy is refused
         raise RefusedError("approval", f"{model}@{version}: {why}; run `aegis promote` first")
-    if not usable:
-        request = record_request(ws, candidate, operator, requester, gates, params)
-    tally = _tally(ws, candidate, request, params)
+    prod = _prod_release(ledger, model, state.prod, version)
+    gates = require_gates(gates_for(verified, params, prod))
+    if request is None:
+        request = record_request(ledger, candidate, operator, requester, gates, params)
+    tally = _tally(ledger, candidate, request)
     outcome = PromotionOutcome(
-        "pending", model, version, state.prod, _rel(ws, request.path), request.expires,
-        list(tally.approvers), tally.required, gates, notes + tally.ignored,
+        "pending", model, version, state.prod, Layout.of(ledger.ws).rel(
+            store.version_dir(Layout.of(ledger.ws), model, version) / store.REQUEST_FILE),
+        request.expires, list(tally.approvers), tally.required, gates, notes + tally.ignored,
+        counted_seq=tally.counted_seq,
     )  # fmt: skip
     if not tally.enough:
         return outcome
-    previous, rechecked, outcome.status = _assign(ws, verified, request, operator, prod)
+    previous, rechecked, outcome.status = _assign(ledger, verified, request, operator, prod)
     outcome.previous_prod, outcome.gates = previous, rechecked or gates
     return outcome
 
 
-def _tally(ws, candidate, request, params) -> review.ApprovalTally:
-    tally = review.count_approvals(ws, candidate, request, params)
+def _tally(ledger: Ledger, candidate, request) -> review.ApprovalTally:
+    tally = review.count_approvals(ledger, candidate, request)
     if tally.rejected_by:
         owner, reason = tally.rejected_by[0]
         raise RefusedError("approval", f"rejected by {owner}: {reason or 'no reason given'}")
     return tally
 
 
-def _assign(ws, verified, request, operator, prod) -> tuple[str | None, list[GateResult], str]:
-    """Assigns prod under the lock, re-checking prod, release, gates and approvals.
+def _assign(
+    ledger: Ledger, verified, request, operator, prod
+) -> tuple[str | None, list[GateResult], str]:
+    """Assigns prod under the lock, re-checking prod, release, policy, gates and approvals.
 
-    Retries if prod changed between planning and the lock.
+    Plans again if prod or the tag counter changed between planning and the lock.
     """
+    ws = ledger.ws
     candidate = store.Candidate.of(verified)
     model, version = candidate.model, candidate.version
     for _ in range(_ATTEMPTS):
-        previous = read_registry(ws, model).prod
+        state = read_registry(ledger, model)
+        previous = state.prod
         if previous == version:
             return previous, [], "already-prod"
         if (prod.version if prod else None) != previous:
-            prod = _prod_release(ws, model, previous, version)
+            prod = _prod_release(ledger, model, previous, version)
         ops = [(PROD, False)] + ([(PROD, True)] if previous else [])
         planned = plan_stage_tags(ws, model=model, ops=ops)
-        entered = False
+        holders = [version] + ([previous] if previous else [])
+        commits = dict(zip(planned, _commits_of(state, holders), strict=True))
         try:
             with registry_change(
-                ws, action="promote", actor=operator.key_id, tags=planned,
+                ledger, action="promote", actor=operator.key_id, tags=planned, commits=commits,
                 subjects={"model": candidate.model_digest, "evidence": candidate.evidence_digest,
                           "request": request.digest},
                 details={"model_name": model, "version": version, "previous_prod": previous},
             ) as change:  # fmt: skip
-                entered = True
-                if read_registry(ws, model).prod != previous or planned != plan_stage_tags(
+                if read_registry(ledger, model).prod != previous or planned != plan_stage_tags(
                     ws, model=model, ops=ops
                 ):
                     raise _Stale
-                again = verify_release(ws, verified.directory, expect=verified.target)
+                again = verify_release(ledger, verified.directory, expect=verified.target)
                 if store.Candidate.of(again) != candidate:
                     raise RefusedError(
                         "integrity", f"{model}@{version} is another build than the one verified"
                     )
                 params = ws.params().promote
+                if request.policy_digest != policy_digest(params):
+                    raise RefusedError(
+                        "approval",
+                        "the promotion policy changed during the promotion; request again",
+                    )
                 gates = require_gates(gates_for(again, params, prod))
-                tally = _tally(ws, candidate, request, params)
+                tally = _tally(ledger, candidate, request)
                 if not tally.enough:
                     raise RefusedError("approval", f"{tally.missing} approval(s) missing")
-                message = f"promote {model}@{version}: approved by {', '.join(tally.approvers)}"
+                message = change.message(
+                    f"promote {model}@{version}: approved by {', '.join(tally.approvers)}"
+                )
                 assign_stage(ws, model=model, version=version, stage=PROD, message=message)
                 crash_point("promote.assign")
                 if previous:
@@ -352,48 +370,54 @@ def _assign(ws, verified, request, operator, prod) -> tuple[str | None, list[Gat
                     crash_point("promote.unassign")
                 change.details.update({"approvers": tally.approvers, "previous_prod": previous})
             return previous, gates, "promoted"
-        except _Stale:
+        except (_Stale, StalePlanError):
             continue
-        except RefusedError as exc:  # the journal saw our planned tags taken: plan again
-            if entered or exc.check != "registry":
-                raise
     raise RefusedError("registry", f"{model}: prod kept changing during the promotion; try again")
 
 
+def _commits_of(state, versions: list[str]) -> list[str]:
+    return [state.get(v).commit for v in versions]
+
+
 def approve(
-    ws: Workspace,
+    ledger: Ledger,
     target: Target,
     *,
     approver_key_path: Path,
     reject: bool = False,
     reason: str = "",
 ) -> ApprovalOutcome:
-    """Writes a signed approval (or rejection) of the pending request for ``target``.
+    """Records a signed approval (or rejection) of the pending request for ``target``.
 
     Raises:
-        RefusedError: Verification of the release, or ``approval``: no request, not a
-            current approver, the requester's owner, an expired request, a request
-            for another candidate, a decision already recorded.
+        RefusedError: Verification of the release, or ``approval``: no usable
+            request (none, expired, another candidate, another policy), not a
+            current approver, the requester's owner, a decision already recorded.
         UsageError: ``reject`` without a reason.
     """
     if reject and not reason.strip():
         raise UsageError("--reject needs --reason")
-    notes = reconcile(ws)
+    notes = reconcile(ledger)
     approver = load_private_key(approver_key_path)
-    verified = open_release(ws, target)
+    verified = open_release(ledger, target)
     candidate = store.Candidate.of(verified)
     model, version = candidate.model, candidate.version
-    request = store.load_request(ws, model, version)
-    if request is None:
-        raise RefusedError(
-            "approval", f"{model}@{version}: no promotion request (run `aegis promote` first)"
-        )
+    status = store.latest_request(ledger, model, version)
+    if status.request is None:
+        why = status.unusable or "no promotion request"
+        raise RefusedError("approval", f"{model}@{version}: {why} (run `aegis promote` first)")
+    request = status.request
+    if request.binds(candidate) and not request.expired():
+        _, why = usable_request(ledger, candidate, ledger.ws.params().promote)
+        if why is not None:
+            raise RefusedError("approval", f"{model}@{version}: {why}; the operator requests again")
     decision = "reject" if reject else "approve"
-    approval = record_approval(
-        ws, candidate, request, approver=approver, decision=decision, reason=reason
-    )
-    tally = review.count_approvals(ws, candidate, request, ws.params().promote)
+    record_approval(ledger, candidate, request, approver=approver, decision=decision, reason=reason)
+    tally = review.count_approvals(ledger, candidate, request)
+    owner = ledger.trust.by_key_id(approver.key_id).owner  # type: ignore[union-attr]
+    layout = Layout.of(ledger.ws)
+    path = store.version_dir(layout, model, version) / store.approval_file(approver.key_id)
     return ApprovalOutcome(
-        model, version, decision, approval.owner, _rel(ws, approval.path), tally.approvers,
-        tally.required, store.waiting_run(ws, model, version), notes,
+        model, version, decision, owner, layout.rel(path), tally.approvers,
+        tally.required, store.waiting_run(layout, model, version), notes,
     )  # fmt: skip

@@ -22,11 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from aegis import vcs
+from aegis.audit import AuditEntry
 from aegis.config import SignParams
-from aegis.crypto.bundle import hash_directory, hashing_config
+from aegis.crypto.bundle import hash_directory
 from aegis.crypto.keys import canonical_json
-from aegis.errors import ConfigError, RefusedError, UsageError
-from aegis.fileutil import atomic_write, json_object
+from aegis.crypto.signing import (
+    KeySigner,
+    SigstoreSigner,
+    require_sigstore_identity,
+    sign_directory,
+)
+from aegis.errors import ConfigError, RefusedError, StalePlanError, UnsafeFileError, UsageError
+from aegis.fileutil import REPORT_LIMIT, atomic_write, json_object, read_regular
+from aegis.ledger import Action, Ledger
+from aegis.pipeline.layout import Layout
 from aegis.timeutil import utc_now
 from aegis.workspace import Workspace
 
@@ -58,14 +67,6 @@ class Release:
     tag: str
 
 
-def releases_dir(ws: Workspace, model_name: str) -> Path:
-    return ws.root / "releases" / model_name
-
-
-def release_dir(ws: Workspace, model_name: str, number: int) -> Path:
-    return releases_dir(ws, model_name) / f"v{number}"
-
-
 def evidence_digest(files: dict[str, str]) -> str:
     """``sha256:`` over the canonical JSON of the signed ``{file: sha256}`` map."""
     return "sha256:" + hashlib.sha256(canonical_json(files)).hexdigest()
@@ -78,8 +79,8 @@ def sha256_bytes(data: bytes) -> str:
 # -- signing -----------------------------------------------------------------------------------
 
 
-def signing_config(ws: Workspace, sign: SignParams):
-    """The model_signing signing config for ``sign.method`` (key: the pipeline key).
+def signer_for(sign: SignParams, ledger: Ledger) -> KeySigner | SigstoreSigner:
+    """The signer ``sign.method`` names: the pipeline key, or Sigstore keyless.
 
     Sigstore keyless signing needs the network (Fulcio, Rekor, an OIDC token);
     ``sign.identity`` and ``sign.oidc_issuer`` must be set so that the
@@ -88,40 +89,20 @@ def signing_config(ws: Workspace, sign: SignParams):
     Raises:
         ConfigError: Sigstore without identity or OIDC issuer.
     """
-    from model_signing import signing
-
-    config = signing.Config()
     if sign.method == "sigstore":
-        require_sigstore_identity(sign)
-        config = config.use_sigstore_signer(
-            oidc_issuer=sign.oidc_issuer, use_staging=sign.use_staging
-        )
-    else:
-        config = config.use_elliptic_key_signer(private_key=ws.pipeline_key_path)
-    return config.set_hashing_config(hashing_config([BUNDLE]))
+        require_sigstore_identity(sign.identity, sign.oidc_issuer)
+        return SigstoreSigner(oidc_issuer=str(sign.oidc_issuer), use_staging=sign.use_staging)
+    return KeySigner(ledger.ws.pipeline_key_path)
 
 
-def require_sigstore_identity(sign: SignParams) -> tuple[str, str]:
-    """The identity and OIDC issuer Sigstore verification requires.
-
-    Raises:
-        ConfigError: ``sign.identity`` or ``sign.oidc_issuer`` is not set.
-    """
-    missing = [k for k in ("identity", "oidc_issuer") if not getattr(sign, k)]
-    if missing:
-        raise ConfigError(
-            f"params.yaml: sign.method is sigstore but sign.{' and sign.'.join(missing)} "
-            "is not set (verification needs the signer's identity and OIDC issuer)"
-        )
-    return str(sign.identity), str(sign.oidc_issuer)
-
-
-def _signer(ws: Workspace, sign: SignParams) -> dict[str, str]:
+def _signer_record(ledger: Ledger, sign: SignParams) -> dict[str, str]:
     if sign.method == "sigstore":
-        identity, issuer = require_sigstore_identity(sign)
+        identity, issuer = require_sigstore_identity(sign.identity, sign.oidc_issuer)
         return {"method": "sigstore", "identity": identity, "oidc_issuer": issuer}
-    key = ws.pipeline_key()
-    entry = ws.trust().require_signer(key.key_id, role="pipeline", what="release signing", new=True)
+    key = ledger.pipeline_key()
+    entry = ledger.trust.require_signer(
+        key.key_id, role="pipeline", what="release signing", new=True
+    )
     return {"method": "key", "key_id": entry.key_id, "name": entry.name, "owner": entry.owner}
 
 
@@ -130,25 +111,28 @@ def _signer(ws: Workspace, sign: SignParams) -> dict[str, str]:
 
 def _read_bytes(path: Path, what: str) -> bytes:
     try:
-        return path.read_bytes()
+        return read_regular(path, limit=REPORT_LIMIT, what=what)
+    except UnsafeFileError as exc:
+        raise RefusedError("release", exc.detail) from None
     except FileNotFoundError:
         raise RefusedError("release", f"{what} is missing ({path.name}); run the stage") from None
     except OSError as exc:
         raise RefusedError("release", f"{what} cannot be read ({exc.strerror})") from None
 
 
-def _gather(ws: Workspace, name: str) -> dict[str, Any]:
+def _gather(ledger: Ledger, name: str) -> dict[str, Any]:
     """Checks that model, metrics, validation and dataset agree; returns what they say."""
+    from aegis.pipeline.train import registry_name
     from aegis.train.checkpoint import load_checkpoint
-    from aegis.train.stage import model_dir, registry_name
 
-    model_path = model_dir(ws, name)
+    ws = ledger.ws
+    layout = Layout.of(ws)
+    model_path = layout.model(name)
     if not model_path.is_dir():
         raise RefusedError("release", f"models/{name} is missing; train first")
     loaded = load_checkpoint(model_path)
     digest = loaded.digest
-    reports = ws.root / "reports" / name
-    metrics_bytes = _read_bytes(reports / "metrics.json", f"reports/{name}/metrics.json")
+    metrics_bytes = _read_bytes(layout.metrics(name), f"reports/{name}/metrics.json")
     metrics = json_object(metrics_bytes, check="release", what=f"reports/{name}/metrics.json")
     if metrics.get("model") != digest:
         raise RefusedError(
@@ -156,56 +140,44 @@ def _gather(ws: Workspace, name: str) -> dict[str, Any]:
             f"reports/{name}/metrics.json is of model {str(metrics.get('model'))[:19]}, "
             f"models/{name} is {digest[:19]}; evaluate again",
         )
-    if not (reports / "report.html").is_file():
-        raise RefusedError("release", f"reports/{name}/report.html is missing")
+    report_bytes = _read_bytes(layout.report(name), f"reports/{name}/report.html")
     dataset = str(loaded.config.get("dataset"))
     what = f"validation/{name}/result.json"
-    validation_bytes = _read_bytes(ws.root / "validation" / name / "result.json", what)
+    validation_bytes = _read_bytes(layout.validation_result(name), what)
     validation = json_object(validation_bytes, check="release", what=what)
     if validation.get("dataset") != dataset or validation.get("success") is not True:
         raise RefusedError("release", f"no passed validation of dataset {dataset[:19]}")
-
-    ws.verify_audit()
-    entries = ws.audit().entries()
-    if not any(e.action == "train.done" and e.subjects.get("model") == digest for e in entries):
+    if ledger.trained(digest) is None:
         raise RefusedError("release", f"no train.done audit entry for model {digest[:19]}")
-    if not any(
-        e.action == "evaluate.done"
-        and e.subjects.get("model") == digest
-        and e.subjects.get("metrics") == sha256_bytes(metrics_bytes)
-        for e in entries
-    ):
+    if ledger.evaluated(digest, sha256_bytes(metrics_bytes)) is None:
         raise RefusedError(
             "release", f"no evaluate.done audit entry for these metrics of {digest[:19]}"
         )
-    accepted = [
-        e for e in entries if e.action == "ingest.accepted" and e.subjects.get("dataset") == dataset
-    ]
-    if not accepted:
+    accepted = ledger.accepted(dataset)
+    if accepted is None:
         raise RefusedError("dataset", f"dataset {dataset[:19]} was never accepted by ingest")
-    d = accepted[-1].details
     return {
         "name": name,
         "model_name": registry_name(ws, name),
         "model_path": model_path,
-        "reports": reports,
         "model_digest": digest,
         # the bytes checked here are the bytes released (never read again from disk)
         "metrics_bytes": metrics_bytes,
+        "report_bytes": report_bytes,
         "validation_bytes": validation_bytes,
         "dataset": {
             "format": "aegis-release-dataset/1",
-            "name": d.get("name"),
+            "name": accepted.name,
             "digest": dataset,  # the dataset digest is the signed manifest's digest
             "manifest_digest": dataset,
-            "created": d.get("created"),
-            "supplier": d.get("supplier"),
-            "supplier_owner": d.get("supplier_owner"),
-            "supplier_key_id": d.get("supplier_key_id"),
-            "dvc_md5": d.get("dvc_md5"),
-            "commit": d.get("commit"),
-            "rows": d.get("rows"),
-            "audit_seq": accepted[-1].seq,
+            "created": accepted.created,
+            "supplier": accepted.supplier,
+            "supplier_owner": accepted.supplier_owner,
+            "supplier_key_id": accepted.supplier_key_id,
+            "dvc_md5": accepted.dvc_md5,
+            "commit": accepted.commit,
+            "rows": accepted.rows,
+            "audit_seq": accepted.seq,
         },
     }
 
@@ -229,9 +201,9 @@ def _assemble(ws: Workspace, facts: dict[str, Any], scratch: Path) -> None:
     if model_digest(scratch / "model") != facts["model_digest"]:
         raise RefusedError("release", f"models/{name} changed while the release was built")
     (scratch / "metrics.json").write_bytes(facts["metrics_bytes"])
-    shutil.copyfile(facts["reports"] / "report.html", scratch / "report.html")
+    (scratch / "report.html").write_bytes(facts["report_bytes"])
     (scratch / "validation.json").write_bytes(facts["validation_bytes"])
-    shutil.copyfile(ws.params_path, scratch / "params.yaml")
+    (scratch / "params.yaml").write_bytes(read_regular(ws.params_path, what="params.yaml"))
     atomic_write(
         scratch / "dataset.json",
         json.dumps(facts["dataset"], indent=1, sort_keys=True).encode() + b"\n",
@@ -239,12 +211,12 @@ def _assemble(ws: Workspace, facts: dict[str, Any], scratch: Path) -> None:
     shutil.copyfile(environment_sbom(), scratch / "sbom.cdx.json")
 
 
-def next_number(ws: Workspace, model_name: str) -> int:
+def next_number(ledger: Ledger, model_name: str) -> int:
     """The next free release number: past every registered version and every directory."""
     from aegis.registry.tags import read_registry
 
-    used = [v.number for v in read_registry(ws, model_name).versions]
-    base = releases_dir(ws, model_name)
+    used = [v.number for v in read_registry(ledger, model_name).versions]
+    base = Layout.of(ledger.ws).releases(model_name)
     if base.is_dir():
         for p in base.iterdir():
             if m := re.fullmatch(r"v([1-9][0-9]*)(\.dvc)?", p.name):
@@ -255,18 +227,19 @@ def next_number(ws: Workspace, model_name: str) -> int:
 # -- building ----------------------------------------------------------------------------------
 
 
-def build_release(ws: Workspace, dataset_name: str, *, actor: str) -> Release:
+def build_release(ledger: Ledger, dataset_name: str, *, actor: str) -> Release:
     """Builds, signs, commits and registers the release of ``models/<dataset_name>``.
 
     The release is assembled and signed in a scratch directory *before* the
     workspace lock is taken (signing may be Sigstore: network and OIDC), for
     the version number chosen then. Under the lock (one registry change) the
     number is checked to be still free, the directory moved into place,
-    ``dvc add``ed and committed, ``release.created`` audited, then the tag
-    created: a release whose tag exists always has its audit entry.
+    ``dvc add``ed and committed, ``release.created`` audited (naming the commit
+    the tag must point to), then the tag created: a release whose tag exists
+    always has its audit entry.
 
     Args:
-        ws: The workspace.
+        ledger: The workspace's ledger.
         dataset_name: The dataset the model was trained on (``models/<name>``).
         actor: Key id of who asked for the release.
 
@@ -285,23 +258,24 @@ def build_release(ws: Workspace, dataset_name: str, *, actor: str) -> Release:
     from aegis.registry.tags import register_version
     from aegis.registry.targets import check_model_name, version_str
 
+    ws = ledger.ws
+    layout = Layout.of(ws)
     sign = ws.params().sign
-    signer = _signer(ws, sign)
-    facts = _gather(ws, dataset_name)
+    signer = _signer_record(ledger, sign)
+    facts = _gather(ledger, dataset_name)
     model_name = facts["model_name"]
-    _inside_releases(ws, release_dir(ws, model_name, 1))
+    _inside_releases(ws, layout.release(model_name, 1))
     try:
         check_model_name(model_name)
     except UsageError as exc:
         raise RefusedError("release", f"train.model_name: {exc}") from None
     with staging_area(ws) as scratch:
-        number = next_number(ws, model_name)
-        target = _inside_releases(ws, release_dir(ws, model_name, number))
+        number = next_number(ledger, model_name)
+        target = _inside_releases(ws, layout.release(model_name, number))
         version = version_str(number)
         tag = f"{model_name}@{version}"
         _assemble(ws, facts, scratch)
-        rel = str(target.relative_to(ws.root))
-        entries = ws.audit().entries()
+        rel = layout.rel(target)
         info = {
             "format": FORMAT,
             "model_name": model_name,
@@ -311,7 +285,8 @@ def build_release(ws: Workspace, dataset_name: str, *, actor: str) -> Release:
             "dataset_digest": facts["dataset"]["digest"],
             "evidence": sorted(["model/" + f for f in MODEL_FILES] + list(EVIDENCE)),
             "commit": vcs.head_commit(ws.root),
-            "audit_head": entries[-1].hash if entries else None,
+            "audit_head": ledger.log.head_hash,
+            "audit_seq": len(ledger.log) - 1,
             "created": utc_now(),
             "actor": actor,
             "signer": signer,
@@ -319,40 +294,39 @@ def build_release(ws: Workspace, dataset_name: str, *, actor: str) -> Release:
         atomic_write(
             scratch / RELEASE_JSON, json.dumps(info, indent=1, sort_keys=True).encode() + b"\n"
         )
-        signing_config(ws, sign).sign(scratch, scratch / BUNDLE)  # never under the lock
+        sign_directory(scratch, bundle_name=BUNDLE, signer=signer_for(sign, ledger))  # unlocked
         evidence = evidence_digest(hash_directory(scratch, ignored=[BUNDLE]))
         subjects = {"model": facts["model_digest"], "dataset": facts["dataset"]["digest"]}
         with registry_change(
-            ws, action="release", actor=actor, tags=[tag], subjects=subjects,
+            ledger, action="release", actor=actor, tags=[tag], subjects=subjects,
             details={"model_name": model_name, "version": version, "directory": rel},
         ) as change:  # fmt: skip
-            if next_number(ws, model_name) != number:
-                raise RefusedError(
-                    "registry", f"another release took {version} meanwhile; run it again"
-                )
-            commit = _commit(ws, scratch, target, message=f"release {tag}\n\nmodel: "
+            if next_number(ledger, model_name) != number:
+                raise StalePlanError(f"another release took {version} meanwhile; run it again")
+            commit = _commit(ledger, scratch, target, message=f"release {tag}\n\nmodel: "
                              f"{facts['model_digest']}\nevidence: {evidence}")  # fmt: skip
             try:
                 crash_point("release.commit")
-                # audited before the tag: a tag never exists without its release.created
-                ws.audit().append(
+                # audited before the tag: a tag never exists without its release.created,
+                # and the entry binds the tag to this commit (reconcile checks it)
+                ledger.append(
+                    Action.RELEASE_CREATED,
                     actor=actor,
-                    action="release.created",
-                    pipeline_key=ws.pipeline_key(),
                     subjects={**subjects, "evidence": evidence},
                     details={
                         "model_name": model_name, "version": version, "tag": tag,
                         "commit": commit, "directory": rel, "intent": change.intent.seq,
+                        "tag_commits": {tag: commit},
                     },
                 )  # fmt: skip
                 crash_point("release.audit")
                 register_version(
                     ws, model=model_name, version=version, ref=commit,
-                    message=f"release {tag} {facts['model_digest']}",
+                    message=change.message(f"release {tag} {facts['model_digest']}"),
                 )  # fmt: skip
                 crash_point("release.tag")
             except BaseException:
-                _undo_commit(ws, target, reset_to=f"{commit}~1")
+                _undo_commit(ledger, target, reset_to=f"{commit}~1")
                 raise
             change.details.update({"evidence": evidence, "commit": commit})
     return Release(
@@ -385,8 +359,9 @@ def _tracked(ws: Workspace, path: str) -> bool:
     return bool(vcs.git(ws.root, "ls-files", "--", path).strip())
 
 
-def _commit(ws: Workspace, scratch: Path, target: Path, *, message: str) -> str:
+def _commit(ledger: Ledger, scratch: Path, target: Path, *, message: str) -> str:
     """Moves the signed scratch directory into place, ``dvc add``s it and commits (or undoes)."""
+    ws = ledger.ws
     before = vcs.head_commit(ws.root)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(scratch), target)
@@ -394,20 +369,21 @@ def _commit(ws: Workspace, scratch: Path, target: Path, *, message: str) -> str:
     paths = [f"{rel}.dvc", str(rel.parent / ".gitignore")]
     try:
         vcs.dvc(ws.root, "add", "-q", str(rel))
-        commit = vcs.commit_paths(ws.root, message, paths)
+        commit = ledger.commit(message, paths)
         if commit == before:
             raise ConfigError(f"release {rel}: nothing was committed")
         return commit
     except BaseException:
-        _undo_commit(ws, target, reset_to=before)
+        _undo_commit(ledger, target, reset_to=before)
         raise
 
 
-def _undo_commit(ws: Workspace, target: Path, *, reset_to: str) -> None:
+def _undo_commit(ledger: Ledger, target: Path, *, reset_to: str) -> None:
     """Removes a release directory, its ``.dvc`` file and the commit that added them.
 
     Runs under the workspace lock, right after the commit: ``reset_to`` is its parent.
     """
+    ws = ledger.ws
     _inside_releases(ws, target)  # never remove anything outside releases/
     rel = target.relative_to(ws.root)
     gitignore = str(rel.parent / ".gitignore")
@@ -421,6 +397,36 @@ def _undo_commit(ws: Workspace, target: Path, *, reset_to: str) -> None:
         vcs.git(ws.root, "checkout", "-q", "--", gitignore, check=False)
     else:
         Path(ws.root / gitignore).unlink(missing_ok=True)
+
+
+def undo_aborted_release(ledger: Ledger, intent: AuditEntry) -> None:
+    """Removes what a release interrupted before its tag left behind (reconcile calls it).
+
+    The directory, its ``.dvc`` file and its ``.gitignore`` line go, in a new
+    commit (later commits may sit on top of the release commit, so it is not
+    reset). Only a directory inside ``releases/`` that the intent named is touched.
+    """
+    ws = ledger.ws
+    rel = intent.details.get("directory")
+    if not isinstance(rel, str) or not rel:
+        return
+    try:
+        target = _inside_releases(ws, ws.root / rel)
+    except RefusedError:
+        return
+    dvc_file = f"{rel}.dvc"
+    gitignore = ws.root / Path(rel).parent / ".gitignore"
+    shutil.rmtree(target, ignore_errors=True)
+    changed = [dvc_file] if _tracked(ws, dvc_file) else []
+    Path(ws.root / dvc_file).unlink(missing_ok=True)  # `git add` of it records the deletion
+    if gitignore.is_file() and not gitignore.is_symlink():
+        line = f"/{target.name}"
+        kept = [ln for ln in gitignore.read_text().splitlines() if ln.strip() != line]
+        atomic_write(gitignore, ("\n".join(kept) + "\n").encode() if kept else b"")
+        changed.append(str(gitignore.relative_to(ws.root)))
+    if changed:
+        version = intent.details.get("version", target.name)
+        ledger.commit(f"aegis: remove the interrupted release {version} (never tagged)", changed)
 
 
 def push_release(ws: Workspace, release: Release) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aegis.errors import RefusedError, UsageError
+from aegis.ledger import Ledger
 from aegis.registry import journal
 from aegis.registry import tags as registry_tags
 from aegis.registry.targets import Target, check_model_name
@@ -56,24 +57,22 @@ class RollbackOutcome:
     reconciled: list[str] = field(default_factory=list)
 
 
-def released_digests(ws: Workspace, model: str, version: str) -> dict[str, str]:
+def released_digests(ledger: Ledger, model: str, version: str) -> dict[str, str]:
     """The digests the audit log recorded when ``model@version`` was released.
 
-    Read from the hash-chained audit log rather than the release directory, so
+    Read from the verified audit log rather than the release directory, so
     the digests of a tampered or missing release are still the true ones.
     Returns an empty dict if no ``release.created`` entry names the version.
     """
-    for entry in reversed(ws.audit().entries()):
-        if entry.action != "release.created":
-            continue
-        details = entry.details
-        if details.get("model_name") == model and details.get("version") == version:
-            return dict(entry.subjects)
-    return {}
+    record = ledger.release(model, version)
+    if record is None:
+        return {}
+    found = {"model": record.model_digest, "evidence": record.evidence_digest}
+    return {k: v for k, v in found.items() if v}
 
 
-def _only_model(ws: Workspace) -> str:
-    names = registry_tags.models(ws)
+def _only_model(ledger: Ledger) -> str:
+    names = registry_tags.models(ledger.ws)
     if len(names) == 1:
         return names[0]
     if not names:
@@ -82,7 +81,7 @@ def _only_model(ws: Workspace) -> str:
 
 
 def plan_rollback(
-    ws: Workspace,
+    ledger: Ledger,
     *,
     to: Target | None,
     reason: str,
@@ -92,7 +91,7 @@ def plan_rollback(
     """Decides the rollback: who, from which prod version, to which version.
 
     Args:
-        ws: The workspace.
+        ledger: The workspace's verified ledger.
         to: The target version (``name@vN``), or None for the latest earlier
             prod version not marked bad.
         reason: Why (required; audited).
@@ -108,11 +107,11 @@ def plan_rollback(
         raise UsageError("a rollback needs --reason (it goes to the audit log)")
     if operator_key_path is None:
         raise UsageError("a rollback is an operator's decision: give --key OPERATOR_KEY")
-    actor, _ = ws.actor(operator_key_path, role="operator")
+    actor, _ = ledger.actor(operator_key_path, role="operator")
     if to is not None and model is not None and to.model != model:
         raise UsageError(f"--to {to} names another model than --model {model}")
-    name = check_model_name(to.model if to else model or _only_model(ws))
-    state = registry_tags.read_registry(ws, name)
+    name = check_model_name(to.model if to else model or _only_model(ledger))
+    state = registry_tags.read_registry(ledger, name)
     if not state.versions:
         raise RefusedError("registry", f"{name}: no such registered model")
     if state.prod is None:
@@ -139,7 +138,7 @@ def plan_rollback(
     )
 
 
-def verify_target(ws: Workspace, plan: RollbackPlan):
+def verify_target(ledger: Ledger, plan: RollbackPlan):
     """Fetches (from DVC if needed) and verifies the target release.
 
     Returns:
@@ -147,20 +146,23 @@ def verify_target(ws: Workspace, plan: RollbackPlan):
     """
     from aegis.registry.verify import open_release
 
-    return open_release(ws, Target(model=plan.model, version=plan.to_version))
+    return open_release(ledger, Target(model=plan.model, version=plan.to_version))
 
 
-def apply_rollback(ws: Workspace, plan: RollbackPlan, verified) -> RollbackOutcome:
+def apply_rollback(ledger: Ledger, plan: RollbackPlan, verified) -> RollbackOutcome:
     """Moves prod to the verified target and marks the previous holder bad.
 
     Under the workspace lock, the registry is read again: if prod moved or the
     target was marked bad meanwhile, the change is refused (and audited as
-    aborted) and nothing changes.
+    aborted) and nothing changes. The intent binds each tag to its commit (the
+    target's registration commit, the old holder's), so a crash is completed
+    only onto those commits.
     """
+    ws = ledger.ws
     if (verified.model_name, verified.version) != (plan.model, plan.to_version):
         raise RefusedError("identity", f"verified {verified.version}, planned {plan.to_version}")
     started = time.perf_counter()
-    old = released_digests(ws, plan.model, plan.from_version)
+    old = released_digests(ledger, plan.model, plan.from_version)
     subjects = {"model": verified.model_digest, "evidence": verified.evidence_digest}
     if old.get("model"):
         subjects["from_model"] = old["model"]
@@ -172,16 +174,24 @@ def apply_rollback(ws: Workspace, plan: RollbackPlan, verified) -> RollbackOutco
         "to_version": plan.to_version,
         "reason": plan.reason,
     }
+    state = registry_tags.read_registry(ledger, plan.model)
     planned = registry_tags.plan_stage_tags(
         ws,
         model=plan.model,
         ops=[(registry_tags.PROD, False), (registry_tags.PROD, True), (registry_tags.BAD, False)],
     )
-    message = f"aegis rollback {plan.from_version} -> {plan.to_version}: {plan.reason}"
+    commits = [state.get(v) for v in (plan.to_version, plan.from_version, plan.from_version)]
+    if any(c is None for c in commits):
+        raise RefusedError("registry", f"{plan.model}: a planned version is not registered")
+    bound = dict(zip(planned, [c.commit for c in commits], strict=True))  # type: ignore[union-attr]
     with journal.registry_change(
-        ws, action="rollback", actor=plan.actor, tags=planned, subjects=subjects, details=details
-    ) as change:
-        state = registry_tags.read_registry(ws, plan.model)
+        ledger, action="rollback", actor=plan.actor, tags=planned, commits=bound,
+        subjects=subjects, details=details,
+    ) as change:  # fmt: skip
+        message = change.message(
+            f"aegis rollback {plan.from_version} -> {plan.to_version}: {plan.reason}"
+        )
+        state = registry_tags.read_registry(ledger, plan.model)
         if state.prod != plan.from_version:
             raise RefusedError(
                 "rollback", f"prod moved to {state.prod} meanwhile (was {plan.from_version})"
@@ -194,7 +204,7 @@ def apply_rollback(ws: Workspace, plan: RollbackPlan, verified) -> RollbackOutco
         journal.crash_point("rollback.unassign")
         _set_stage(ws, plan, plan.from_version, registry_tags.BAD, message, unassign=False)
         journal.crash_point("rollback.mark-bad")
-    done = ws.audit().entries()[-1]
+    done = ledger.log.last
     return RollbackOutcome(
         model=plan.model,
         from_version=plan.from_version,
@@ -205,7 +215,7 @@ def apply_rollback(ws: Workspace, plan: RollbackPlan, verified) -> RollbackOutco
         to_evidence_digest=verified.evidence_digest,
         actor=plan.actor,
         reason=plan.reason,
-        audit_seq=done.seq,
+        audit_seq=done.seq if done else -1,
         tags=list(change.tags),
         seconds=time.perf_counter() - started,
     )
@@ -219,7 +229,7 @@ def _set_stage(
 
 
 def rollback(
-    ws: Workspace,
+    ledger: Ledger,
     *,
     to: Target | None,
     reason: str,
@@ -229,7 +239,7 @@ def rollback(
     """Verified rollback: plan, verify the target, then move prod (see the module docstring).
 
     Args:
-        ws: The workspace.
+        ledger: The workspace's verified ledger.
         to: Target version, or None for the latest earlier prod version not marked bad.
         reason: Why (audited).
         operator_key_path: An active operator key (the audited actor).
@@ -244,10 +254,12 @@ def rollback(
         UsageError: Missing reason or key.
     """
     started = time.perf_counter()
-    reconciled = journal.reconcile(ws)
-    plan = plan_rollback(ws, to=to, reason=reason, operator_key_path=operator_key_path, model=model)
-    verified = verify_target(ws, plan)
-    outcome = apply_rollback(ws, plan, verified)
+    reconciled = journal.reconcile(ledger)
+    plan = plan_rollback(
+        ledger, to=to, reason=reason, operator_key_path=operator_key_path, model=model
+    )
+    verified = verify_target(ledger, plan)
+    outcome = apply_rollback(ledger, plan, verified)
     return dataclasses.replace(
         outcome,
         seconds=time.perf_counter() - started,

@@ -1,30 +1,28 @@
 """What ``aegis status`` shows: every registered version, its stages, figures and approvals.
 
-Read-only display, built from the GTO tags (exact order), each release's
-``release.json`` and ``metrics.json`` (not verified here: anything that
-loads, promotes, rolls back or exports a release verifies it first) and the
-files in ``.aegis/approvals/<model>/<version>/``. Those are checked as
-promotion checks them (:mod:`aegis.registry.approvals_review`, against the
-request's candidate): only approvals that count are shown as approvals, any
-other file as ignored with its reason. A release directory that is not checked
-out in the workspace is shown with the digests the audit log recorded at
-release time.
+Read-only display, built from the GTO tags (exact order, checked against
+the audit log), each release's ``release.json`` and ``metrics.json`` (not
+verified here: anything that loads, promotes, rolls back or exports a release
+verifies it first) and the requests and decisions the audit log holds,
+judged as promotion judges them (:mod:`aegis.registry.approvals_review`):
+only approvals that count are shown as approvals, anything else as ignored
+with its reason. A release directory that is not checked out in the
+workspace is shown with the digests the audit log recorded at release time.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aegis.audit import AuditEntry
-from aegis.crypto.truststore import TrustStore
 from aegis.errors import RefusedError
+from aegis.fileutil import read_json_object
+from aegis.ledger import Ledger
+from aegis.pipeline.layout import Layout
 from aegis.registry import approvals_review as review
 from aegis.registry import approvals_store as store
 from aegis.registry import tags as registry_tags
-from aegis.workspace import Workspace
 
 
 @dataclass
@@ -76,57 +74,47 @@ class ModelStatus:
 
 
 def _json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a release file, for display only (unverified; planted files skipped)."""
     try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        return read_json_object(path, check="status", what=path.name)
+    except RefusedError:
         return None
-    return data if isinstance(data, dict) else None
 
 
-def approval_summary(
-    ws: Workspace,
-    model: str,
-    version: str,
-    *,
-    trust: TrustStore | None = None,
-    entries: list[AuditEntry] | None = None,
-) -> ApprovalSummary:
-    """Summarizes ``.aegis/approvals/<model>/<version>/``: the verified request and decisions.
+def approval_summary(ledger: Ledger, model: str, version: str) -> ApprovalSummary:
+    """The latest audited request of ``model@version`` and the decisions that count.
 
-    Args:
-        trust, entries: The trust store and the (verified) audit entries; loaded if not
-            given. ``entries=[]`` makes every approval file ignored.
+    Files in ``.aegis/approvals/<model>/<version>/`` that no audited decision
+    stands behind are listed as ignored (by name: they are never opened).
     """
     summary = ApprovalSummary()
-    folder = store.version_dir(ws, model, version)
-    if not folder.is_dir():
+    layout = Layout.of(ledger.ws)
+    status = store.latest_request(ledger, model, version)
+    candidate_files = store.stale_copies(layout, model, version)
+    if status.request is None:
+        if status.unusable is not None:
+            summary.requested = True
+            summary.expired = True
+            summary.ignored.append(f"{store.REQUEST_FILE}: ignored: {status.unusable}")
+        summary.ignored += [f"{p.name}: ignored: no valid request" for p in candidate_files]
         return summary
-    summary.requested = (folder / store.REQUEST_FILE).is_file()
-    try:
-        request = store.load_request(ws, model, version)
-    except RefusedError as exc:
-        summary.ignored.append(f"{store.REQUEST_FILE}: ignored: {exc.detail}")
-        request = None
-    if request is None:
-        summary.ignored += [
-            f"{path.name}: ignored: no valid request" for path in folder.glob("approval-*.json")
-        ]
-        return summary
+    request = status.request
+    summary.requested = True
     summary.requester = request.requester_owner
     summary.request_created = request.body.get("created")
     summary.expires = request.expires
     summary.expired = request.expired()
     b = request.body
     candidate = store.Candidate(model, version, b["candidate"], b["evidence"])
-    for verdict in review.review_approvals(ws, candidate, request, trust=trust, entries=entries):
-        if entries == []:  # the audit log did not verify (it always holds workspace.init)
-            summary.ignored.append(f"{verdict.who}: ignored: the audit log does not verify")
-        elif verdict.ignored is not None:
+    verdicts = review.review_decisions(ledger, candidate, request)
+    for verdict in verdicts:
+        if verdict.ignored is not None:
             summary.ignored.append(verdict.note)
         elif verdict.decision == "reject":
-            summary.rejected_by.append(str(verdict.owner))
+            summary.rejected_by.append(verdict.owner)
         elif verdict.owner not in summary.approved_by:
-            summary.approved_by.append(str(verdict.owner))
+            summary.approved_by.append(verdict.owner)
+    summary.ignored += review.unaudited_files(layout, candidate, verdicts)
     return summary
 
 
@@ -135,48 +123,24 @@ def _signer(release: dict[str, Any]) -> str | None:
     if isinstance(signer, dict):
         if signer.get("method") == "sigstore":
             return f"sigstore:{signer.get('identity')}"
-        name = signer.get("name") or signer.get("key_id", "")[:12]
+        name = signer.get("name") or str(signer.get("key_id", ""))[:12]
         return f"{name} ({signer.get('owner')})" if signer.get("owner") else name
     return signer if isinstance(signer, str) else None
 
 
 def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _released(ws: Workspace) -> dict[tuple[str, str], dict[str, Any]]:
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for entry in ws.audit().entries():
-        if entry.action == "release.created":
-            d = entry.details
-            found[(str(d.get("model_name")), str(d.get("version")))] = {
-                **entry.subjects,
-                "time": entry.time,
-                "directory": d.get("directory"),
-            }
-    return found
-
-
-def _verified_log(ws: Workspace) -> tuple[TrustStore, list[AuditEntry]]:
-    """The trust store and the audit entries; none if the log does not verify."""
-    try:
-        ws.verify_audit()
-    except RefusedError:
-        return ws.trust(), []  # then no approval counts (each is shown as ignored)
-    return ws.trust(), ws.audit().entries()
-
-
-def model_status(
-    ws: Workspace, model: str, released: dict[tuple[str, str], dict[str, Any]] | None = None
-) -> ModelStatus:
+def model_status(ledger: Ledger, model: str) -> ModelStatus:
     """The status of one model (see the module docstring)."""
-    released = _released(ws) if released is None else released
-    trust, entries = _verified_log(ws)
-    state = registry_tags.read_registry(ws, model)
+    layout = Layout.of(ledger.ws)
+    released = ledger.releases()
+    state = registry_tags.read_registry(ledger, model)
     versions = []
     for info in state.versions:
-        audited = released.get((model, info.version), {})
-        directory = ws.root / (audited.get("directory") or f"releases/{model}/v{info.number}")
+        audited = released.get((model, info.version))
+        directory = layout.release(model, info.number)
         release = _json(directory / "release.json") or {}
         metrics = _json(directory / "metrics.json") or {}
         robust = metrics.get("robust") if isinstance(metrics.get("robust"), dict) else {}
@@ -189,16 +153,16 @@ def model_status(
                 prod=info.version == state.prod,
                 bad=info.version in state.bad,
                 present=directory.is_dir(),
-                created=release.get("created") or audited.get("time"),
+                created=release.get("created") or (audited.time if audited else None),
                 registered=info.created,
-                model_digest=release.get("model_digest") or audited.get("model"),
-                evidence_digest=audited.get("evidence"),
-                dataset=release.get("dataset_digest") or audited.get("dataset"),
+                model_digest=release.get("model_digest") or (audited and audited.model_digest),
+                evidence_digest=audited.evidence_digest if audited else None,
+                dataset=release.get("dataset_digest") or (audited and audited.dataset_digest),
                 clean_acc=_float(metrics.get("clean_acc")),
                 robust_acc=_float(robust.get("worst_case")),
                 epsilon=_float(metrics.get("epsilon_spent")),
                 signer=_signer(release),
-                approvals=approval_summary(ws, model, info.version, trust=trust, entries=entries),
+                approvals=approval_summary(ledger, model, info.version),
             )
         )
     return ModelStatus(
@@ -210,7 +174,6 @@ def model_status(
     )
 
 
-def registry_status(ws: Workspace) -> list[ModelStatus]:
+def registry_status(ledger: Ledger) -> list[ModelStatus]:
     """The status of every registered model, versions oldest first."""
-    released = _released(ws)
-    return [model_status(ws, m, released) for m in registry_tags.models(ws)]
+    return [model_status(ledger, m) for m in registry_tags.models(ledger.ws)]

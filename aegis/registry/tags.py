@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from aegis import vcs
 from aegis.errors import ConfigError, RefusedError
+from aegis.ledger import Ledger
 from aegis.registry.targets import Target, version_number
 from aegis.workspace import Workspace
 
@@ -95,39 +96,6 @@ def _tags(ws: Workspace, model: str) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _belongs(tag: str, model: str) -> bool:
-    return tag.startswith((f"{model}@", f"{model}#"))
-
-
-def audited_tags(ws: Workspace, model: str) -> tuple[dict[str, str], set[str]]:
-    """The model's tags per the verified audit log.
-
-    Returns:
-        ``{tag: commit}`` created by completed registry changes, and the tags
-        planned by changes still open (in flight, or to be reconciled).
-
-    Raises:
-        RefusedError: ``audit`` (the log does not verify).
-    """
-    ws.verify_audit()
-    entries = ws.audit().entries()
-    closed = {
-        e.details.get("intent")
-        for e in entries
-        if e.action.endswith((".done", ".aborted")) and "intent" in e.details
-    }
-    expected: dict[str, str] = {}
-    in_flight: set[str] = set()
-    for e in entries:
-        if e.action.endswith(".done"):
-            for tag, commit in (e.details.get("tag_commits") or {}).items():
-                if _belongs(tag, model):
-                    expected[tag] = commit
-        elif e.action.endswith(".intent") and e.seq not in closed:
-            in_flight.update(t for t in e.details.get("tags", []) if _belongs(t, model))
-    return expected, in_flight
-
-
 def _check_against_audit(
     model: str, rows: list[tuple[str, str, str]], expected: dict[str, str], in_flight: set[str]
 ) -> None:
@@ -149,23 +117,21 @@ def _check_against_audit(
         )
 
 
-def read_registry(ws: Workspace, model: str, *, audited: bool = True) -> RegistryState:
-    """Reads a model's registry state from its git tags.
-
-    Args:
-        ws: The workspace.
-        model: The registry name.
-        audited: Refuse unless the tags are exactly those the audit log records
-            (always, in product code; tests of tag mechanics alone turn it off).
+def read_registry(ledger: Ledger, model: str) -> RegistryState:
+    """Reads a model's registry state from its git tags, checked against the audit log.
 
     Raises:
-        RefusedError: ``registry``: the tags differ from the audit log.
+        RefusedError: ``registry``: the tags differ from the audit log (a tag no
+            audited change made, an audited tag deleted, or one moved).
     """
-    if audited:  # read the audit log first: a change in flight has its intent there
-        expected, in_flight = audited_tags(ws, model)
-    rows = _tags(ws, model)
-    if audited:
-        _check_against_audit(model, rows, expected, in_flight)
+    expected, in_flight = ledger.audited_tags(model)  # a change in flight has its intent there
+    rows = _tags(ledger.ws, model)
+    _check_against_audit(model, rows, expected, in_flight)
+    return state_of(model, rows)
+
+
+def state_of(model: str, rows: list[tuple[str, str, str]]) -> RegistryState:
+    """The registry state the tag rows ``(tag, commit, created)`` describe (unchecked)."""
     versions: dict[str, VersionInfo] = {}
     by_commit: dict[str, str] = {}
     events: list[tuple[int, str, str, bool]] = []
@@ -204,6 +170,15 @@ def read_registry(ws: Workspace, model: str, *, audited: bool = True) -> Registr
     )
 
 
+def read_tags(ws: Workspace, model: str) -> RegistryState:
+    """The registry state of the tags alone, *not* checked against the audit log.
+
+    Only for planning tag names under the lock and for tests of tag mechanics:
+    everything that decides uses :func:`read_registry`.
+    """
+    return state_of(model, _tags(ws, model))
+
+
 def models(ws: Workspace) -> list[str]:
     """Names of the models with registered versions."""
     out = vcs.git(ws.root, "for-each-ref", "--format=%(refname:strip=2)", "refs/tags/")
@@ -227,11 +202,11 @@ def tag_commits(ws: Workspace, tags: list[str]) -> dict[str, str]:
 
 
 def tag_exists(ws: Workspace, tag: str) -> bool:
-    return bool(vcs.git(ws.root, "tag", "-l", tag).strip())
+    return bool(vcs.git(ws.root, "tag", "-l", "--", tag).strip())
 
 
 def delete_tag(ws: Workspace, tag: str) -> None:
-    vcs.git(ws.root, "tag", "-d", tag)
+    vcs.git(ws.root, "tag", "-d", "--", tag)
 
 
 def _gto(call, *args, **kwargs):

@@ -65,3 +65,25 @@ def parse_target(text: str) -> Target:
     if match := _STAGE.fullmatch(text):
         return Target(model=check_model_name(match["model"]), stage=match["stage"])
     raise UsageError(f"'{text}': a target is NAME@vN, NAME@vN.0.0 or NAME#prod")
+
+
+def parse_release_arg(text: str):
+    """A release directory or a registry target, never ambiguous.
+
+    A path has a ``/`` in it or starts with ``.`` or ``~`` (``./digits-model#prod``,
+    ``releases/digits-model/v3``); anything else is a target (``NAME@vN``,
+    ``NAME@vN.0.0``, ``NAME#STAGE``), whatever directories the current folder holds.
+
+    Returns:
+        A ``Path`` (unresolved) or a :class:`Target`.
+
+    Raises:
+        UsageError: Empty, or neither form.
+    """
+    from pathlib import Path
+
+    if not text.strip():
+        raise UsageError("a release is NAME@vN, NAME#STAGE or a directory path (with a '/')")
+    if "/" in text or text.startswith((".", "~")):
+        return Path(text).expanduser()
+    return parse_target(text)

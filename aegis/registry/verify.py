@@ -15,7 +15,11 @@ fails, naming it:
   path or the requested target (a swapped directory);
 - ``registry``: the evidence digest differs from the one audited when the
   release was built (``release.created``), or that release was aborted;
-- ``dataset``: the dataset was never accepted by ingest.
+- ``freshness``: the audit head the release recorded is not in the log (an
+  older copy of the log was restored);
+- ``dataset``: the dataset was never accepted by ingest;
+- ``supplier``: the dataset's supplier key is revoked since (revocation means
+  nothing it signed verifies any more, so neither does a model trained on it).
 
 Each file verification reads (``release.json``, ``metrics.json``, the model
 files) is read once, its bytes checked against the signed SHA-256, and those
@@ -32,26 +36,35 @@ is trusted. This is a known limitation of keyless mode.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aegis import vcs
-from aegis.crypto.bundle import compare_digests, hash_directory, verify_signed_digests
-from aegis.errors import RefusedError, UsageError
-from aegis.fileutil import json_object
-from aegis.registry.release import (
-    BUNDLE,
-    FORMAT,
-    RELEASE_JSON,
-    evidence_digest,
-    release_dir,
+from aegis.crypto.bundle import compare_digests, hash_directory
+from aegis.crypto.signing import (
+    KeyIdentity,
+    SigstoreIdentity,
+    bundle_kind,
+    require_sigstore_identity,
+    verify_bundle,
 )
+from aegis.errors import (
+    AegisError,
+    FreshnessError,
+    RefusedError,
+    TransientIOError,
+    UnsafeFileError,
+    UsageError,
+)
+from aegis.fileutil import json_object, read_regular
+from aegis.ledger import Ledger
+from aegis.pipeline.layout import Layout
+from aegis.registry.release import BUNDLE, FORMAT, RELEASE_JSON, evidence_digest
 from aegis.registry.targets import Target, version_number
-from aegis.workspace import Workspace
+from aegis.train.digest import MODEL_LIMIT
 
 
 @dataclass(frozen=True)
@@ -78,85 +91,29 @@ class VerifiedRelease:
         return f"{self.model_name}@{self.version}"
 
 
-def _bundle_kind(bundle: Path) -> tuple[str, str]:
-    """("key", key id) or ("sigstore", "") from the unverified bundle.
+def expected_signer(
+    ledger: Ledger, bundle: Path
+) -> tuple[KeyIdentity | SigstoreIdentity, str, str]:
+    """Who must have signed ``bundle``: a trusted pipeline key, or the configured identity.
+
+    Returns:
+        The identity to verify against, the signer's id and its owner.
 
     Raises:
-        RefusedError: ``bundle``.
+        RefusedError: ``bundle`` or ``signer``.
+        ConfigError: A Sigstore bundle, and ``sign`` lacks its identity or issuer.
     """
-    from aegis.crypto.bundle import read_bundle_key_id
-
-    try:
-        data = json.loads(bundle.read_bytes())
-    except FileNotFoundError:
-        raise RefusedError("bundle", f"signature bundle '{BUNDLE}' is missing") from None
-    except (OSError, ValueError, UnicodeDecodeError):
-        raise RefusedError("bundle", f"'{BUNDLE}' is not valid JSON (truncated?)") from None
-    material = data.get("verificationMaterial") if isinstance(data, dict) else None
-    if isinstance(material, dict) and (
-        "certificate" in material or "x509CertificateChain" in material
-    ):
-        return "sigstore", ""
-    return "key", read_bundle_key_id(bundle)
-
-
-def _signed_files(ws: Workspace, bundle: Path) -> tuple[dict[str, str], str, str]:
-    """Checks signer and signature; returns the signed digests, signer id and owner."""
-    kind, key_id = _bundle_kind(bundle)
+    kind, key_id = bundle_kind(bundle)
     if kind == "sigstore":
-        return _sigstore_files(ws, bundle)
-    entry = ws.trust().require_signer(key_id, role="pipeline", what="release", new=False)
-    ws.staging_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".pub", dir=ws.staging_dir) as pub:
-        pub.write(entry.public_key)
-        pub.flush()
-        signed = verify_signed_digests(bundle, public_key_path=Path(pub.name))
-    return signed.files, entry.key_id, entry.owner
-
-
-def sigstore_verifier(ws: Workspace):
-    """model_signing's Sigstore verifier for ``sign.identity`` / ``sign.oidc_issuer``.
-
-    Building it fetches Sigstore's trust root (network).
-
-    Raises:
-        RefusedError: ``signer``: ``sign.method`` is not ``sigstore``.
-        ConfigError: identity or OIDC issuer not set.
-    """
-    from model_signing._signing import sign_sigstore
-
-    from aegis.registry.release import require_sigstore_identity
-
-    sign = ws.params().sign
-    if sign.method != "sigstore":
-        raise RefusedError(
-            "signer", "release is signed with Sigstore, but sign.method is 'key' (pipeline key)"
-        )
-    identity, issuer = require_sigstore_identity(sign)
-    return sign_sigstore.Verifier(
-        identity=identity, oidc_issuer=issuer, use_staging=sign.use_staging
-    )
-
-
-def _sigstore_files(ws: Workspace, bundle: Path) -> tuple[dict[str, str], str, str]:
-    """Verifies a Sigstore bundle for the identity and issuer in ``params.yaml``.
-
-    Limitation: the trust store has no entries for Sigstore identities, so
-    no trust-store entry (role, owner, revocation) is required or checked for
-    the identity; ``params.yaml`` alone names it.
-    """
-    from model_signing._signing import sign_sigstore
-
-    verifier = sigstore_verifier(ws)
-    identity = str(ws.params().sign.identity)
-    try:
-        manifest = verifier.verify(sign_sigstore.Signature.read(bundle))
-    except Exception as exc:  # sigstore raises many types for a bad bundle or identity
-        raise RefusedError(
-            "signature", f"'{BUNDLE}' does not verify for {identity} ({type(exc).__name__})"
-        ) from None
-    files = {str(rd.identifier): rd.digest.digest_hex for rd in manifest.resource_descriptors()}
-    return files, identity, str(ws.params().sign.oidc_issuer)
+        sign = ledger.ws.params().sign
+        if sign.method != "sigstore":
+            raise RefusedError(
+                "signer", "release is signed with Sigstore, but sign.method is 'key' (pipeline key)"
+            )
+        identity, issuer = require_sigstore_identity(sign.identity, sign.oidc_issuer)
+        return SigstoreIdentity(identity, issuer, sign.use_staging), identity, issuer
+    entry = ledger.trust.require_signer(str(key_id), role="pipeline", what="release", new=False)
+    return KeyIdentity(entry.public_key), entry.key_id, entry.owner
 
 
 def _read_signed(directory: Path, files: dict[str, str], name: str) -> bytes:
@@ -169,11 +126,12 @@ def _read_signed(directory: Path, files: dict[str, str], name: str) -> bytes:
     rel = Path(name)
     if name not in files or rel.is_absolute() or ".." in rel.parts:
         raise RefusedError("file-set", f"'{name}' is not a file of the signed release")
-    path = directory / rel
-    if path.is_symlink() or not path.is_file():
-        raise RefusedError("file-set", f"signed file '{name}' is missing or not a regular file")
     try:
-        data = path.read_bytes()
+        data = read_regular(directory / rel, limit=MODEL_LIMIT, what=name)
+    except FileNotFoundError:
+        raise RefusedError("file-set", f"signed file '{name}' is missing") from None
+    except UnsafeFileError as exc:
+        raise RefusedError("file-set", exc.detail) from None
     except OSError as exc:
         raise RefusedError("file-set", f"cannot read '{name}' ({exc.strerror})") from None
     if hashlib.sha256(data).hexdigest() != files[name]:
@@ -187,10 +145,6 @@ def read_verified(verified: VerifiedRelease, name: str) -> bytes:
     For evidence used after verification (``validation.json``, ``params.yaml``
     ...): the bytes returned are the bytes checked, so use them, not the file.
 
-    Args:
-        verified: A release :func:`verify_release` returned.
-        name: The file's signed name (``"params.yaml"``, ``"model/config.json"``).
-
     Raises:
         RefusedError: ``integrity`` (changed since it was signed) or
             ``file-set`` (not a signed file, missing, or not a regular file).
@@ -200,7 +154,7 @@ def read_verified(verified: VerifiedRelease, name: str) -> bytes:
     return _read_signed(verified.directory, verified.files, name)
 
 
-def _check_identity(ws: Workspace, directory: Path, info: dict, expect: Target | None) -> None:
+def _check_identity(layout: Layout, directory: Path, info: dict, expect: Target | None) -> None:
     model, version = info.get("model_name"), info.get("version")
     if info.get("format") != FORMAT or not isinstance(model, str) or not isinstance(version, str):
         raise RefusedError("identity", f"'{RELEASE_JSON}' is not an {FORMAT} release")
@@ -208,24 +162,65 @@ def _check_identity(ws: Workspace, directory: Path, info: dict, expect: Target |
         raise RefusedError(
             "identity", f"directory holds {model}@{version}, not {expect.model}@{expect.version}"
         )
-    releases = (ws.root / "releases").resolve()
+    releases = (layout.root / "releases").resolve()
     if directory.is_relative_to(releases):
-        expected_dir = release_dir(ws, model, version_number(version)).resolve()
+        try:
+            expected_dir = layout.release(model, version_number(version)).resolve()
+        except UsageError:
+            raise RefusedError("identity", f"'{RELEASE_JSON}' names version {version!r}") from None
         if directory != expected_dir:
             raise RefusedError(
                 "identity",
-                f"{directory.relative_to(ws.root)} holds {model}@{version} "
-                f"(whose place is {expected_dir.relative_to(ws.root)}): swapped directory",
+                f"{directory.relative_to(layout.root)} holds {model}@{version} "
+                f"(whose place is {expected_dir.relative_to(layout.root)}): swapped directory",
             )
 
 
+def _check_audit_trail(ledger: Ledger, info: dict, evidence: str) -> None:
+    model, version = info["model_name"], info["version"]
+    record = ledger.release(model, version)
+    if record is None:
+        raise RefusedError("registry", f"no release.created audit entry for {model}@{version}")
+    if record.aborted:
+        raise RefusedError("registry", f"the release of {model}@{version} was aborted")
+    if record.evidence_digest != evidence:
+        raise RefusedError(
+            "registry",
+            f"evidence digest {evidence[:19]} differs from the one audited for "
+            f"{model}@{version} ({str(record.evidence_digest)[:19]})",
+        )
+    head, seq = info.get("audit_head"), info.get("audit_seq")
+    if isinstance(head, str) and head:
+        known = (
+            ledger.holds(seq, head) if isinstance(seq, int) else ledger.find_hash(head) is not None
+        )
+        if not known:
+            raise FreshnessError(
+                f"{model}@{version} was built after audit entry {head[:12]}, which the log "
+                "does not hold: an older copy of the audit log was restored"
+            )
+
+
+def _check_dataset(ledger: Ledger, dataset: str) -> None:
+    accepted = ledger.accepted(dataset)
+    if accepted is None:
+        raise RefusedError("dataset", f"dataset {dataset[:19]} was never accepted by ingest")
+    supplier = ledger.trust.by_key_id(accepted.supplier_key_id)
+    if supplier is not None and supplier.status == "revoked":
+        raise RefusedError(
+            "supplier",
+            f"dataset {dataset[:19]} was signed by '{supplier.name}', revoked since "
+            f"({supplier.reason or 'no reason given'}): nothing trained on it verifies",
+        )
+
+
 def verify_release(
-    ws: Workspace, directory: Path, *, expect: Target | None = None
+    ledger: Ledger, directory: Path, *, expect: Target | None = None
 ) -> VerifiedRelease:
     """Verifies a release directory (see the module docstring for the checks).
 
     Args:
-        ws: The workspace whose trust store and audit log vouch for the release.
+        ledger: The verified ledger whose trust store and audit log vouch for the release.
         directory: The release directory (absolute or workspace-relative).
         expect: The model and version the caller asked for, if any.
 
@@ -238,10 +233,13 @@ def verify_release(
     """
     from aegis.train.digest import CONFIG, WEIGHTS, digest_of
 
-    directory = (ws.root / directory if not Path(directory).is_absolute() else directory).resolve()
+    layout = Layout.of(ledger.ws)
+    directory = Path(directory)
+    directory = (directory if directory.is_absolute() else layout.root / directory).resolve()
     if not directory.is_dir():
         raise UsageError(f"{directory}: not a release directory")
-    files, signer_id, signer_owner = _signed_files(ws, directory / BUNDLE)
+    identity, signer_id, signer_owner = expected_signer(ledger, directory / BUNDLE)
+    files = verify_bundle(directory / BUNDLE, expected=identity).files
     compare_digests(files, hash_directory(directory, ignored=[BUNDLE]))
     # read once, check against the signature, parse the very bytes checked
     info = json_object(
@@ -258,40 +256,14 @@ def verify_release(
         raise RefusedError(
             "integrity", f"release.json, metrics.json and the model files disagree on {digest[:19]}"
         )
-    _check_identity(ws, directory, info, expect)
-    model, version = info["model_name"], info["version"]
+    _check_identity(layout, directory, info, expect)
     evidence = evidence_digest(files)
-
-    ws.verify_audit()
-    entries = ws.audit().entries()
-    created = [
-        e
-        for e in entries
-        if e.action == "release.created"
-        and e.details.get("model_name") == model
-        and e.details.get("version") == version
-    ]
-    if not created:
-        raise RefusedError("registry", f"no release.created audit entry for {model}@{version}")
-    intent = created[-1].details.get("intent")
-    if intent is not None and any(
-        e.action == "release.aborted" and e.details.get("intent") == intent for e in entries
-    ):
-        raise RefusedError("registry", f"the release of {model}@{version} was aborted")
-    if created[-1].subjects.get("evidence") != evidence:
-        raise RefusedError(
-            "registry",
-            f"evidence digest {evidence[:19]} differs from the one audited for "
-            f"{model}@{version} ({str(created[-1].subjects.get('evidence'))[:19]})",
-        )
+    _check_audit_trail(ledger, info, evidence)
     dataset = str(info.get("dataset_digest"))
-    if not any(
-        e.action == "ingest.accepted" and e.subjects.get("dataset") == dataset for e in entries
-    ):
-        raise RefusedError("dataset", f"dataset {dataset[:19]} was never accepted by ingest")
+    _check_dataset(ledger, dataset)
     return VerifiedRelease(
-        model_name=model,
-        version=version,
+        model_name=info["model_name"],
+        version=info["version"],
         directory=directory,
         model_digest=digest,
         evidence_digest=evidence,
@@ -304,45 +276,55 @@ def verify_release(
     )
 
 
-def resolve_directory(ws: Workspace, target: Target) -> tuple[str, Path]:
+def resolve_directory(ledger: Ledger, target: Target) -> tuple[str, Path]:
     """The version a target names and its release directory (not fetched)."""
     from aegis.registry.tags import read_registry
 
-    info = read_registry(ws, target.model).resolve(target)
-    return info.version, release_dir(ws, target.model, info.number)
+    info = read_registry(ledger, target.model).resolve(target)
+    return info.version, Layout.of(ledger.ws).release(target.model, info.number)
 
 
-def open_release(ws: Workspace, target: Target) -> VerifiedRelease:
-    """Resolves ``target`` in the registry, fetches its directory if needed, verifies it.
-
-    The directory comes from the DVC cache (``dvc checkout``) or, failing that,
-    the remote (``dvc pull``).
+def fetch_release(ledger: Ledger, target: Target, directory: Path) -> None:
+    """Restores a release directory from the DVC cache, or else the remote.
 
     Raises:
-        RefusedError: ``registry`` (no such version or stage holder, or its
-            ``.dvc`` file is missing), ``fetch`` (DVC ran but the directory is
-            still missing), or any :func:`verify_release` check.
-        TransientIOError: The DVC remote could not be reached.
+        RefusedError: ``registry`` (its ``.dvc`` file is missing) or ``fetch``
+            (neither the cache nor the remote holds it, or the remote is unreachable:
+            a release that cannot be verified is refused either way).
     """
-    version, directory = resolve_directory(ws, target)
+    ws = ledger.ws
+    layout = Layout.of(ws)
+    dvc_file = directory.with_name(directory.name + ".dvc")
+    rel = layout.rel(dvc_file)
+    if not dvc_file.is_file():
+        raise RefusedError("registry", f"{target}: {rel} is missing from the workspace")
+    with contextlib.suppress(AegisError):  # not in the local cache: the remote
+        vcs.dvc(ws.root, "checkout", "-q", rel)
+    why = ""
     if not directory.is_dir():
-        dvc_file = directory.with_name(directory.name + ".dvc")
-        rel = str(dvc_file.relative_to(ws.root))
-        if not dvc_file.is_file():
-            raise RefusedError("registry", f"{target}: {rel} is missing from the workspace")
         try:
-            vcs.dvc(ws.root, "checkout", "-q", rel)
-        except Exception:  # not in the local cache: the remote
             vcs.dvc(ws.root, "pull", "-q", rel, io=True)
-        if not directory.is_dir():
-            vcs.dvc(ws.root, "pull", "-q", rel, io=True)
-        if not directory.is_dir():
-            raise RefusedError(
-                "fetch",
-                f"{target}: DVC could not restore {directory.relative_to(ws.root)} "
-                "from its cache or remote",
-            )
-    return verify_release(ws, directory, expect=Target(model=target.model, version=version))
+        except TransientIOError as exc:
+            why = f" ({exc})"
+    if not directory.is_dir():
+        raise RefusedError(
+            "fetch",
+            f"{target}: {layout.rel(directory)} is not in the workspace, the DVC cache or the "
+            f"DVC remote{why}",
+        )
+
+
+def open_release(ledger: Ledger, target: Target) -> VerifiedRelease:
+    """Resolves ``target`` in the registry, fetches its directory if needed, verifies it.
+
+    Raises:
+        RefusedError: ``registry`` (no such version or stage holder), ``fetch``
+            (the directory cannot be restored), or any :func:`verify_release` check.
+    """
+    version, directory = resolve_directory(ledger, target)
+    if not directory.is_dir():
+        fetch_release(ledger, target, directory)
+    return verify_release(ledger, directory, expect=Target(model=target.model, version=version))
 
 
 def load_release_model(verified: VerifiedRelease):
@@ -371,3 +353,44 @@ def load_release_model(verified: VerifiedRelease):
     if signed_metadata != loaded.metadata:
         raise RefusedError("integrity", f"{verified}: model/{METADATA} changed after verification")
     return loaded
+
+
+def open_release_arg(ledger: Ledger, text: str) -> tuple[VerifiedRelease, list[str]]:
+    """Verifies the release a target or a directory path names (``aegis verify/export/evaluate``).
+
+    A target is resolved in the registry after interrupted registry changes
+    are reconciled; a path is verified as it is.
+
+    Returns:
+        The verified release, and what reconciling did.
+
+    Raises:
+        UsageError: ``text`` is neither a target nor a path (see ``parse_release_arg``).
+        RefusedError: Any verification check.
+    """
+    from aegis.registry.journal import reconcile
+    from aegis.registry.targets import parse_release_arg
+
+    what = parse_release_arg(text)
+    if isinstance(what, Target):
+        notes = reconcile(ledger)
+        return open_release(ledger, what), notes
+    return verify_release(ledger, Path.cwd() / what), []
+
+
+def is_release_path(ledger: Ledger, directory: Path) -> bool:
+    """Whether a model directory must be verified as (part of) a release to be used.
+
+    Anything under ``releases/``, or holding a ``release.json`` or ``release.sig``
+    (a release whose signature was removed is still a release), is loaded only
+    through verification; other directories are plain checkpoints.
+    """
+    from aegis.registry.release import BUNDLE, RELEASE_JSON
+
+    resolved = directory.resolve()
+    releases = (ledger.ws.root / "releases").resolve()
+    return (
+        resolved.is_relative_to(releases)
+        or (resolved / RELEASE_JSON).exists()
+        or (resolved / BUNDLE).exists()
+    )

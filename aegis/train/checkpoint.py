@@ -28,9 +28,9 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from aegis.errors import RefusedError
-from aegis.fileutil import atomic_write
+from aegis.fileutil import atomic_write, read_regular
 from aegis.train.data import DataSpec
-from aegis.train.digest import CONFIG, METADATA, WEIGHTS, model_digest
+from aegis.train.digest import CONFIG, METADATA, MODEL_LIMIT, WEIGHTS, model_digest
 from aegis.train.digest import digest_of as _digest
 from aegis.train.models import model_from_config
 
@@ -109,9 +109,9 @@ def load_checkpoint(directory: Path) -> LoadedModel:
     raw = {}
     for name in (WEIGHTS, CONFIG, METADATA):
         try:
-            raw[name] = (directory / name).read_bytes()
-        except OSError:
-            raise refuse(f"{name} is missing or unreadable") from None
+            raw[name] = read_regular(directory / name, limit=MODEL_LIMIT, what=name)
+        except (OSError, RefusedError):
+            raise refuse(f"{name} is missing, unreadable or not a regular file") from None
     try:
         config = _strict_json(raw[CONFIG])
         metadata = _strict_json(raw[METADATA])

@@ -8,7 +8,6 @@ evaluator and any later prediction preprocess exactly as training did.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     import torch
 
     from aegis.config import TrainParams
-    from aegis.workspace import Workspace
 
 _PIXEL = re.compile(r"pixel_(\d+)_(\d+)")
 STD_FLOOR = 1e-8
@@ -364,68 +362,3 @@ def prepare(data: TrainingData | pd.DataFrame, params: TrainParams) -> PreparedD
         val_fraction=params.val_fraction,
     )
     return PreparedData(frame, infer_spec(frame, split.train), split)
-
-
-def load_training_frame(ws: Workspace, name: str) -> TrainingData:
-    """The stored, re-verified dataset ``name`` without its quarantined rows.
-
-    Rows released from quarantine for this exact version stay in.
-
-    Raises:
-        RefusedError: ``validation``: this version has not passed validation,
-            or the validation result or quarantine differ from what was audited.
-        UsageError: The dataset was never ingested.
-    """
-    from aegis.data.quarantine import ROW, read_quarantine, released_rows
-    from aegis.data.validate import load_stored
-
-    frame, digest = load_stored(ws, name)
-    result = _require_validated(ws, name, digest)
-    quarantined = {int(r) for r in read_quarantine(ws, name)[ROW]}
-    if len(quarantined) != result["rows"]["quarantined"] or not quarantined <= set(
-        range(len(frame))
-    ):
-        raise RefusedError(
-            "validation", f"quarantine/{name}.parquet does not match the validation result"
-        )
-    released = released_rows(ws, name, digest) & quarantined
-    keep = np.ones(len(frame), dtype=bool)
-    keep[sorted(quarantined - released)] = False
-    return TrainingData(
-        name=name,
-        frame=frame.iloc[keep].reset_index(drop=True),
-        dataset_digest=digest,
-        excluded_rows=len(quarantined - released),
-        released_rows=len(released),
-    )
-
-
-def _require_validated(ws: Workspace, name: str, digest: str) -> dict[str, Any]:
-    """The validation result of this version, checked against the audit log."""
-    path = ws.root / "validation" / name / "result.json"
-    refusal = RefusedError(
-        "validation",
-        f"data/{name} ({digest[:19]}) has not passed validation; run `aegis validate {name}`",
-    )
-    try:
-        raw = path.read_bytes()
-        result = json.loads(raw)
-    except (OSError, ValueError):
-        raise refusal from None
-    if not isinstance(result, dict) or result.get("dataset") != digest or not result.get("success"):
-        raise refusal
-    # result.json is a plain file: trust it only if it is the one the validate step audited
-    ws.verify_audit()
-    audited = "sha256:" + hashlib.sha256(raw).hexdigest()
-    if not any(
-        e.action == "validate.passed"
-        and e.details.get("name") == name
-        and e.subjects.get("dataset") == digest
-        and e.subjects.get("validation") == audited
-        for e in ws.audit().entries()
-    ):
-        raise RefusedError(
-            "validation",
-            f"validation/{name}/result.json is not the audited result of {digest[:19]}",
-        )
-    return result

@@ -12,6 +12,7 @@ from pathlib import Path
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 METADATA = "metadata.json"
+MODEL_LIMIT = 8 * 1024**3  # largest checkpoint file read (a planted file is refused, not read)
 
 
 def digest_of(weights: bytes, config: bytes) -> str:
@@ -24,4 +25,9 @@ def digest_of(weights: bytes, config: bytes) -> str:
 
 def model_digest(directory: Path) -> str:
     """The digest of the checkpoint in ``directory`` (weights file, then config file)."""
-    return digest_of((directory / WEIGHTS).read_bytes(), (directory / CONFIG).read_bytes())
+    from aegis.fileutil import read_regular
+
+    return digest_of(
+        read_regular(directory / WEIGHTS, limit=MODEL_LIMIT, what=WEIGHTS),
+        read_regular(directory / CONFIG, limit=MODEL_LIMIT, what=CONFIG),
+    )

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 
 import pytest
+from helpers import pipeline_key
 
 from aegis import vcs
 from aegis.approval import GateFailure, evaluate_gates, require_gates
-from aegis.audit import AuditLog
-from aegis.config import PromoteParams
+from aegis.audit import VerifiedLog
+from aegis.config import PromoteParams, policy_digest
+from aegis.crypto.documents import body_digest, sign_document
 from aegis.crypto.keys import load_private_key
-from aegis.errors import RefusedError
+from aegis.errors import ConfigError, RefusedError
+from aegis.ledger import APPROVAL_KIND
+from aegis.pipeline.layout import Layout
 from aegis.registry import approvals_review as review
 from aegis.registry import approvals_store as store
 from aegis.registry.promotion import record_approval, record_request
@@ -92,7 +97,7 @@ def test_gate_failure_pickles():
     assert again.rows == rows and again.check == "gates"
 
 
-# -- signed requests and approvals ---------------------------------------------------------
+# -- signed requests and approvals, counted from the audit log -------------------------------
 
 V1 = store.Candidate("digits-model", "v1.0.0", "sha256:" + "a" * 64, "sha256:" + "b" * 64)
 V2 = store.Candidate("digits-model", "v2.0.0", "sha256:" + "c" * 64, "sha256:" + "d" * 64)
@@ -106,90 +111,117 @@ def people(env):
     for name, owner in (("bob", "bob"), ("carol", "carol"), ("eve", "alice"), ("bob2", "bob")):
         new_key(
             env.ws, role="approver", name=name, owner=owner, out=keys / f"{name}.pem",
-            admin_key=None,
+            admin_key=env.admin_key,
         )  # fmt: skip
     return {p.stem: load_private_key(p) for p in keys.glob("*.pem")}
 
 
-def _request(env, people, candidate=V1, ttl=3600):
+def _request(env, people, candidate=V1, params=PARAMS) -> store.ApprovalRequest:
+    """A request as `aegis promote` records it: signed by the operator, audited, copied."""
+    ledger = env.ledger()
     operator = people["operator"]
-    entry = env.ws.trust().by_key_id(operator.key_id)
-    return store.write_request(
-        env.ws, candidate, operator=operator, requester=entry, gates=[], ttl_seconds=ttl
-    )
+    requester = ledger.trust.by_key_id(operator.key_id)
+    return record_request(ledger, candidate, operator, requester, [], params)
 
 
 def _approve(env, people, who, request, candidate=V1, decision="approve", reason=""):
-    """A decision as `aegis approve` records it: signed file, commit, audit entry."""
+    """A decision as `aegis approve` records it: signed, audited, its copy committed."""
     return record_approval(
-        env.ws, candidate, request, approver=people[who], decision=decision, reason=reason
+        env.ledger(), candidate, request, approver=people[who], decision=decision, reason=reason
     )
 
 
-def _count(env, request, candidate=V1, params=PARAMS):
-    return review.count_approvals(env.ws, candidate, request, params)
+def _count(env, request, candidate=V1):
+    return review.count_approvals(env.ledger(), candidate, request)
 
 
-def _forge(env, key, request, candidate=V1, *, audit=False, **body):
-    """An approval file signed by ``key`` as an attacker holding it would write it."""
+def _copy(env, key, candidate=V1):
+    layout = Layout(env.root)
+    return store.version_dir(layout, candidate.model, candidate.version) / store.approval_file(
+        key.key_id
+    )
+
+
+def _forge_entry(env, key, action: str, body: dict, subjects: dict) -> None:
+    """An audit entry holding ``body`` signed by ``key``, as if its append had gone through.
+
+    Only the pipeline key can append, so this is what an insider holding it (or a
+    bug) could write; the rules must still refuse what does not fit.
+    """
+    env.ws.audit().append(
+        actor=key.key_id, action=action, pipeline_key=pipeline_key(env.ws), subjects=subjects,
+        details={"signed": sign_document(key, body), "model_name": body.get("model"),
+                 "version": body.get("version")},
+    )  # fmt: skip
+
+
+def _forge_approval(env, key, req, /, candidate=V1, **body):
     doc = {
-        "kind": store.APPROVAL_KIND, "model": candidate.model, "version": candidate.version,
+        "kind": APPROVAL_KIND, "model": candidate.model, "version": candidate.version,
         "candidate": candidate.model_digest, "evidence": candidate.evidence_digest,
-        "request": request.digest, "decision": "approve", "reason": "",
-        "approver": {"key_id": key.key_id, "owner": "?"}, "created": request.body["created"],
+        "request": req.digest, "decision": "approve", "reason": "",
+        "approver": {"key_id": key.key_id, "owner": "?"}, "created": req.body["created"],
         **body,
     }  # fmt: skip
-    path = store.version_dir(env.ws, candidate.model, candidate.version)
-    path = path / f"approval-{key.key_id}.json"
-    path.write_bytes(store._signed(key, doc))
-    if audit:  # as if the audit append went through (it cannot for a retired key)
-        env.ws.audit().append(
-            actor=key.key_id, action="approval.granted", pipeline_key=env.ws.pipeline_key(),
-            subjects={"request": request.digest, "approval": store.body_digest(doc)},
-        )  # fmt: skip
-    return path
+    subjects = {"request": req.digest, "approval": body_digest(doc)}
+    _forge_entry(env, key, "approval.granted", doc, subjects)
 
 
-def test_request_round_trip_and_tamper(env, people):
+def test_request_is_kept_in_the_audit_log_and_its_file_is_a_copy(env, people):
     request = _request(env, people)
-    loaded = store.load_request(env.ws, V1.model, V1.version)
-    assert loaded.digest == request.digest and loaded.requester_owner == "alice"
-    assert loaded.binds(V1) and not loaded.binds(V2) and not loaded.expired()
-    assert store.load_request(env.ws, V2.model, V2.version) is None
-    doc = json.loads(request.path.read_text())
-    doc["body"]["expires"] = "2999-01-01T00:00:00.000000Z"
-    request.path.write_text(json.dumps(doc))
-    with pytest.raises(RefusedError, match="signature does not verify") as info:
-        store.load_request(env.ws, V1.model, V1.version)
-    assert info.value.check == "approval"
+    status = store.latest_request(env.ledger(), V1.model, V1.version)
+    assert status.request.digest == request.digest and status.request.requester_owner == "alice"
+    assert request.binds(V1) and not request.binds(V2) and not request.expired()
+    assert request.policy_digest == policy_digest(PARAMS)
+    assert request.body["policy"]["approvals_required"] == PARAMS.approvals_required
+    assert store.latest_request(env.ledger(), V2.model, V2.version).request is None
+    copy = store.version_dir(Layout(env.root), V1.model, V1.version) / store.REQUEST_FILE
+    doc = json.loads(copy.read_text())
+    assert body_digest(doc["body"]) == request.digest
+    doc["body"]["expires"] = "2999-01-01T00:00:00.000000Z"  # tampering with the copy ...
+    copy.write_text(json.dumps(doc))
+    again = store.latest_request(env.ledger(), V1.model, V1.version).request
+    assert again.digest == request.digest  # ... changes nothing
+    copy.unlink()
+    assert store.latest_request(env.ledger(), V1.model, V1.version).request.digest == request.digest
 
 
-def test_request_signed_by_non_operator_refused(env, people):
-    directory = store.version_dir(env.ws, V1.model, V1.version)
+def test_request_signed_by_a_non_operator_is_not_usable(env, people):
     bob = people["bob"]
-    entry = env.ws.trust().by_key_id(bob.key_id)
-    store.write_request(env.ws, V1, operator=bob, requester=entry, gates=[], ttl_seconds=60)
-    with pytest.raises(RefusedError, match="not a trusted operator"):
-        store.load_request(env.ws, V1.model, V1.version)
-    assert (directory / ".gitignore").read_text() == "/waiting.json\n"
+    entry = env.ledger().trust.by_key_id(bob.key_id)
+    body = store.request_body(V1, requester=entry, gates=[], params=PARAMS)
+    _forge_entry(env, bob, "approval.requested", body, {"request": body_digest(body)})
+    status = store.latest_request(env.ledger(), V1.model, V1.version)
+    assert status.request is None and "not a trusted operator" in status.unusable
+
+
+def test_a_request_from_before_policies_were_bound_counts_as_expired(env, people):
+    operator = people["operator"]
+    env.ws.audit().append(  # what Aegis 0.1 wrote: no signed document in the entry
+        actor=operator.key_id, action="approval.requested", pipeline_key=pipeline_key(env.ws),
+        subjects={"request": "sha256:" + "9" * 64},
+        details={"model_name": V1.model, "version": V1.version},
+    )  # fmt: skip
+    status = store.latest_request(env.ledger(), V1.model, V1.version)
+    assert status.request is None and "request again" in status.unusable
 
 
 def test_approval_counts_distinct_owners(env, people):
-    request = _request(env, people)
+    two = PARAMS.model_copy(update={"approvals_required": 2})
+    request = _request(env, people, params=two)
     _approve(env, people, "bob", request)
     _approve(env, people, "bob2", request)  # same owner: one person
-    two = PARAMS.model_copy(update={"approvals_required": 2})
-    tally = _count(env, request, params=two)
+    tally = _count(env, request)
     assert tally.approvers == ["bob"] and tally.missing == 1 and not tally.enough
     _approve(env, people, "carol", request)
-    tally = _count(env, request, params=two)
+    tally = _count(env, request)
     assert sorted(tally.approvers) == ["bob", "carol"] and tally.enough and not tally.ignored
     entry = [e for e in env.ws.audit().entries() if e.action == "approval.granted"][-1]
-    approval = store.version_dir(env.ws, V1.model, V1.version) / (
-        f"approval-{people['carol'].key_id}.json"
-    )
-    assert entry.subjects["approval"] == store.body_digest(json.loads(approval.read_text())["body"])
-    assert "approval-" in vcs.git(env.root, "log", "-1", "--name-only", "--format=")
+    assert entry.details["signed"]["key_id"] == people["carol"].key_id
+    assert entry.subjects["approval"] == body_digest(entry.details["signed"]["body"])
+    assert json.loads(_copy(env, people["carol"]).read_text()) == entry.details["signed"]
+    message = vcs.git(env.root, "log", "-1", "--format=%B")
+    assert f"Aegis-Audit: {entry.seq} {entry.hash}" in message  # committed after its entry
 
 
 @pytest.mark.parametrize(
@@ -202,23 +234,32 @@ def test_approval_counts_distinct_owners(env, people):
 )
 def test_approver_refusals(env, people, who, message):
     request = _request(env, people)
+    entries = len(env.ws.audit().entries())
     with pytest.raises(RefusedError, match=message) as info:
         _approve(env, people, who, request)
     assert info.value.check == "approval"
-    assert not list(request.path.parent.glob("approval-*.json"))
+    assert len(env.ws.audit().entries()) == entries
+    assert not store.stale_copies(Layout(env.root), V1.model, V1.version)
 
 
 def test_revoked_and_retired_approvers_refused(env, people):
     request = _request(env, people)
-    change_status(env.ws, "bob", status="revoked", reason="lost laptop", admin_key=None)
-    change_status(env.ws, "carol", status="retired", reason="rotated", admin_key=None)
+    change_status(env.ws, "bob", status="revoked", reason="lost laptop", admin_key=env.admin_key)
+    change_status(env.ws, "carol", status="retired", reason="rotated", admin_key=env.admin_key)
     for who in ("bob", "carol"):
         with pytest.raises(RefusedError, match="not a current approver"):
             _approve(env, people, who, request)
 
 
 def test_expired_request_refused(env, people):
-    request = _request(env, people, ttl=0)
+    operator = people["operator"]
+    requester = env.ledger().trust.by_key_id(operator.key_id)
+    body = {
+        **store.request_body(V1, requester=requester, gates=[], params=PARAMS),
+        "created": "2020-01-01T00:00:00.000000Z", "expires": "2020-01-04T00:00:00.000000Z",
+    }  # fmt: skip
+    _forge_entry(env, operator, "approval.requested", body, {"request": body_digest(body)})
+    request = store.latest_request(env.ledger(), V1.model, V1.version).request
     assert request.expired()
     with pytest.raises(RefusedError, match="expired"):
         _approve(env, people, "bob", request)
@@ -231,66 +272,54 @@ def test_request_for_another_candidate_refused(env, people):
         _approve(env, people, "bob", request, candidate=rebuilt)
 
 
-def test_decision_is_final(env, people):
+def test_decision_is_final_whatever_happens_to_its_file(env, people):
     request = _request(env, people)
-    approval = _approve(env, people, "bob", request)
+    _approve(env, people, "bob", request)
     with pytest.raises(RefusedError, match="already recorded"):
         _approve(env, people, "bob", request, decision="reject", reason="changed my mind")
-    approval.path.unlink()  # the audit entry, not the file, records the decision
+    _copy(env, people["bob"]).unlink()  # the audit entry, not the file, records the decision
     with pytest.raises(RefusedError, match="already recorded"):
         _approve(env, people, "bob", request, decision="reject", reason="changed my mind")
-
-
-def test_replayed_approval_from_another_version_ignored(env, people):
-    r1 = _request(env, people, candidate=V1)
-    r2 = _request(env, people, candidate=V2)
-    approval = _approve(env, people, "bob", r1, candidate=V1)
-    shutil.copy(approval.path, r2.path.parent / approval.path.name)
-    tally = _count(env, r2, candidate=V2)
-    assert tally.approvers == [] and not tally.rejected_by
-    assert tally.ignored == ["bob (bob): ignored: bound to another candidate, evidence digest "
-                             "or request (replayed)"]  # fmt: skip
-    _approve(env, people, "carol", r2, candidate=V2)  # a planted file does not block the rest
-    assert _count(env, r2, candidate=V2).approvers == ["carol"]
-
-
-def test_replayed_approval_of_an_earlier_request_ignored(env, people):
-    old = _request(env, people)
-    approval = _approve(env, people, "bob", old)
-    new = _request(env, people)  # a new request (approvals of the old one no longer count)
-    assert new.digest != old.digest and approval.path.exists()
-    tally = _count(env, new)
-    assert tally.approvers == [] and "replayed" in tally.ignored[0]
-
-
-def test_tampered_unsigned_or_unknown_key_ignored(env, people, tmp_path):
-    from aegis.crypto.keys import generate_key
-
-    request = _request(env, people)
-    approval = _approve(env, people, "bob", request, decision="reject", reason="no")
-    doc = json.loads(approval.path.read_text())
-    doc["body"]["decision"] = "approve"
-    approval.path.write_text(json.dumps(doc))
-    (approval.path.parent / "approval-junk.json").write_text("{}")
-    stranger = generate_key(tmp_path / "stranger.pem")
-    _forge(env, stranger, request)
-    tally = _count(env, request)
-    assert tally.approvers == [] and tally.rejected_by == []
-    text = "\n".join(tally.ignored)
-    assert len(tally.ignored) == 3, text
-    for reason in ("signature does not verify", "unreadable", "unknown key"):
-        assert reason in text
-
-
-def test_unaudited_approval_ignored(env, people):
-    request = _request(env, people)
-    store.write_approval(  # a file without its audit entry: never counts
-        env.ws, V1, request, approver=people["bob"], decision="approve", reason=""
-    )
-    tally = _count(env, request)
-    assert tally.approvers == [] and "no audit entry" in tally.ignored[0]
-    _approve(env, people, "bob", request)  # replaced by an audited decision
     assert _count(env, request).approvers == ["bob"]
+
+
+def test_an_audited_rejection_stands_when_its_file_is_deleted(env, people):
+    request = _request(env, people)
+    _approve(env, people, "bob", request, decision="reject", reason="flaky eval")
+    _copy(env, people["bob"]).unlink()
+    vcs.git(env.root, "commit", "-qam", "an attacker deletes the rejection")
+    tally = _count(env, request)
+    assert tally.rejected_by == [("bob", "flaky eval")] and not tally.enough
+
+
+def test_planted_files_count_for_nothing_and_are_named_without_being_read(env, people):
+    request = _request(env, people)
+    folder = store.version_dir(Layout(env.root), V1.model, V1.version)
+    _approve(env, people, "bob", request)
+    other = _request(env, people, candidate=V2)
+    # bob's signed copy replayed into another version's folder, junk, a FIFO, /dev/zero
+    other_folder = store.version_dir(Layout(env.root), V2.model, V2.version)
+    shutil.copy(_copy(env, people["bob"]), other_folder / _copy(env, people["bob"]).name)
+    (folder / "approval-junk.json").write_text("{}")
+    os.mkfifo(folder / "approval-fifo.json")
+    (folder / "approval-zero.json").symlink_to("/dev/zero")
+    assert _count(env, other, candidate=V2).approvers == []
+    assert _count(env, request).approvers == ["bob"]
+    verdicts = review.review_decisions(env.ledger(), V1, request)
+    ignored = review.unaudited_files(Layout(env.root), V1, verdicts)
+    assert sorted(n.split(":")[0] for n in ignored) == [
+        "approval-fifo.json", "approval-junk.json", "approval-zero.json"
+    ]  # fmt: skip
+    assert all("no audited decision" in n for n in ignored)
+
+
+def test_approvals_of_an_earlier_request_do_not_count_for_a_new_one(env, people):
+    old = _request(env, people)
+    _approve(env, people, "bob", old)
+    new = _request(env, people)  # a new request: the copies of old approvals are removed
+    assert new.digest != old.digest
+    assert not _copy(env, people["bob"]).exists()
+    assert _count(env, new).approvers == [] and _count(env, old).approvers == ["bob"]
 
 
 def test_rejection_and_revoked_approvals(env, people):
@@ -299,7 +328,7 @@ def test_rejection_and_revoked_approvals(env, people):
     _approve(env, people, "carol", request, decision="reject", reason="flaky eval")
     tally = _count(env, request)
     assert tally.rejected_by == [("carol", "flaky eval")] and not tally.enough
-    change_status(env.ws, "bob", status="revoked", reason="compromised", admin_key=None)
+    change_status(env.ws, "bob", status="revoked", reason="compromised", admin_key=env.admin_key)
     tally = _count(env, request)
     assert tally.approvers == [] and tally.ignored == ["bob (bob): ignored: its key is revoked"]
 
@@ -307,19 +336,16 @@ def test_rejection_and_revoked_approvals(env, people):
 def test_retired_approver_still_counts_what_it_signed_before(env, people):
     request = _request(env, people)
     _approve(env, people, "bob", request)
-    change_status(env.ws, "bob", status="retired", reason="rotated", admin_key=None)
+    change_status(env.ws, "bob", status="retired", reason="rotated", admin_key=env.admin_key)
     assert _count(env, request).approvers == ["bob"]
 
 
 def test_retired_approver_cannot_backdate(env, people):
     request = _request(env, people)
-    change_status(env.ws, "bob", status="retired", reason="rotated", admin_key=None)
-    # bob's key, retired, signs an approval dated before its retirement
-    _forge(env, people["bob"], request)
-    tally = _count(env, request)
-    assert tally.approvers == [] and "no audit entry" in tally.ignored[0]
-    # even with an audit entry: it comes after the audited retirement
-    _forge(env, people["bob"], request, audit=True)
+    change_status(env.ws, "bob", status="retired", reason="rotated", admin_key=env.admin_key)
+    # bob's retired key signs an approval dated before its retirement; even audited,
+    # its entry comes after the audited retirement
+    _forge_approval(env, people["bob"], request)
     tally = _count(env, request)
     assert tally.approvers == [] and "after its key was retired" in tally.ignored[0]
 
@@ -327,81 +353,59 @@ def test_retired_approver_cannot_backdate(env, people):
 def test_approval_created_outside_the_request_lifetime_ignored(env, people):
     request = _request(env, people)
     for created in ("2000-01-01T00:00:00.000000Z", "2999-01-01T00:00:00.000000Z", "yesterday"):
-        _forge(env, people["bob"], request, audit=True, created=created)
+        _forge_approval(env, people["bob"], request, created=created)
         tally = _count(env, request)
         assert tally.approvers == [] and "outside the request's lifetime" in tally.ignored[0]
 
 
-def test_failed_audit_or_commit_removes_the_approval(env, people, monkeypatch):
+def test_a_decision_signed_for_another_request_is_ignored(env, people):
     request = _request(env, people)
-    path = store.version_dir(env.ws, V1.model, V1.version) / (
-        f"approval-{people['bob'].key_id}.json"
-    )
-    real_append = AuditLog.append
+    _forge_approval(env, people["bob"], request, request="sha256:" + "7" * 64)
+    assert _count(env, request).approvers == []  # the entry names this request; the body not
+
+
+def test_failed_audit_records_no_approval(env, people, monkeypatch):
+    request = _request(env, people)
+    real_append = VerifiedLog.append
 
     def failing_append(self, **kw):
         if kw["action"] == "approval.granted":
             raise OSError("disk full")
         return real_append(self, **kw)
 
-    monkeypatch.setattr(AuditLog, "append", failing_append)
+    monkeypatch.setattr(VerifiedLog, "append", failing_append)
     with pytest.raises(OSError, match="disk full"):
         _approve(env, people, "bob", request)
-    assert not path.exists()
-    assert not vcs.git(env.root, "ls-files", "--", str(path)).strip()  # removal committed
-    monkeypatch.setattr(AuditLog, "append", real_append)
-
-    def failing_commit(*a, **kw):
-        raise RuntimeError("git index locked")
-
-    monkeypatch.setattr(vcs, "commit_paths", failing_commit)
-    with pytest.raises(RuntimeError, match="index locked"):
-        _approve(env, people, "bob", request)
-    assert not path.exists()
+    assert not _copy(env, people["bob"]).exists()
     monkeypatch.undo()
-    _approve(env, people, "bob", request)  # nothing recorded: bob may decide again
+    _approve(env, people, "bob", request)  # nothing recorded: bob may decide
     assert _count(env, request).approvers == ["bob"]
 
 
-def test_new_request_drops_old_approvals_only_once_recorded(env, people, monkeypatch):
-    operator = people["operator"]
-    requester = env.ws.trust().by_key_id(operator.key_id)
+def test_a_failed_commit_of_the_copy_leaves_the_audited_decision_counting(env, people, monkeypatch):
+    request = _request(env, people)
 
-    def new_request():
-        return record_request(env.ws, V1, operator, requester, [], PARAMS)
+    def failing_commit(*a, **kw):
+        raise ConfigError("git commit failed: index locked")
 
-    old = new_request()
-    approval = _approve(env, people, "bob", old)
-    kept = old.path.read_bytes()
-    real_append = AuditLog.append
-
-    def failing_append(self, **kw):
-        if kw["action"] == "approval.requested":
-            raise OSError("disk full")
-        return real_append(self, **kw)
-
-    monkeypatch.setattr(AuditLog, "append", failing_append)
-    with pytest.raises(OSError):
-        new_request()
-    assert old.path.read_bytes() == kept and approval.path.exists()  # as before
-    assert store.load_request(env.ws, V1.model, V1.version).digest == old.digest
-    assert not vcs.git(env.root, "status", "--porcelain", "--", str(old.path.parent)).strip()
-    assert _count(env, old).approvers == ["bob"]
+    monkeypatch.setattr(vcs, "commit_paths", failing_commit)
+    _approve(env, people, "bob", request)  # the copy is not committed; the entry stands
     monkeypatch.undo()
-    new = new_request()
-    assert new.digest != old.digest and not approval.path.exists()
-    assert not vcs.git(env.root, "status", "--porcelain", "--", str(old.path.parent)).strip()
+    assert _count(env, request).approvers == ["bob"]
 
 
 def test_waiting_marker(env):
-    directory = store.version_dir(env.ws, V1.model, V1.version)
+    layout = Layout(env.root)
+    directory = store.version_dir(layout, V1.model, V1.version)
     directory.mkdir(parents=True)
-    store.mark_waiting(env.ws, V1.model, V1.version, "run-1")
-    assert store.waiting_run(env.ws, V1.model, V1.version) == "run-1"
-    store.clear_waiting(env.ws, V1.model, V1.version, "run-2")  # not ours: kept
-    assert store.waiting_run(env.ws, V1.model, V1.version) == "run-1"
+    store.mark_waiting(layout, V1.model, V1.version, "run-1")
+    assert store.waiting_run(layout, V1.model, V1.version) == "run-1"
+    store.clear_waiting(layout, V1.model, V1.version, "run-2")  # not ours: kept
+    assert store.waiting_run(layout, V1.model, V1.version) == "run-1"
     data = json.loads((directory / store.WAITING_FILE).read_text())
     (directory / store.WAITING_FILE).write_text(json.dumps({**data, "pid": 2**22 + 7}))
-    assert store.waiting_run(env.ws, V1.model, V1.version) is None  # its process is gone
-    store.clear_waiting(env.ws, V1.model, V1.version, "run-1")
+    assert store.waiting_run(layout, V1.model, V1.version) is None  # its process is gone
+    store.clear_waiting(layout, V1.model, V1.version, "run-1")
     assert not (directory / store.WAITING_FILE).exists()
+    (directory / store.WAITING_FILE).symlink_to("/dev/zero")  # planted: names no run
+    assert store.waiting_run(layout, V1.model, V1.version) is None

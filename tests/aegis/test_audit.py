@@ -193,7 +193,7 @@ def test_append_refuses_to_extend_a_corrupt_last_entry(
     with pytest.raises(RefusedError) as info:
         log.append(actor="a", action="x", pipeline_key=pipeline_key)
     assert info.value.check == "audit"
-    assert "last entry of the audit log is corrupt" in str(info.value)
+    assert "entry 5 (line 6): not a valid audit entry" in str(info.value)
     assert len(read_lines(log)) == N_ENTRIES + 1  # nothing was appended
 
 
@@ -462,7 +462,7 @@ def test_next_append_does_not_launder_tampering(
         forged = rehash({**last, "seq": N_ENTRIES, "prev": last["hash"], "action": "forged"})
         write_lines(log, [*lines, line_of(forged)])
     refused(log, pipeline_key)  # detected now ...
-    with pytest.raises(RefusedError, match="not the signed head"):
+    with pytest.raises(RefusedError, match="signed head"):
         log.append(actor="a", action="later", pipeline_key=pipeline_key)
     refused(log, pipeline_key)  # ... and still detected: the append changed nothing
 

@@ -96,7 +96,7 @@ def test_usage_errors_are_reported_as_usage(cli, args, expected):
 
 def test_init_twice_changes_nothing(cli, tmp_path):
     root = tmp_path / "ws"
-    first = cli("init", root)
+    first = cli("init", root, "--admin-key-out", tmp_path / "admin.pem")
     assert first.code == 0, first.err
     assert "Initialized" in first.out
     assert (root / ".aegis" / "workspace.json").is_file()
@@ -120,7 +120,7 @@ def test_init_twice_changes_nothing(cli, tmp_path):
 def test_init_in_source_checkout_is_refused(cli):
     assert (CHECKOUT / "pyproject.toml").is_file()
     had_dvc = (CHECKOUT / ".dvc").exists()
-    res = cli("init", ".", cwd=CHECKOUT)
+    res = cli("init", ".", "--admin-key-out", "/tmp/never-written.pem", cwd=CHECKOUT)
     assert res.code == 2
     assert "source checkout" in _one_line(res.err)
     assert (CHECKOUT / ".dvc").exists() == had_dvc
@@ -130,9 +130,26 @@ def test_init_in_source_checkout_is_refused(cli):
 def test_init_on_a_file_is_refused(cli, tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    res = cli("init", target)
+    res = cli("init", target, "--admin-key-out", tmp_path / "admin.pem")
     assert res.code == 2
     assert "not a directory" in _one_line(res.err)
+
+
+def test_init_needs_an_admin_key_path_outside_the_workspace(cli, tmp_path):
+    root = tmp_path / "ws"
+    res = cli("init", root)
+    assert res.code == 2 and "--admin-key-out" in _one_line(res.err)
+    res = cli("init", root, "--admin-key-out", root / "admin.pem")
+    assert res.code == 2 and "outside the workspace" in _one_line(res.err)
+    assert not root.exists()  # nothing was created
+    res = cli("init", root, "--admin-key-out", tmp_path / "admin.pem")
+    assert res.code == 0, res.err
+    assert (tmp_path / "admin.pem").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in (root / ".aegis" / "keys").iterdir()) == [
+        "pipeline.pem", "pipeline.pem.pub"
+    ]  # fmt: skip
+    res = cli("init", tmp_path / "ws2", "--admin-key-out", tmp_path / "admin.pem")
+    assert res.code == 2 and "already exists" in _one_line(res.err)
 
 
 # -- trust --------------------------------------------------------------------------------------
@@ -140,10 +157,11 @@ def test_init_on_a_file_is_refused(cli, tmp_path):
 
 def test_trust_retire_and_revoke(cli, env):
     root = env.root
-    res = cli("--workspace", root, "trust", "retire", "ops", "--reason", "rotated")
+    admin = ("--admin-key", env.admin_key)
+    res = cli("--workspace", root, "trust", "retire", "ops", "--reason", "rotated", *admin)
     assert res.code == 0, res.err
     assert "'ops' is now retired" in res.out
-    res = cli("--workspace", root, "trust", "revoke", "acme", "--reason", "key leaked")
+    res = cli("--workspace", root, "trust", "revoke", "acme", "--reason", "key leaked", *admin)
     assert res.code == 0, res.err
 
     entries = _trust_list(cli, root)
@@ -192,17 +210,18 @@ def test_trust_retire_and_revoke(cli, env):
 )
 def test_trust_change_usage_errors(cli, env, args, message):
     before = snapshot(env.root)
-    res = cli("--workspace", env.root, *args)
+    res = cli("--workspace", env.root, *args, "--admin-key", env.admin_key)
     assert res.code == 2
     assert message in _one_line(res.err)
     assert snapshot(env.root) == before
 
 
 def test_trust_status_change_twice_is_refused(cli, env):
-    assert cli("--workspace", env.root, "trust", "revoke", "ops").code == 0
+    admin = ("--admin-key", env.admin_key)
+    assert cli("--workspace", env.root, "trust", "revoke", "ops", *admin).code == 0
     before = snapshot(env.root)
     for op in ("revoke", "retire"):
-        res = cli("--workspace", env.root, "trust", op, "ops")
+        res = cli("--workspace", env.root, "trust", op, "ops", *admin)
         assert res.code == 2
         assert "already revoked" in _one_line(res.err)
     assert snapshot(env.root) == before
@@ -320,13 +339,18 @@ def test_audit_verify_detects_trust_store_rollback(cli, env):
     trust = env.root / ".aegis" / "trust.json"
     old = env.root.parent / "trust.json.old"
     shutil.copy2(trust, old)
-    res = cli("--workspace", env.root, "trust", "retire", "ops", "--reason", "rotated")
+    res = cli(
+        "--workspace", env.root, "trust", "retire", "ops", "--reason", "rotated",
+        "--admin-key", env.admin_key,
+    )  # fmt: skip
     assert res.code == 0, res.err
     assert cli("--workspace", env.root, "audit", "verify").code == 0
 
     shutil.copy2(old, trust)  # an older, validly signed state
 
-    assert cli("--workspace", env.root, "trust", "list").code == 0  # signatures still verify
+    listed = cli("--workspace", env.root, "trust", "list")  # shown, and refused after the table
+    assert listed.code == 1 and "ops" in listed.out
+    assert _one_line(listed.err).startswith("refused: trust-store:")
     res = cli("--workspace", env.root, "audit", "verify")
     assert res.code == 1
     line = _one_line(res.err)
@@ -339,7 +363,10 @@ def test_ingest_refuses_after_trust_store_rollback_undoes_revocation(cli, env):
     trust = env.root / ".aegis" / "trust.json"
     old = env.root.parent / "trust.json.old"
     shutil.copy2(trust, old)
-    res = cli("--workspace", env.root, "trust", "revoke", "acme", "--reason", "key leaked")
+    res = cli(
+        "--workspace", env.root, "trust", "revoke", "acme", "--reason", "key leaked",
+        "--admin-key", env.admin_key,
+    )  # fmt: skip
     assert res.code == 0, res.err
     shutil.copy2(old, trust)  # undo the revocation with an older signed store
     before = snapshot(env.root)

@@ -1,23 +1,30 @@
-"""The demo recreates only its own workspaces (running the demo itself is `make demo`)."""
+"""The demo recreates only its own folders (running the demo itself is `make demo`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from aegis.demo import _fresh_directory
+from aegis.demo import MARKER, _fresh_directory
 from aegis.errors import UsageError
 
 
-def test_recreates_a_demo_workspace(tmp_path):
-    ws = tmp_path / "demo-ws"
-    (ws / ".aegis" / "demo").mkdir(parents=True)
-    (ws / "params.yaml").write_text("x")
-    assert _fresh_directory(ws) == ws.resolve()
-    assert not ws.exists()
+@pytest.mark.parametrize("made_by", [MARKER, ".aegis/demo"])
+def test_recreates_a_demo_folder(tmp_path, made_by):
+    base = tmp_path / "demo"
+    (base / made_by).parent.mkdir(parents=True, exist_ok=True)
+    if made_by == MARKER:
+        (base / MARKER).write_text("x")
+    else:
+        (base / made_by).mkdir()  # a demo workspace of an earlier version
+    (base / "workspace" / "params.yaml").parent.mkdir(parents=True)
+    (base / "workspace" / "params.yaml").write_text("x")
+    assert _fresh_directory(base) == base.resolve()
+    assert [p.name for p in base.iterdir()] == [MARKER]
 
 
 def test_accepts_a_missing_or_empty_directory(tmp_path):
     assert _fresh_directory(tmp_path / "new") == (tmp_path / "new").resolve()
+    assert (tmp_path / "new" / MARKER).is_file()
     (tmp_path / "empty").mkdir()
     assert _fresh_directory(tmp_path / "empty").is_dir()
 
@@ -27,6 +34,7 @@ def test_refuses_a_real_workspace_or_other_files(tmp_path, marker):
     target = tmp_path / "ws"
     (target / marker).parent.mkdir(parents=True, exist_ok=True)
     (target / marker).write_text("keep me")
-    with pytest.raises(UsageError, match="not a demo workspace"):
+    with pytest.raises(UsageError, match="not a demo folder"):
         _fresh_directory(target)
     assert (target / marker).read_text() == "keep me"
+    assert not (target / MARKER).exists()

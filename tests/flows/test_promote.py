@@ -19,8 +19,9 @@ import pytest
 from helpers import CliResult
 from registry_helpers import set_promote
 
+from aegis.ledger import Ledger
+from aegis.pipeline.layout import Layout
 from aegis.registry import approvals_store as store
-from aegis.registry.journal import open_intents
 from aegis.registry.promotion import approve, promote
 from aegis.registry.tags import read_registry
 from aegis.registry.targets import parse_target
@@ -78,7 +79,10 @@ def start_waiting(renv, cli_env) -> subprocess.Popen:
     waiting = start(renv, cli_env, "promote", renv.v1, "--wait", "--key", renv.operator_key)
     try:
         wait_for(
-            lambda: store.waiting_run(renv.ws, renv.model, "v1.0.0") or waiting.poll() is not None,
+            lambda: (
+                store.waiting_run(Layout(renv.root), renv.model, "v1.0.0")
+                or waiting.poll() is not None
+            ),
             120,
             "the promote run to wait",
         )
@@ -92,19 +96,19 @@ def requested_and_approved(env, *targets: str) -> None:
     """Pending requests approved by bob (in-process core calls: fast setup)."""
     for target in targets:
         t = parse_target(target)
-        assert promote(env.ws, t, operator_key_path=env.operator_key).status == "pending"
-        approve(env.ws, t, approver_key_path=env.approver_key)
+        assert promote(env.ledger(), t, operator_key_path=env.operator_key).status == "pending"
+        approve(env.ledger(), t, approver_key_path=env.approver_key)
 
 
 def promoted(env, target: str) -> None:
     requested_and_approved(env, target)
-    outcome = promote(env.ws, parse_target(target), operator_key_path=env.operator_key)
+    outcome = promote(env.ledger(), parse_target(target), operator_key_path=env.operator_key)
     assert outcome.status == "promoted"
 
 
 def assert_consistent(env, cli_env, prod: str | None) -> None:
     """Exactly one prod holder (the expected one), tags as GTO sees them, audit intact."""
-    state = read_registry(env.ws, env.model)
+    state = read_registry(env.ledger(), env.model)
     holders = [v.version for v in state.versions if "prod" in v.stages]
     assert state.prod == prod and holders == ([prod] if prod else [])
     gto = subprocess.run(
@@ -117,7 +121,7 @@ def assert_consistent(env, cli_env, prod: str | None) -> None:
         assert gto.stdout.strip() == f"{env.model}@{prod}", gto.stdout
     audit = aegis(env, cli_env, "audit", "verify")
     assert audit.code == 0, audit.err
-    assert open_intents(env.ws) == []
+    assert Ledger.load(env.ws).open_intents() == []
     if prod:
         verify = aegis(env, cli_env, "verify", f"{env.model}#prod")
         assert verify.code == 0, verify.out + verify.err
@@ -125,23 +129,33 @@ def assert_consistent(env, cli_env, prod: str | None) -> None:
 
 def test_wait_resumed_by_approve_in_another_process(renv, cli_env):
     """Two owners required: the first approval resumes the run, which counts 1 of 2 and
-    pauses again; the second resumes it and it promotes."""
-    set_promote(renv, wait_timeout="180s", approvals_required=2)
+    pauses again; the second resumes it and it promotes.
+
+    Whenever the second approval arrives (the run paused again, or still on its way from
+    the first resume to the next pause), the run counts it before it pauses: ``approve``
+    then either resumed it or found it ended, and says which. No timing is assumed.
+    """
+    set_promote(renv, wait_timeout="600s", approvals_required=2)
     waiting = start_waiting(renv, cli_env)
     try:
         assert waiting.poll() is None, waiting.communicate()
-        for key in (renv.approver_key, renv.approver2_key):
-            result = aegis(renv, cli_env, "approve", renv.v1, "--key", key)
-            assert result.code == 0, result.err
-            assert "resumed the waiting promote run" in result.out
-            assert waiting.poll() is None or key == renv.approver2_key
-        out, err = waiting.communicate(timeout=120)
+        first = aegis(renv, cli_env, "approve", renv.v1, "--key", renv.approver_key)
+        assert first.code == 0, first.err
+        assert "resumed the waiting promote run" in first.out  # it cannot end on one of two
+        second = aegis(renv, cli_env, "approve", renv.v1, "--key", renv.approver2_key)
+        assert second.code == 0, second.err
+        assert ("resumed the waiting promote run" in second.out) or (
+            "had already ended (Completed)" in second.out
+        ), second.out
+        out, err = waiting.communicate(timeout=300)
     finally:
         if waiting.poll() is None:
             waiting.kill()
     assert waiting.returncode == 0, err
     assert "promoted" in out and "bob" in out and "carol" in out
-    assert not (store.version_dir(renv.ws, renv.model, "v1.0.0") / store.WAITING_FILE).exists()
+    assert not (
+        store.version_dir(Layout(renv.root), renv.model, "v1.0.0") / store.WAITING_FILE
+    ).exists()
     assert_consistent(renv, cli_env, "v1.0.0")
 
 
@@ -156,7 +170,10 @@ def test_wait_across_processes_on_the_workspace_prefect_home(renv, cli_env):
     )  # fmt: skip
     try:
         wait_for(
-            lambda: store.waiting_run(renv.ws, renv.model, "v1.0.0") or waiting.poll() is not None,
+            lambda: (
+                store.waiting_run(Layout(renv.root), renv.model, "v1.0.0")
+                or waiting.poll() is not None
+            ),
             240,
             "the promote run to wait",
         )
@@ -182,7 +199,7 @@ def test_wait_times_out_and_changes_nothing(renv, cli_env):
     assert result.code == 1, result.err
     assert "approval" in result.err and "wait_timeout (3s)" in result.err
     assert "waiting up to 3s for approval of digits-model@v1.0.0" in result.err
-    assert store.load_request(renv.ws, renv.model, "v1.0.0") is not None  # still pending
+    assert store.latest_request(renv.ledger(), renv.model, "v1.0.0").request  # still pending
     assert_consistent(renv, cli_env, None)
 
 
@@ -206,7 +223,7 @@ def test_pending_completed_by_resume_after_its_process_ended(renv, cli_env):
     waiting = start_waiting(renv, cli_env)
     waiting.send_signal(signal.SIGKILL)
     waiting.communicate()
-    assert store.waiting_run(renv.ws, renv.model, "v1.0.0") is None  # its process is gone
+    assert store.waiting_run(Layout(renv.root), renv.model, "v1.0.0") is None  # its process is gone
     result = aegis(renv, cli_env, "approve", renv.v1, "--key", renv.approver_key)
     assert result.code == 0 and "resumed" not in result.out
     result = aegis(renv, cli_env, "promote", renv.v1, "--resume", "--key", renv.operator_key)
@@ -225,7 +242,7 @@ def test_two_promotions_at_once(renv, cli_env):
         # serialized (both promoted, one after the other) or refused cleanly
         assert code == 0 or (code == 1 and "registry" in err), (code, out, err)
     assert any(code == 0 for code, _, _ in results)
-    state = read_registry(renv.ws, renv.model)
+    state = read_registry(renv.ledger(), renv.model)
     assert state.prod in ("v1.0.0", "v2.0.0")
     assert_consistent(renv, cli_env, state.prod)
     promoted_count = sum(1 for e in renv.ws.audit().entries() if e.action == "promote.done")
@@ -247,12 +264,12 @@ def test_crash_at_every_step(renv, cli_env, step, forward):
     args = ("promote", renv.v2, "--resume", "--key", renv.operator_key)
     crashed = aegis(renv, cli_env, *args, extra={"AEGIS_CRASH_AT": step})
     assert crashed.code == -signal.SIGKILL, (crashed.code, crashed.err)
-    assert len(open_intents(renv.ws)) == 1
+    assert len(renv.ledger().open_intents()) == 1
     again = aegis(renv, cli_env, *args)
     assert again.code == 0, again.err
     note = "completed interrupted promote" if forward else "rolled back interrupted promote"
     assert note in again.err
     assert ("already holds prod" if forward else "promoted") in again.out
     assert_consistent(renv, cli_env, "v2.0.0")
-    state = read_registry(renv.ws, renv.model)
+    state = read_registry(renv.ledger(), renv.model)
     assert state.prod_history == ["v1.0.0", "v2.0.0"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import snapshot
+from helpers import snapshot, verify_log
 from prefect import flow, task
 from prefect.states import Completed, Failed
 from prefect.testing.utilities import prefect_test_harness
@@ -28,10 +28,11 @@ from validation_helpers import BAD_PIXEL, corrupt, digits_frame, git_status, pub
 from aegis import vcs
 from aegis.data.manifest import MANIFEST_NAME, dataset_digest
 from aegis.errors import RefusedError, TransientIOError
+from aegis.pipeline import retrain as steps
 from aegis.train.checkpoint import model_digest
 from aegis.workspace import Workspace
 from flows.retrain import retrain
-from tasks.ingest import push_dataset, retry_on_io_only, stage_dataset
+from tasks.steps import retry_on_io_only, task_of
 
 BIN = Path(sys.executable).parent
 
@@ -97,7 +98,7 @@ def _task_runs(flow_state, prefix: str, timeout: float = 15.0) -> list:
 
 
 def test_retrain_accepts_signed_dataset(env):
-    actor, _ = env.ws.actor(None)
+    actor, _ = env.ledger().actor(None)
     result = retrain(workspace=str(env.root), source=str(env.dataset), name="digits", actor=actor)
 
     ingested, validated = result.ingest, result.validate
@@ -138,7 +139,7 @@ def test_retrain_accepts_signed_dataset(env):
     assert entries[-2].details["source"] == str(env.dataset)
     assert entries[-1].subjects["dataset"] == ingested.digest
     assert entries[-1].actor == actor
-    assert env.ws.verify_audit().entries == len(every_entry)
+    assert verify_log(env.ws).entries == len(every_entry)
     assert sorted(p.name for p in (env.root / "data" / "digits").iterdir()) == sorted(
         p.name for p in env.dataset.iterdir()
     )
@@ -159,7 +160,7 @@ def test_retrain_accepts_signed_dataset(env):
 @pytest.mark.slow
 def test_dvc_repro_trains_the_same_model_as_the_flow(env, template_env, cli, tmp_path):
     """Same data and params: the retrain flow and `dvc repro` give the same model digest."""
-    actor, _ = env.ws.actor(None)
+    actor, _ = env.ledger().actor(None)
     result = retrain(workspace=str(env.root), source=str(env.dataset), name="digits", actor=actor)
 
     digest = model_digest(env.root / "models" / "digits")
@@ -204,7 +205,7 @@ def test_dvc_repro_trains_the_same_model_as_the_flow(env, template_env, cli, tmp
 
 def test_retrain_refuses_tampered_dataset(env, tmp_path):
     tampered = _tampered_copy(env.dataset, tmp_path / "tampered")
-    actor, _ = env.ws.actor(None)
+    actor, _ = env.ledger().actor(None)
     before = snapshot(env.root)
 
     with pytest.raises(RefusedError) as exc:
@@ -235,7 +236,7 @@ def test_retrain_refuses_broken_schema_before_storing(env, tmp_path, monkeypatch
     """A table-level failure stops the run before ingest stores anything."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the failure's report goes
     broken = publish_frame(env, digits_frame(env).drop(columns=[BAD_PIXEL]), "broken")
-    actor, _ = env.ws.actor(None)
+    actor, _ = env.ledger().actor(None)
     before = snapshot(env.root)
 
     with pytest.raises(RefusedError) as exc:
@@ -252,7 +253,7 @@ def test_retrain_refuses_broken_schema_before_storing(env, tmp_path, monkeypatch
 def test_retrain_quarantines_corrupted_rows_and_continues(env):
     bad_rows = [3, 500, 1200]
     source = publish_frame(env, corrupt(digits_frame(env), bad_rows), "corrupted")
-    actor, _ = env.ws.actor(None)
+    actor, _ = env.ledger().actor(None)
 
     result = retrain(workspace=str(env.root), source=str(source), name="digits", actor=actor)
 
@@ -277,7 +278,7 @@ def test_refusal_in_staging_is_not_retried(env, tmp_path):
     shutil.copytree(env.dataset, src)
     (src / "digits.parquet").unlink()
     (src / "digits.parquet").symlink_to(env.dataset / "digits.parquet")
-    actor, _ = env.ws.actor(None)
+    actor, _ = env.ledger().actor(None)
     before = snapshot(env.root)
 
     state = retrain(
@@ -288,7 +289,7 @@ def test_refusal_in_staging_is_not_retried(env, tmp_path):
     with pytest.raises(RefusedError) as exc:
         state.result()
     assert exc.value.check == "symlink"
-    (run,) = _task_runs(state, "stage_dataset")
+    (run,) = _task_runs(state, "stage-dataset")
     assert run.run_count == 1
     assert run.state.is_failed()
     assert snapshot(env.root) == before
@@ -301,7 +302,7 @@ def test_transient_io_error_in_staging_is_retried(env, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    actor, _ = env.ws.actor(None)
+    actor, _ = env.ledger().actor(None)
     before = snapshot(env.root)
 
     state = retrain(
@@ -315,7 +316,7 @@ def test_transient_io_error_in_staging_is_retried(env, monkeypatch):
     assert state.is_failed()
     with pytest.raises(TransientIOError):
         state.result()
-    (run,) = _task_runs(state, "stage_dataset")
+    (run,) = _task_runs(state, "stage-dataset")
     assert run.run_count == 2
     assert snapshot(env.root) == before
     assert _staging_empty(env.root)
@@ -324,11 +325,18 @@ def test_transient_io_error_in_staging_is_retried(env, monkeypatch):
 # -- the retry condition ------------------------------------------------------------------------
 
 
-def test_io_tasks_use_the_retry_condition():
-    for t in (stage_dataset, push_dataset):
-        assert t.retry_condition_fn is retry_on_io_only
-        assert t.retries >= 1
-        assert t.with_options(retries=1).retry_condition_fn is retry_on_io_only
+def test_io_steps_become_tasks_retried_on_io_only_and_the_rest_never(env):
+    ledger = env.ledger()
+    io = [s for s in steps.STEPS if s.io]
+    assert {s.name for s in io} == {"stage-dataset", "push-dataset", "push-stages", "push-release"}
+    for step in steps.STEPS:
+        t = task_of(step, ledger)
+        assert t.name == step.name
+        if step.io:
+            assert t.retry_condition_fn is retry_on_io_only
+            assert t.retries == ledger.ws.params().ingest.io_retries >= 1
+        else:
+            assert t.retries == 0
 
 
 def test_retry_condition_on_built_states():

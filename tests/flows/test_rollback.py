@@ -59,7 +59,7 @@ def test_flow_refuses_tampered_target_prod_unchanged(prod_v2):
     with pytest.raises(RefusedError) as info:
         state.result()
     assert info.value.check == "integrity"
-    assert tags.read_registry(env.ws, env.model).prod == V2
+    assert tags.read_registry(env.ledger(), env.model).prod == V2
     assert len(env.ws.audit().entries()) == before
 
 
@@ -79,4 +79,4 @@ def test_cli_rollback_flow_against_a_prefect_server(prod_v2, prefect_server):
     )
     assert result.returncode == 0, result.stderr
     assert f"prod {V2} -> {V1}" in result.stdout
-    assert tags.read_registry(env.ws, env.model).prod == V1
+    assert tags.read_registry(env.ledger(), env.model).prod == V1

@@ -309,3 +309,14 @@ def test_canonical_json_is_deterministic() -> None:
     a = canonical_json({"b": 1, "a": [1, {"d": None, "c": "é"}]})
     b = canonical_json({"a": [1, {"c": "é", "d": None}], "b": 1})
     assert a == b == '{"a":[1,{"c":"é","d":null}],"b":1}'.encode()
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_key_others_may_read_is_refused(key: PrivateKey, mode: int) -> None:
+    key.path.chmod(mode)
+    with pytest.raises(RefusedError) as info:
+        load_private_key(key.path)
+    assert info.value.check == "key-permissions"
+    assert f"chmod 600 {key.path}" in str(info.value)
+    key.path.chmod(0o600)
+    assert load_private_key(key.path).key_id == key.key_id

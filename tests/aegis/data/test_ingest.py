@@ -17,8 +17,8 @@ import pytest
 import yaml
 from helpers import Env, snapshot
 
-from aegis.crypto.bundle import sign_directory
-from aegis.crypto.keys import generate_key
+from aegis.crypto.keys import generate_key, load_private_key
+from aegis.crypto.signing import KeySigner, sign_directory
 from aegis.data.manifest import BUNDLE_NAME, MANIFEST_NAME
 from aegis.data.publish import publish_dataset
 
@@ -169,7 +169,7 @@ def test_accepted_dataset_is_versioned_and_audited(cli, env: Env) -> None:
     assert entry["subjects"]["dataset"] == summary["digest"]
     assert entry["details"]["supplier"] == "acme"
     assert entry["details"]["dvc_md5"] == summary["dvc_md5"]
-    assert entry["actor"] == env.ws.trust().get("ops").key_id
+    assert entry["actor"] == env.ledger().trust.get("ops").key_id
     assert cli("--workspace", env.root, "audit", "verify").code == 0
 
 
@@ -186,10 +186,26 @@ def test_unknown_signer_is_refused(cli, env: Env) -> None:
 
 def test_revoked_supplier_is_refused_retired_still_verifies(cli, env: Env) -> None:
     newer = _publish(env)
-    assert cli("--workspace", env.root, "trust", "retire", "acme").code == 0
+    assert (
+        cli("--workspace", env.root, "trust", "retire", "acme", "--admin-key", env.admin_key).code
+        == 0
+    )
     # Retired: rotated out, what it signed before still verifies.
     assert cli("--workspace", env.root, "ingest", env.dataset, "--name", "digits").code == 0
-    assert cli("--workspace", env.root, "trust", "revoke", "acme", "--reason", "leak").code == 0
+    assert (
+        cli(
+            "--workspace",
+            env.root,
+            "trust",
+            "revoke",
+            "acme",
+            "--reason",
+            "leak",
+            "--admin-key",
+            env.admin_key,
+        ).code
+        == 0
+    )
     _refused(cli, env, newer, check="signer", fragment="revoked")
 
 
@@ -214,7 +230,7 @@ def test_manifest_lying_under_a_valid_signature_is_refused(cli, env: Env) -> Non
     manifest = json.loads((d / MANIFEST_NAME).read_text())
     manifest["files"][0]["rows"] += 5
     (d / MANIFEST_NAME).write_text(json.dumps(manifest))
-    sign_directory(d, bundle_name=BUNDLE_NAME, private_key_path=env.supplier_key)
+    sign_directory(d, bundle_name=BUNDLE_NAME, signer=KeySigner(env.supplier_key))
     _refused(cli, env, d, check="manifest", fragment="rows")
 
 
@@ -270,7 +286,10 @@ def test_tampered_audit_log_blocks_ingest(cli, env: Env) -> None:
 
 
 def test_operator_key_revoked_cannot_act(cli, env: Env) -> None:
-    assert cli("--workspace", env.root, "trust", "revoke", "ops").code == 0
+    assert (
+        cli("--workspace", env.root, "trust", "revoke", "ops", "--admin-key", env.admin_key).code
+        == 0
+    )
     _refused(cli, env, env.dataset, "--key", env.operator_key, check="signer", fragment="revoked")
 
 
@@ -279,3 +298,66 @@ def test_ingest_same_dataset_twice_is_idempotent_in_git(cli, env: Env) -> None:
     head = os.popen(f"git -C {env.root} rev-parse HEAD").read()
     assert cli("--workspace", env.root, "ingest", env.dataset, "--name", "digits").code == 0
     assert os.popen(f"git -C {env.root} rev-parse HEAD").read() == head
+
+
+# -- hostile tables under a valid signature (a hostile review's findings) -------------------
+
+
+def _signed_table(env: Env, table, name: str) -> Path:
+    """A dataset whose Parquet holds ``table``, with a manifest and a valid supplier signature."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from aegis.data.manifest import ColumnSchema, DatasetManifest, ManifestFile
+    from aegis.timeutil import utc_now
+
+    d = env.root.parent / name
+    d.mkdir()
+    pq.write_table(table, d / "digits.parquet")
+    data = (d / "digits.parquet").read_bytes()
+    manifest = DatasetManifest(
+        name="digits",
+        created=utc_now(),
+        supplier_key_id=load_private_key(env.supplier_key).key_id,
+        files=[
+            ManifestFile(
+                path="digits.parquet",
+                bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                rows=table.num_rows,
+            )
+        ],
+        columns=[ColumnSchema(name=f.name, type=str(f.type)) for f in table.schema],
+        rows=table.num_rows,
+    )
+    (d / MANIFEST_NAME).write_bytes(manifest.to_bytes())
+    sign_directory(d, bundle_name=BUNDLE_NAME, signer=KeySigner(env.supplier_key))
+    return d
+
+
+def test_a_signed_table_with_a_list_column_is_refused(cli, env: Env) -> None:
+    import pyarrow as pa
+
+    table = pa.table({"pixel_0_0": [1.0, 2.0], "label": [[1], [2]]})
+    _refused(cli, env, _signed_table(env, table, "lists"), check="schema", fragment="nested")
+
+
+def test_a_signed_table_with_duplicate_column_names_is_refused(cli, env: Env) -> None:
+    import pyarrow as pa
+
+    table = pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0])], names=["x", "x"])
+    _refused(cli, env, _signed_table(env, table, "dups"), check="schema", fragment="duplicate")
+
+
+def test_a_manifest_naming_other_columns_than_the_file_is_refused(cli, env: Env) -> None:
+    import pyarrow as pa
+
+    table = pa.table({"a": [1.0], "label": [1]})
+    d = _signed_table(env, table, "cols")
+    manifest = json.loads((d / MANIFEST_NAME).read_text())
+    manifest["columns"][0]["name"] = "b"
+    (d / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (d / BUNDLE_NAME).unlink()
+    sign_directory(d, bundle_name=BUNDLE_NAME, signer=KeySigner(env.supplier_key))
+    _refused(cli, env, d, check="manifest", fragment="columns")

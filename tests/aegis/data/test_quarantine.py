@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
-from helpers import Env
+from helpers import Env, pipeline_key, verify_log
 from validation_helpers import digits_frame, git_status
 
 from aegis import vcs
+from aegis.crypto.keys import load_private_key
 from aegis.data.quarantine import (
     REASONS,
     ROW,
     build_quarantine,
     read_quarantine,
-    read_releases,
     release,
     released_rows,
-    releases_path,
     summarize,
 )
-from aegis.errors import UsageError
+from aegis.errors import RefusedError, UsageError
+from aegis.pipeline.layout import Layout
 
 DIGEST = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64
@@ -65,86 +66,82 @@ def _quarantine(env: Env) -> None:
     build_quarantine(digits_frame(env), REASONS_BY_ROW).to_parquet(path, index=False)
 
 
-def _operator(env: Env) -> str:
-    actor, _ = env.ws.actor(env.operator_key)
-    return actor
+def _release(env: Env, rows, reason: str, digest: str = DIGEST, key=None):
+    return release(
+        env.ledger(), "digits", dataset_digest=digest, rows=rows, reason=reason,
+        operator_key_path=key or env.operator_key,
+    )  # fmt: skip
+
+
+def _copy(env: Env) -> dict:
+    return json.loads(Layout(env.root).quarantine_releases("digits").read_text())
 
 
 def test_read_quarantine_before_any_validation_is_a_usage_error(env):
     with pytest.raises(UsageError, match="aegis validate digits"):
-        read_quarantine(env.ws, "digits")
+        read_quarantine(Layout(env.root), "digits")
 
 
 def test_summarize_counts_reasons_and_releases(env):
     _quarantine(env)
-    summary = summarize(env.ws, "digits", DIGEST)
+    summary = summarize(env.ledger(), "digits", DIGEST)
     assert (summary.rows, summary.released) == (3, 0)
     assert summary.reasons == {
         "column_values_to_be_between(pixel_0_3)": 2,
         "column_values_to_be_in_set(label)": 1,
         "compound_columns_to_be_unique(64 columns)": 1,
     }
-    release(env.ws, "digits", dataset_digest=DIGEST, rows=[7], reason="ok", actor=_operator(env))
-    assert summarize(env.ws, "digits", DIGEST).released == 1
-    assert summarize(env.ws, "digits", OTHER).released == 0
+    _release(env, [7], "ok")
+    assert summarize(env.ledger(), "digits", DIGEST).released == 1
+    assert summarize(env.ledger(), "digits", OTHER).released == 0
 
 
-def test_release_is_committed_and_audited_with_the_actor(env):
+def test_release_is_signed_audited_and_committed_with_the_actor(env):
     _quarantine(env)
-    actor = _operator(env)
+    operator = load_private_key(env.operator_key)
 
-    new = release(
-        env.ws,
-        "digits",
-        dataset_digest=DIGEST,
-        rows=[40, 7],
-        reason="checked by hand: scanner glitch",
-        actor=actor,
-    )
+    new = _release(env, [40, 7], "checked by hand: scanner glitch")
 
     assert new == [7, 40]
-    path = releases_path(env.ws, "digits")
-    saved = json.loads(path.read_text())
-    assert saved["dataset"] == DIGEST and saved["rows"] == [7, 40]
-    (decision,) = saved["decisions"]
-    assert decision["actor"] == actor and decision["rows"] == [7, 40]
-    assert decision["reason"] == "checked by hand: scanner glitch"
-    # committed to git: the file is tracked and unchanged since HEAD
-    head = vcs.head_commit(env.root)
-    assert vcs.git(env.root, "log", "-1", "--format=%H", "--", str(path)).strip() == head
-    assert "release 2 row(s) of digits" in vcs.git(env.root, "log", "-1", "--format=%s")
-    assert "quarantine/digits.released.json" not in git_status(env.root)
     entry = env.ws.audit().entries()[-1]
     assert entry.action == "quarantine.release"
-    assert entry.actor == actor
+    assert entry.actor == operator.key_id
     assert entry.subjects == {"dataset": DIGEST}
     assert entry.details["rows"] == [7, 40]
     assert entry.details["reason"] == "checked by hand: scanner glitch"
-    assert entry.details["commit"] == head
-    assert env.ws.verify_audit().entries == len(env.ws.audit().entries())
+    signed = entry.details["signed"]  # the operator's own signature over the decision
+    assert signed["key_id"] == operator.key_id
+    assert signed["body"]["dataset"] == DIGEST and signed["body"]["rows"] == [7, 40]
+    # the copy in git says the same, and was committed after the audit entry (anchored)
+    saved = _copy(env)
+    assert saved["dataset"] == DIGEST and saved["rows"] == [7, 40]
+    (decision,) = saved["decisions"]
+    assert decision["actor"] == operator.key_id and decision["audit_seq"] == entry.seq
+    path = Layout(env.root).quarantine_releases("digits")
+    head = vcs.head_commit(env.root)
+    assert vcs.git(env.root, "log", "-1", "--format=%H", "--", str(path)).strip() == head
+    message = vcs.git(env.root, "log", "-1", "--format=%B")
+    assert "release 2 row(s) of digits" in message
+    assert f"Aegis-Audit: {entry.seq} {entry.hash}" in message
+    assert "quarantine/digits.released.json" not in git_status(env.root)
+    assert verify_log(env.ws).entries == len(env.ws.audit().entries())
 
 
 def test_release_all_then_nothing_left(env):
     _quarantine(env)
-    actor = _operator(env)
-    assert release(
-        env.ws, "digits", dataset_digest=DIGEST, rows=None, reason="fine", actor=actor
-    ) == [7, 40, 1200]
+    assert _release(env, None, "fine") == [7, 40, 1200]
     with pytest.raises(UsageError, match="already released"):
-        release(env.ws, "digits", dataset_digest=DIGEST, rows=None, reason="again", actor=actor)
+        _release(env, None, "again")
 
 
 def test_second_release_adds_a_decision(env):
     _quarantine(env)
-    actor = _operator(env)
-    release(env.ws, "digits", dataset_digest=DIGEST, rows=[7], reason="one", actor=actor)
-    assert release(
-        env.ws, "digits", dataset_digest=DIGEST, rows=[7, 40], reason="two", actor=actor
-    ) == [40]  # 7 was already out
-    saved = read_releases(env.ws, "digits")
+    _release(env, [7], "one")
+    assert _release(env, [7, 40], "two") == [40]  # 7 was already out
+    saved = _copy(env)
     assert saved["rows"] == [7, 40]
     assert [d["reason"] for d in saved["decisions"]] == ["one", "two"]
-    assert released_rows(env.ws, "digits", DIGEST) == {7, 40}
+    assert released_rows(env.ledger(), "digits", DIGEST) == {7, 40}
 
 
 @pytest.mark.parametrize(
@@ -163,13 +160,20 @@ def test_refused_releases_change_nothing(env, rows, reason, fragment):
     entries = len(env.ws.audit().entries())
 
     with pytest.raises(UsageError) as exc:
-        release(
-            env.ws, "digits", dataset_digest=DIGEST, rows=rows, reason=reason, actor=_operator(env)
-        )
+        _release(env, rows, reason)
 
     assert fragment in str(exc.value)
-    assert not releases_path(env.ws, "digits").exists()
+    assert not Layout(env.root).quarantine_releases("digits").exists()
     assert vcs.head_commit(env.root) == head
+    assert len(env.ws.audit().entries()) == entries
+
+
+def test_a_key_that_is_not_an_operator_cannot_release(env):
+    _quarantine(env)
+    entries = len(env.ws.audit().entries())
+    with pytest.raises(RefusedError) as info:
+        _release(env, [7], "ok", key=env.supplier_key)
+    assert info.value.check == "signer"
     assert len(env.ws.audit().entries()) == entries
 
 
@@ -178,38 +182,81 @@ def test_release_with_an_empty_quarantine_says_so(env):
     path.parent.mkdir()
     build_quarantine(digits_frame(env), {}).to_parquet(path, index=False)
     with pytest.raises(UsageError, match="no row of 'digits' is quarantined"):
-        release(env.ws, "digits", dataset_digest=DIGEST, rows=None, reason="x", actor="a")
+        _release(env, None, "x")
 
 
 def test_released_rows_are_bound_to_the_dataset_digest(env):
     _quarantine(env)
-    actor = _operator(env)
-    release(env.ws, "digits", dataset_digest=DIGEST, rows=[7, 40], reason="ok", actor=actor)
+    _release(env, [7, 40], "ok")
 
-    assert released_rows(env.ws, "digits", DIGEST) == {7, 40}
-    assert released_rows(env.ws, "digits", OTHER) == set()  # another version: nothing released
+    assert released_rows(env.ledger(), "digits", DIGEST) == {7, 40}
+    assert released_rows(env.ledger(), "digits", OTHER) == set()  # another version: nothing
 
-    # a release for the other version starts over; the first stays in git history and the audit log
-    assert release(
-        env.ws, "digits", dataset_digest=OTHER, rows=[1200], reason="v2", actor=actor
-    ) == [1200]
-    assert released_rows(env.ws, "digits", OTHER) == {1200}
-    assert released_rows(env.ws, "digits", DIGEST) == set()
-    first = next(e for e in env.ws.audit().entries() if e.action == "quarantine.release")
-    assert first.subjects == {"dataset": DIGEST} and first.details["rows"] == [7, 40]
+    # a release of the other version is its own; the first stays true of its version
+    assert _release(env, [1200], "v2", digest=OTHER) == [1200]
+    assert released_rows(env.ledger(), "digits", OTHER) == {1200}
+    assert released_rows(env.ledger(), "digits", DIGEST) == {7, 40}
+    assert _copy(env)["dataset"] == OTHER  # the copy shows the latest version's
 
 
-def test_unreadable_releases_file_is_a_config_error(env):
-    from aegis.errors import ConfigError
+# -- releases count only with their signed audit entry (a hostile review's finding) ----------
+
+
+def test_a_hand_written_releases_file_counts_for_nothing(env):
+    _quarantine(env)
+    path = Layout(env.root).quarantine_releases("digits")
+    path.write_text(json.dumps({"dataset": DIGEST, "rows": [7, 40, 1200], "decisions": []}))
+    assert released_rows(env.ledger(), "digits", DIGEST) == set()
+    assert summarize(env.ledger(), "digits", DIGEST).released == 0
+
+
+def test_an_audit_entry_without_the_operators_signature_counts_for_nothing(env):
+    _quarantine(env)
+    operator = load_private_key(env.operator_key)
+    # an entry in the log (a pipeline-key holder, or an older Aegis) with no signed decision
+    env.ws.audit().append(
+        actor=operator.key_id, action="quarantine.release", pipeline_key=pipeline_key(env.ws),
+        subjects={"dataset": DIGEST}, details={"name": "digits", "rows": [7], "reason": "x"},
+    )  # fmt: skip
+    assert released_rows(env.ledger(), "digits", DIGEST) == set()
+
+
+def test_a_signed_release_by_a_revoked_operator_counts_for_nothing(env):
+    from aegis.trust_ops import change_status
 
     _quarantine(env)
-    releases_path(env.ws, "digits").write_text("{not json")
-    with pytest.raises(ConfigError, match="not valid JSON"):
-        released_rows(env.ws, "digits", DIGEST)
+    _release(env, [7], "ok")
+    assert released_rows(env.ledger(), "digits", DIGEST) == {7}
+    change_status(env.ws, "ops", status="revoked", reason="leaked", admin_key=env.admin_key)
+    assert released_rows(env.ledger(), "digits", DIGEST) == set()
+
+
+def test_a_release_signed_for_another_version_does_not_count_here(env):
+    from aegis.crypto.documents import sign_document
+    from aegis.ledger import QUARANTINE_KIND
+
+    _quarantine(env)
+    operator = load_private_key(env.operator_key)
+    body = {"kind": QUARANTINE_KIND, "name": "digits", "dataset": OTHER, "rows": [7]}
+    env.ws.audit().append(  # the entry claims DIGEST; the operator signed OTHER
+        actor=operator.key_id, action="quarantine.release", pipeline_key=pipeline_key(env.ws),
+        subjects={"dataset": DIGEST},
+        details={"name": "digits", "rows": [7], "signed": sign_document(operator, body)},
+    )  # fmt: skip
+    assert released_rows(env.ledger(), "digits", DIGEST) == set()
+
+
+def test_a_planted_quarantine_that_is_a_fifo_is_refused_not_read(env):
+    path = env.root / "quarantine" / "digits.parquet"
+    path.parent.mkdir()
+    os.mkfifo(path)
+    with pytest.raises(RefusedError) as info:
+        read_quarantine(Layout(env.root), "digits")
+    assert info.value.check == "file"
 
 
 def test_quarantine_parquet_round_trips(env):
     _quarantine(env)
-    table = read_quarantine(env.ws, "digits")
+    table = read_quarantine(Layout(env.root), "digits")
     assert isinstance(table, pd.DataFrame)
     assert table[ROW].tolist() == [7, 40, 1200]

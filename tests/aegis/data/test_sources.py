@@ -23,6 +23,7 @@ from aegis import vcs
 from aegis.data.ingest import ingest
 from aegis.data.manifest import MANIFEST_NAME, dataset_digest
 from aegis.data.publish import publish_dataset
+from aegis.ledger import Ledger
 from aegis.trust_ops import new_key
 from aegis.workspace import init_workspace
 
@@ -76,10 +77,10 @@ def bucket(s3) -> str:
 def test_ingest_from_s3_accepts_signed_dataset(env, s3, bucket):
     _upload(s3, bucket, "incoming/digits/", env.dataset)
     ws = env.ws
-    actor, _ = ws.actor(None)
+    actor, _ = env.ledger().actor(None)
     url = f"s3://{bucket}/incoming/digits"  # no trailing slash: the prefix is a folder
 
-    result = ingest(ws, url, name="digits", actor=actor)
+    result = ingest(env.ledger(), url, name="digits", actor=actor)
 
     manifest = (env.dataset / MANIFEST_NAME).read_bytes()
     assert result.name == "digits"
@@ -231,17 +232,23 @@ def test_s3_usage_errors(url, message, env, s3, bucket, cli, request):
 
 @pytest.mark.slow
 def test_s3_dvc_remote_restores_old_version_byte_for_byte(env, s3, bucket, tmp_path):
-    ws, created = init_workspace(tmp_path / "ws3", remote=f"s3://{bucket}/dvcstore")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    ws, created = init_workspace(
+        tmp_path / "ws3", admin_key_out=keys / "admin.pem", remote=f"s3://{bucket}/dvcstore"
+    )
     assert f"DVC remote s3://{bucket}/dvcstore" in created
     assert not ws.local_remote.exists()
-    supplier = tmp_path / "keys" / "supplier.pem"
-    supplier.parent.mkdir()
-    new_key(ws, role="supplier", name="acme", owner="acme-data", out=supplier, admin_key=None)
-    actor, _ = ws.actor(None)
+    supplier = keys / "supplier.pem"
+    new_key(
+        ws, role="supplier", name="acme", owner="acme-data", out=supplier,
+        admin_key=keys / "admin.pem",
+    )  # fmt: skip
+    actor, _ = Ledger.load(ws).actor(None)
 
     v1 = tmp_path / "v1"
     publish_dataset(env.raw, name="digits", key_path=supplier, out=v1)
-    first = ingest(ws, str(v1), name="digits", actor=actor)
+    first = ingest(Ledger.load(ws), str(v1), name="digits", actor=actor)
 
     # version 2: different rows, published later
     import pyarrow.parquet as pq
@@ -252,7 +259,7 @@ def test_s3_dvc_remote_restores_old_version_byte_for_byte(env, s3, bucket, tmp_p
     pq.write_table(table.slice(0, 1000), raw2 / "digits.parquet")
     v2 = tmp_path / "v2"
     publish_dataset(raw2, name="digits", key_path=supplier, out=v2)
-    second = ingest(ws, str(v2), name="digits", actor=actor)
+    second = ingest(Ledger.load(ws), str(v2), name="digits", actor=actor)
     assert second.created > first.created
     assert second.commit != first.commit
     assert _files(v1)["digits.parquet"] != _files(v2)["digits.parquet"]

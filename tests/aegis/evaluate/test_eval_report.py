@@ -103,7 +103,7 @@ def test_hostile_strings_are_escaped():
         samples={HOSTILE: 1},
         delta="$\\frac{a}{$",
     )
-    history = [{"epoch": 1, "$\\bad{" + HOSTILE: 0.5, "note": HOSTILE}]
+    history = [{"epoch": 1, "$\\bad{" + HOSTILE + "_loss": 0.5, "note": HOSTILE}]
     html = render_report(metrics, history=history, details=DETAILS, title=HOSTILE)
     assert "<script" not in html.lower() and "<img src=x" not in html
     assert "&lt;script&gt;" in html and "&lt;img src=x onerror=alert(1)&gt;" in html
@@ -118,3 +118,20 @@ def test_report_of_a_real_evaluation(masked_eval):
     _assert_self_contained(html)
     assert "square_beats_pgd" in html and "vanishing_gradients" in html
     assert len(_DATA_URI.findall(html)) == 4  # no DP: no privacy-utility point
+
+
+def test_training_curves_plot_loss_and_accuracy_never_seconds():
+    from aegis.evaluate.report import history_panels
+
+    history = [
+        {"epoch": 1, "train_loss": 1.2, "val_loss": 1.3, "train_acc": 0.6, "val_acc": 0.55,
+         "seconds": 4.2},
+        {"epoch": 2, "train_loss": 0.8, "val_loss": 0.9, "train_acc": 0.8, "val_acc": 0.75,
+         "seconds": 3.9, "epsilon": 1.1},
+    ]  # fmt: skip
+    assert history_panels(history) == {
+        "loss": ["train_loss", "val_loss"],
+        "accuracy": ["train_acc", "val_acc"],
+        "ε spent": ["epsilon"],
+    }
+    assert history_panels([{"epoch": 1, "seconds": 2.0}]) == {}

@@ -61,7 +61,7 @@ def test_rollback_crash_at_every_step(released_env, step, completed):
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     _after_crash_checks(env, V1 if completed else V2)
-    state = tags.read_registry(env.ws, env.model)
+    state = tags.read_registry(env.ledger(), env.model)
     assert state.bad == ({V2} if completed else set())
     last = [e for e in env.ws.audit().entries() if e.action.startswith("rollback.")][-1]
     assert last.action == ("rollback.done" if completed else "rollback.aborted")
@@ -69,17 +69,18 @@ def test_rollback_crash_at_every_step(released_env, step, completed):
         done = aegis(env.root, "rollback", "--reason", "again", "--key", env.operator_key)
         assert done.returncode == 0, done.stderr
         assert_registry_consistent(env.ws, env.model)
-        assert tags.read_registry(env.ws, env.model).prod == V1
+        assert tags.read_registry(env.ledger(), env.model).prod == V1
 
 
 _RELEASE = textwrap.dedent(
     """
     from pathlib import Path
+    from aegis.ledger import Ledger
     from aegis.registry.release import build_release
     from aegis.workspace import Workspace
 
     ws = Workspace(Path({root!r}))
-    build_release(ws, "digits", actor=ws.meta()["pipeline_key"])
+    build_release(Ledger.load(ws), "digits", actor=ws.meta()["pipeline_key"])
     """
 )
 
@@ -106,7 +107,7 @@ def test_release_crash_at_every_step(released_env, step, completed):
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     _after_crash_checks(env, V1)
-    versions = [v.version for v in tags.read_registry(env.ws, env.model).versions]
+    versions = [v.version for v in tags.read_registry(env.ledger(), env.model).versions]
     assert versions == ([V1, V2, V3] if completed else [V1, V2])
     created = [
         e.details["version"] for e in env.ws.audit().entries() if e.action == "release.created"

@@ -44,8 +44,8 @@ def test_export_verifies_with_the_documented_model_signing_command(released_env,
         PUBLIC_KEY,
         README,
     }
-    assert (out / PUBLIC_KEY).read_text() == env.ws.pipeline_entry().public_key
-    assert env.ws.pipeline_entry().key_id in (out / README).read_text()
+    assert (out / PUBLIC_KEY).read_text() == env.ledger().pipeline_entry().public_key
+    assert env.ledger().pipeline_entry().key_id in (out / README).read_text()
 
     proc = _run_documented(out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -83,7 +83,7 @@ def test_export_refuses_a_non_empty_directory(released_env, cli, tmp_path):
     assert "not empty" in result.err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     with pytest.raises(UsageError):
-        export_release(released_env.ws, parse_target(V1), out)
+        export_release(released_env.ledger(), parse_target(V1), out)
 
 
 def test_export_refuses_a_tampered_release(released_env, cli, tmp_path):
@@ -98,14 +98,14 @@ def test_export_refuses_a_tampered_release(released_env, cli, tmp_path):
     assert result.err.startswith("refused: integrity:") and "metrics.json" in result.err
     assert not out.exists()
     with pytest.raises(RefusedError):
-        export_release(env.ws, parse_target(V1), out)
+        export_release(env.ledger(), parse_target(V1), out)
     assert not out.exists()
 
 
 def test_export_of_a_missing_directory_fetches_it(released_env, tmp_path):
     env = released_env
     shutil.rmtree(env.release_dir(1))
-    result = export_release(env.ws, parse_target(V1), tmp_path / "x")
+    result = export_release(env.ledger(), parse_target(V1), tmp_path / "x")
     assert result.release == V1 and (tmp_path / "x" / "release.json").is_file()
     assert _run_documented(tmp_path / "x").returncode == 0
 
@@ -125,6 +125,6 @@ def test_export_refuses_if_the_signer_left_the_trust_store(released_env, monkeyp
     monkeypatch.setattr(export_module, "open_release", verified_then_key_gone)
     out = tmp_path / "export"
     with pytest.raises(RefusedError) as exc:
-        export_release(released_env.ws, parse_target(V1), out)
+        export_release(released_env.ledger(), parse_target(V1), out)
     assert exc.value.check == "signer"
     assert not out.exists()

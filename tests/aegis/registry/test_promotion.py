@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CliResult
+from helpers import CliResult, verify_log
 from registry_helpers import set_promote
 
 from aegis import vcs
 from aegis.approval import GateFailure
-from aegis.config import PromoteParams
+from aegis.config import PromoteParams, policy_digest
 from aegis.errors import RefusedError
 from aegis.registry import approvals_store as store
 from aegis.registry.promotion import approve, gates_for, promote
@@ -42,11 +42,15 @@ def renv(released_env):
 
 
 def _promote(env, target, **kw):
-    return promote(env.ws, parse_target(target), operator_key_path=env.operator_key, **kw)
+    return promote(env.ledger(), parse_target(target), operator_key_path=env.operator_key, **kw)
 
 
 def _approve(env, target, key, **kw):
-    return approve(env.ws, parse_target(target), approver_key_path=key, **kw)
+    return approve(env.ledger(), parse_target(target), approver_key_path=key, **kw)
+
+
+def _no_request(env, version: str = "v1.0.0") -> bool:
+    return store.latest_request(env.ledger(), env.model, version).request is None
 
 
 def test_pending_then_approve_then_resume(renv):
@@ -63,12 +67,12 @@ def test_pending_then_approve_then_resume(renv):
     done = _promote(renv, renv.v1, resume=True)
     assert done.status == "promoted" and done.previous_prod is None
     assert all(g.passed for g in done.gates)
-    assert read_registry(renv.ws, renv.model).prod == "v1.0.0"
+    assert read_registry(renv.ledger(), renv.model).prod == "v1.0.0"
     assert _promote(renv, renv.v1).status == "already-prod"
     actions = [e.action for e in renv.ws.audit().entries()]
     for action in ("approval.requested", "approval.granted", "promote.intent", "promote.done"):
         assert action in actions
-    renv.ws.verify_audit()
+    verify_log(renv.ws)
 
 
 def test_second_promotion_moves_prod(renv):
@@ -78,7 +82,7 @@ def test_second_promotion_moves_prod(renv):
         outcome = _promote(renv, target, resume=True)
         assert outcome.status == "promoted"
     assert outcome.previous_prod == "v1.0.0"
-    state = read_registry(renv.ws, renv.model)
+    state = read_registry(renv.ledger(), renv.model)
     assert state.prod == "v2.0.0" and state.prod_history == ["v1.0.0", "v2.0.0"]
     assert [v.version for v in state.versions if "prod" in v.stages] == ["v2.0.0"]
 
@@ -90,7 +94,7 @@ def test_gate_failure_refuses_with_rows(renv):
     rows = {r.gate: r for r in info.value.rows}
     assert not rows["min_clean_acc"].passed and rows["min_clean_acc"].threshold == ">= 1"
     assert info.value.check == "gates"
-    assert store.load_request(renv.ws, renv.model, "v1.0.0") is None  # nothing requested
+    assert _no_request(renv)  # nothing requested
 
 
 def test_regression_gate_against_prod(renv):
@@ -118,7 +122,7 @@ def test_bad_version_refused(renv):
     from aegis.registry.rollback import rollback
 
     promote_in_turn(renv.ws, renv.model, ["v1.0.0", "v2.0.0"])
-    rollback(renv.ws, to=None, reason="incident", operator_key_path=renv.operator_key)
+    rollback(renv.ledger(), to=None, reason="incident", operator_key_path=renv.operator_key)
     with pytest.raises(RefusedError, match="marked bad") as info:  # v2, rolled back from
         _promote(renv, renv.v2)
     assert info.value.check == "registry"
@@ -140,7 +144,7 @@ def test_rejection_refuses_promotion(renv):
     _approve(renv, renv.v1, renv.approver_key, reject=True, reason="robustness too low")
     with pytest.raises(RefusedError, match="rejected by bob: robustness too low"):
         _promote(renv, renv.v1, resume=True)
-    assert read_registry(renv.ws, renv.model).prod is None
+    assert read_registry(renv.ledger(), renv.model).prod is None
 
 
 def test_two_person_rule_needs_two_owners(renv):
@@ -153,13 +157,39 @@ def test_two_person_rule_needs_two_owners(renv):
     assert outcome.status == "promoted" and sorted(outcome.approvers) == ["bob", "carol"]
 
 
-def test_gates_rerun_on_resume(renv):
+def test_a_resume_under_another_policy_is_refused(renv):
     _promote(renv, renv.v1)
     _approve(renv, renv.v1, renv.approver_key)
     set_promote(renv, min_clean_acc=1.0)  # the policy tightened while it waited
-    with pytest.raises(GateFailure):
+    with pytest.raises(RefusedError, match="policy") as info:
         _promote(renv, renv.v1, resume=True)
-    assert read_registry(renv.ws, renv.model).prod is None
+    assert info.value.check == "approval"
+    with pytest.raises(GateFailure):  # a new request is made under the policy of now
+        _promote(renv, renv.v1)
+    assert read_registry(renv.ledger(), renv.model).prod is None
+
+
+def test_a_weaker_policy_cannot_complete_a_request_approved_under_a_stronger_one(renv):
+    set_promote(renv, approvals_required=2)
+    _promote(renv, renv.v1)
+    _approve(renv, renv.v1, renv.approver_key)
+    set_promote(renv, approvals_required=1)  # the operator edits params.yaml
+    with pytest.raises(RefusedError, match="policy"):
+        _promote(renv, renv.v1, resume=True)
+    with pytest.raises(RefusedError, match="policy"):  # and approving that request is refused
+        _approve(renv, renv.v1, renv.approver2_key)
+    pending = _promote(renv, renv.v1)  # a new request, bound to the new policy
+    assert pending.status == "pending" and pending.approvers == []  # bob approved the old one
+    assert read_registry(renv.ledger(), renv.model).prod is None
+
+
+def test_the_request_binds_the_policy_and_approvers_see_it(renv):
+    set_promote(renv, approvals_required=2)
+    _promote(renv, renv.v1)
+    request = store.latest_request(renv.ledger(), renv.model, "v1.0.0").request
+    assert request.body["policy"]["approvals_required"] == 2
+    assert request.policy_digest == policy_digest(renv.ws.params().promote)
+    assert request.approvals_required == 2
 
 
 def test_tampered_release_refused_before_request(renv):
@@ -168,11 +198,11 @@ def test_tampered_release_refused_before_request(renv):
     with pytest.raises(RefusedError) as info:
         _promote(renv, renv.v1)
     assert info.value.check in ("integrity", "signature")
-    assert store.load_request(renv.ws, renv.model, "v1.0.0") is None
+    assert _no_request(renv)
 
 
 def test_evidence_is_reread_through_its_signed_digest(renv):
-    verified = open_release(renv.ws, parse_target(renv.v1))
+    verified = open_release(renv.ledger(), parse_target(renv.v1))
     for name, text in (("validation.json", '{"success": true}'), ("params.yaml", "train: {}\n")):
         path = verified.directory / name
         kept = path.read_bytes()
@@ -203,46 +233,54 @@ def test_release_tampered_before_the_assignment_refused(renv, monkeypatch, victi
     with pytest.raises(RefusedError) as info:
         _promote(renv, renv.v2, resume=True)
     assert info.value.check == "integrity"
-    assert read_registry(renv.ws, renv.model).prod == "v1.0.0"
+    assert read_registry(renv.ledger(), renv.model).prod == "v1.0.0"
     assert renv.ws.audit().entries()[-1].action == "promote.aborted"
 
 
-def test_planted_approval_files_do_not_block(renv, tmp_path):
+def test_planted_approval_files_neither_count_nor_block_nor_hang(renv, tmp_path):
+    from aegis.crypto.documents import sign_document
     from aegis.crypto.keys import generate_key
+    from aegis.ledger import APPROVAL_KIND
+    from aegis.pipeline.layout import Layout
 
     _promote(renv, renv.v1)
-    request = store.load_request(renv.ws, renv.model, "v1.0.0")
+    request = store.latest_request(renv.ledger(), renv.model, "v1.0.0").request
     stranger = generate_key(tmp_path / "stranger.pem")
-    body = {**request.body, "kind": store.APPROVAL_KIND, "request": request.digest,
+    body = {**request.body, "kind": APPROVAL_KIND, "request": request.digest,
             "decision": "reject", "reason": "planted",
             "approver": {"key_id": stranger.key_id, "owner": "mallory"}}  # fmt: skip
-    folder = request.path.parent
-    (folder / f"approval-{stranger.key_id}.json").write_bytes(store._signed(stranger, body))
+    folder = store.version_dir(Layout(renv.root), renv.model, "v1.0.0")
+    (folder / f"approval-{stranger.key_id}.json").write_text(
+        json.dumps(sign_document(stranger, body))
+    )
     (folder / "approval-junk.json").write_text("not json")
+    os.mkfifo(folder / "approval-fifo.json")  # a FIFO would hang a reader
+    (folder / "approval-zero.json").symlink_to("/dev/zero")  # and this exhaust its memory
+    (folder / "request.json").unlink()
+    (folder / "request.json").symlink_to("/dev/zero")
     pending = _promote(renv, renv.v1, resume=True)
     assert pending.status == "pending" and pending.approvers == []
-    notes = "\n".join(pending.notes)
-    assert "unknown key" in notes and "unreadable" in notes
     _approve(renv, renv.v1, renv.approver_key)
     done = _promote(renv, renv.v1, resume=True)
     assert done.status == "promoted" and done.approvers == ["bob"]
 
 
 def test_failed_audit_keeps_no_approval(renv, monkeypatch):
-    from aegis.audit import AuditLog
+    from aegis.audit import VerifiedLog
+    from aegis.pipeline.layout import Layout
 
     _promote(renv, renv.v1)
-    real = AuditLog.append
+    real = VerifiedLog.append
 
     def failing(self, **kw):
         if kw["action"].startswith("approval."):
             raise OSError("disk full")
         return real(self, **kw)
 
-    monkeypatch.setattr(AuditLog, "append", failing)
+    monkeypatch.setattr(VerifiedLog, "append", failing)
     with pytest.raises(OSError):
         _approve(renv, renv.v1, renv.approver_key)
-    folder = store.version_dir(renv.ws, renv.model, "v1.0.0")
+    folder = store.version_dir(Layout(renv.root), renv.model, "v1.0.0")
     assert not list(folder.glob("approval-*.json"))
     assert not vcs.git(renv.root, "status", "--porcelain", "--", str(folder)).strip()
 
@@ -283,7 +321,7 @@ def test_cli_refusals_exit_1_naming_the_check(renv, cli, aegis):
     from aegis.trust_ops import new_key
 
     eve = renv.root.parent / "keys" / "eve.pem"
-    new_key(renv.ws, role="approver", name="eve", owner="alice", out=eve, admin_key=None)
+    new_key(renv.ws, role="approver", name="eve", owner="alice", out=eve, admin_key=renv.admin_key)
     result = cli(*w, "approve", renv.v1, "--key", eve)
     assert result.code == 1 and "requester's owner" in result.err
     result = cli(*w, "approve", renv.v1, "--key", renv.approver_key, "--reject")
@@ -303,23 +341,31 @@ def test_cli_expired_request_refused(renv, cli, aegis):
     assert result.code == 1 and "expired" in result.err
 
 
-def test_cli_replayed_approval_ignored(renv, cli, aegis):
+def test_cli_replayed_files_change_nothing(renv, cli, aegis):
+    from aegis.pipeline.layout import Layout
+
     w = ("--workspace", renv.root)
     for target in (renv.v1, renv.v2):
         assert aegis(*w, "promote", target, "--key", renv.operator_key).code == 0
     assert cli(*w, "approve", renv.v1, "--key", renv.approver_key).code == 0
-    v1_dir = store.version_dir(renv.ws, renv.model, "v1.0.0")
-    v2_dir = store.version_dir(renv.ws, renv.model, "v2.0.0")
+    v1_dir = store.version_dir(Layout(renv.root), renv.model, "v1.0.0")
+    v2_dir = store.version_dir(Layout(renv.root), renv.model, "v2.0.0")
     for path in v1_dir.glob("approval-*.json"):
         (v2_dir / path.name).write_bytes(path.read_bytes())
     result = aegis(*w, "promote", renv.v2, "--resume", "--key", renv.operator_key)
     assert result.code == 0 and "pending" in result.out  # does not count, does not block
-    assert "replayed" in result.err and "ignored" in result.err
-    # a request copied from another version is refused by `approve`
+    status = cli(*w, "status", "--json")
+    v2 = json.loads(status.out)["models"][0]["versions"][1]
+    assert v2["approvals"]["approved_by"] == []
+    assert any("no audited decision" in n for n in v2["approvals"]["ignored"])
+    # a request copied from another version is only a file: v2's audited request is used
     (v2_dir / "request.json").write_bytes((v1_dir / "request.json").read_bytes())
-    result = cli(*w, "approve", renv.v2, "--key", renv.approver2_key)
-    assert result.code == 1 and "approval" in result.err
-    assert read_registry(renv.ws, renv.model).prod is None
+    result = cli(*w, "approve", renv.v2, "--key", renv.approver2_key, "--json")
+    assert result.code == 0, result.err
+    decision = [e for e in renv.ws.audit().entries() if e.action == "approval.granted"][-1]
+    v2_request = store.latest_request(renv.ledger(), renv.model, "v2.0.0").request
+    assert decision.subjects["request"] == v2_request.digest
+    assert read_registry(renv.ledger(), renv.model).prod is None
 
 
 def test_cli_gate_failure_table(renv, aegis):
@@ -340,6 +386,6 @@ def test_cli_pending_approve_resume(renv, cli, aegis):
     assert result.code == 0 and "approved" in result.out
     result = aegis(*w, "promote", renv.v1, "--resume", "--key", renv.operator_key)
     assert result.code == 0 and "promoted" in result.out
-    assert read_registry(renv.ws, renv.model).prod == "v1.0.0"
+    assert read_registry(renv.ledger(), renv.model).prod == "v1.0.0"
     result = aegis(*w, "promote", renv.v1, "--wait", "--resume", "--key", renv.operator_key)
     assert result.code == 2

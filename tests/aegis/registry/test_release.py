@@ -16,24 +16,20 @@ from helpers import snapshot
 from aegis import vcs
 from aegis.config import SignParams, override_params
 from aegis.crypto.bundle import hash_directory
+from aegis.crypto.signing import require_sigstore_identity
 from aegis.errors import ConfigError, RefusedError
 from aegis.registry.journal import reconcile
-from aegis.registry.release import (
-    BUNDLE,
-    build_release,
-    evidence_digest,
-    require_sigstore_identity,
-    signing_config,
-)
+from aegis.registry.release import BUNDLE, build_release, evidence_digest, signer_for
 from aegis.registry.tags import read_registry
 from aegis.registry.targets import parse_target
 from aegis.registry.verify import open_release
 from aegis.train.checkpoint import model_digest
+from aegis.workspace import Workspace
 
 
 def test_released_env_has_two_signed_releases(released_env):
     env = released_env
-    state = read_registry(env.ws, env.model)
+    state = read_registry(env.ledger(), env.model)
     assert [v.version for v in state.versions] == ["v1.0.0", "v2.0.0"]
     d1, d2 = env.release_dir(1), env.release_dir(2)
     files = sorted(str(p.relative_to(d1)) for p in d1.rglob("*") if p.is_file())
@@ -69,8 +65,8 @@ def snapshot_without_audit(root: Path) -> dict[str, str]:
 
 
 def _build(env):
-    actor, _ = env.ws.actor(None)
-    return build_release(env.ws, "digits", actor=actor)
+    actor, _ = env.ledger().actor(None)
+    return build_release(env.ledger(), "digits", actor=actor)
 
 
 def test_refuses_metrics_of_another_model(released_env):
@@ -137,21 +133,25 @@ def test_sigstore_needs_identity_and_issuer(released_env):
         _build(env)
     assert _state(env) == before
     with pytest.raises(ConfigError, match=r"sign\.oidc_issuer"):
-        signing_config(env.ws, SignParams(method="sigstore", identity="ci@example.com"))
-    sign = SignParams(method="sigstore", identity="ci@example.com", oidc_issuer="https://x")
-    assert require_sigstore_identity(sign) == ("ci@example.com", "https://x")
+        signer_for(SignParams(method="sigstore", identity="ci@example.com"), env.ledger())
+    assert require_sigstore_identity("ci@example.com", "https://x") == (
+        "ci@example.com",
+        "https://x",
+    )
 
 
-def test_sigstore_bundle_needs_sigstore_method(released_env):
+def test_sigstore_bundle_needs_sigstore_method(released_env, tmp_path):
     """A keyless bundle is only accepted when the workspace is configured for Sigstore."""
-    from aegis.registry.verify import sigstore_verifier
+    from aegis.registry.verify import expected_signer
 
+    bundle = tmp_path / BUNDLE
+    bundle.write_text(json.dumps({"verificationMaterial": {"certificate": {"rawBytes": "x"}}}))
     with pytest.raises(RefusedError) as exc:
-        sigstore_verifier(released_env.ws)
+        expected_signer(released_env.ledger(), bundle)
     assert exc.value.check == "signer"
     override_params(released_env.ws.params_path, {"sign": {"method": "sigstore"}})
     with pytest.raises(ConfigError, match=r"sign\.identity"):
-        sigstore_verifier(released_env.ws)
+        expected_signer(released_env.ledger(), bundle)
 
 
 @pytest.mark.parametrize(
@@ -166,9 +166,10 @@ def test_crash_then_reconcile(released_env, step, cli):
     """
     env = released_env
     code = (
-        "import sys; from aegis.workspace import Workspace; "
-        "from aegis.registry.release import build_release; ws = Workspace(__import__('pathlib')"
-        ".Path(sys.argv[1])); build_release(ws, 'digits', actor=ws.actor(None)[0])"
+        "import sys; from aegis.workspace import Workspace; from aegis.ledger import Ledger; "
+        "from aegis.registry.release import build_release; ledger = Ledger.load(Workspace("
+        "__import__('pathlib').Path(sys.argv[1]))); "
+        "build_release(ledger, 'digits', actor=ledger.actor(None)[0])"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(env.root)],
@@ -178,23 +179,26 @@ def test_crash_then_reconcile(released_env, step, cli):
         timeout=300,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    notes = reconcile(env.ws)
+    notes = reconcile(env.ledger())
     tags = vcs.git(env.root, "tag", "-l").split()
     if step == "release.tag":
         assert notes and "completed" in notes[0]
         assert "digits-model@v3.0.0" in tags
-        assert open_release(env.ws, parse_target("digits-model@v3")).version == "v3.0.0"
+        assert open_release(env.ledger(), parse_target("digits-model@v3")).version == "v3.0.0"
     else:
         assert notes and "rolled back" in notes[0]
         assert "digits-model@v3.0.0" not in tags
         assert cli("--workspace", env.root, "verify", "digits-model@v3").code == 1
+        # nothing of the interrupted release is left: no directory, .dvc file or ignore line
+        assert not env.release_dir(3).exists()
+        assert not env.release_dir(3).with_name("v3.dvc").exists()
+        assert "/v3" not in (env.release_dir(1).parent / ".gitignore").read_text().split()
+        assert vcs.git(env.root, "status", "--porcelain").strip() == ""
         if step == "release.audit":
             created = [e for e in env.ws.audit().entries() if e.action == "release.created"]
             assert created[-1].details["version"] == "v3.0.0"
-            by_dir = cli("--workspace", env.root, "verify", env.release_dir(3))
-            assert by_dir.code == 1 and by_dir.err.startswith("refused: registry:"), by_dir.err
-            assert "aborted" in by_dir.err
-        assert _build(env).tag in ("digits-model@v3.0.0", "digits-model@v4.0.0")
+            assert env.ledger().release("digits-model", "v3.0.0").aborted
+        assert _build(env).tag == "digits-model@v3.0.0"  # the number is free again
     assert cli("--workspace", env.root, "verify", "digits-model@v2").code == 0
 
 
@@ -207,7 +211,7 @@ def test_model_name_with_a_path_is_refused_before_anything_is_written(released_e
     with pytest.raises(ConfigError, match=r"train\.model_name"):
         override_params(env.ws.params_path, bad)
     # the backstop, should a name reach build_release unvalidated
-    import aegis.train.stage as stage
+    import aegis.pipeline.train as stage
 
     before = _state(env)
     outside = env.root.parent / "x"
@@ -250,21 +254,18 @@ def _spy_signing(monkeypatch, after=None) -> list[bool]:
     """Wraps the real signer; records whether the workspace lock was free while signing."""
     import aegis.registry.release as release_module
 
-    real = release_module.signing_config
+    real = release_module.sign_directory
     seen: list[bool] = []
 
-    class Spy:
-        def __init__(self, ws, sign):
-            self.ws, self.config = ws, real(ws, sign)
+    def spy(directory, *, bundle_name, signer):
+        ws = Workspace(directory.parents[2])  # <ws>/.aegis/staging/<scratch>
+        seen.append(_lock_is_free(ws))
+        result = real(directory, bundle_name=bundle_name, signer=signer)
+        if after:
+            after(ws)
+        return result
 
-        def sign(self, directory, bundle):
-            seen.append(_lock_is_free(self.ws))
-            result = self.config.sign(directory, bundle)
-            if after:
-                after(self.ws)
-            return result
-
-    monkeypatch.setattr(release_module, "signing_config", Spy)
+    monkeypatch.setattr(release_module, "sign_directory", spy)
     return seen
 
 
@@ -299,7 +300,7 @@ def test_release_holds_the_bytes_that_were_checked(released_env, tmp_path):
     from aegis.registry.release import _assemble, _gather
 
     env = released_env
-    facts = _gather(env.ws, "digits")
+    facts = _gather(env.ledger(), "digits")
     metrics = env.root / "reports" / "digits" / "metrics.json"
     checked = metrics.read_bytes()
     metrics.unlink()

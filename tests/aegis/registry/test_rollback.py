@@ -11,6 +11,7 @@ from release_helpers import train_evaluate_release
 from aegis import vcs
 from aegis.config import override_params
 from aegis.errors import RefusedError, UsageError
+from aegis.ledger import Ledger
 from aegis.registry import tags
 from aegis.registry.rollback import rollback
 from aegis.registry.targets import Target, parse_target
@@ -41,8 +42,10 @@ def prod_v2(released_env):
 def test_default_rollback_goes_to_previous_prod_and_marks_bad(prod_v2):
     env = prod_v2
     ws = env.ws
-    operator, _ = ws.actor(env.operator_key)
-    outcome = rollback(ws, to=None, reason="incident 42", operator_key_path=env.operator_key)
+    operator, _ = env.ledger().actor(env.operator_key)
+    outcome = rollback(
+        Ledger.load(ws), to=None, reason="incident 42", operator_key_path=env.operator_key
+    )
     assert (outcome.model, outcome.from_version, outcome.to_version) == (env.model, V2, V1)
     v1, v2 = _created(ws, V1), _created(ws, V2)
     assert outcome.to_model_digest == v1.subjects["model"]
@@ -76,7 +79,10 @@ def test_default_rollback_goes_to_previous_prod_and_marks_bad(prod_v2):
 def test_explicit_target(prod_v2):
     env = prod_v2
     outcome = rollback(
-        env.ws, to=parse_target(f"{env.model}@v1"), reason="r", operator_key_path=env.operator_key
+        env.ledger(),
+        to=parse_target(f"{env.model}@v1"),
+        reason="r",
+        operator_key_path=env.operator_key,
     )
     assert outcome.to_version == V1
 
@@ -85,7 +91,7 @@ def _refused(env, to, check, match, **kwargs):
     before = _registry_snapshot(env)
     with pytest.raises(RefusedError, match=match) as info:
         rollback(
-            env.ws,
+            env.ledger(),
             to=parse_target(to) if to else None,
             reason="r",
             operator_key_path=kwargs.get("key", env.operator_key),
@@ -111,12 +117,12 @@ def test_refusals_leave_registry_and_audit_unchanged(released_env):
 def test_usage_errors(prod_v2):
     env = prod_v2
     with pytest.raises(UsageError, match="--reason"):
-        rollback(env.ws, to=None, reason="  ", operator_key_path=env.operator_key)
+        rollback(env.ledger(), to=None, reason="  ", operator_key_path=env.operator_key)
     with pytest.raises(UsageError, match="--key"):
-        rollback(env.ws, to=None, reason="r", operator_key_path=None)
+        rollback(env.ledger(), to=None, reason="r", operator_key_path=None)
     with pytest.raises(UsageError, match="another model"):
         rollback(
-            env.ws,
+            env.ledger(),
             to=Target("x", version=V1),
             model=env.model,
             reason="r",
@@ -126,11 +132,11 @@ def test_usage_errors(prod_v2):
 
 def test_refuses_a_version_marked_bad(prod_v2):
     env = prod_v2
-    rollback(env.ws, to=None, reason="first", operator_key_path=env.operator_key)
+    rollback(env.ledger(), to=None, reason="first", operator_key_path=env.operator_key)
     promote_in_turn(env.ws, env.model, [V2])  # re-promoted by hand: v2 holds prod and bad
-    state = tags.read_registry(env.ws, env.model)
+    state = tags.read_registry(env.ledger(), env.model)
     assert state.prod == V2 and V2 in state.bad
-    outcome = rollback(env.ws, to=None, reason="again", operator_key_path=env.operator_key)
+    outcome = rollback(env.ledger(), to=None, reason="again", operator_key_path=env.operator_key)
     assert outcome.to_version == V1
     _refused(env, f"{env.model}@v2", "rollback", "marked bad")
 
@@ -152,7 +158,7 @@ def test_tampered_target_refused_prod_unchanged(prod_v2, victim, check):
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     _refused(env, None, check, None)
-    state = tags.read_registry(env.ws, env.model)
+    state = tags.read_registry(env.ledger(), env.model)
     assert state.prod == V2 and state.bad == set()
 
 
@@ -167,7 +173,7 @@ def test_swapped_target_directory_refused(prod_v2):
 def test_missing_directory_fetched_from_dvc_cache(prod_v2):
     env = prod_v2
     shutil.rmtree(env.release_dir(1))
-    outcome = rollback(env.ws, to=None, reason="r", operator_key_path=env.operator_key)
+    outcome = rollback(env.ledger(), to=None, reason="r", operator_key_path=env.operator_key)
     assert outcome.to_version == V1
     assert (env.release_dir(1) / "release.json").is_file()
     assert_registry_consistent(env.ws, env.model)
@@ -179,7 +185,7 @@ def test_missing_directory_and_cache_pulled_from_remote(prod_v2):
     vcs.dvc(env.root, "push", "-q", f"releases/{env.model}/v1.dvc")
     shutil.rmtree(env.release_dir(1))
     shutil.rmtree(env.root / ".dvc" / "cache")
-    outcome = rollback(env.ws, to=None, reason="r", operator_key_path=env.operator_key)
+    outcome = rollback(env.ledger(), to=None, reason="r", operator_key_path=env.operator_key)
     assert outcome.to_version == V1
     assert (env.release_dir(1) / "model" / "model.safetensors").is_file()
 
@@ -193,21 +199,23 @@ def test_rollback_twice_never_returns_to_a_bad_version(released_env):
     assert train_evaluate_release(ws).version == V3
     promote_in_turn(ws, env.model, [V1, V2, V3])
 
-    first = rollback(ws, to=None, reason="v3 bad", operator_key_path=env.operator_key)
+    first = rollback(Ledger.load(ws), to=None, reason="v3 bad", operator_key_path=env.operator_key)
     assert (first.from_version, first.to_version) == (V3, V2)
-    second = rollback(ws, to=None, reason="v2 bad too", operator_key_path=env.operator_key)
+    second = rollback(
+        Ledger.load(ws), to=None, reason="v2 bad too", operator_key_path=env.operator_key
+    )
     assert (second.from_version, second.to_version) == (V2, V1)
     state = assert_registry_consistent(ws, env.model)
     assert state.prod == V1 and state.bad == {V2, V3}
     with pytest.raises(RefusedError, match="no earlier prod version") as info:
-        rollback(ws, to=None, reason="again", operator_key_path=env.operator_key)
+        rollback(Ledger.load(ws), to=None, reason="again", operator_key_path=env.operator_key)
     assert info.value.check == "rollback"
     for version in ("v3", "v2"):
         with pytest.raises(RefusedError, match="marked bad"):
             rollback(
-                ws,
+                Ledger.load(ws),
                 to=parse_target(f"{env.model}@{version}"),
                 reason="back",
                 operator_key_path=env.operator_key,
             )
-    assert tags.read_registry(ws, env.model).prod == V1
+    assert tags.read_registry(Ledger.load(ws), env.model).prod == V1

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
 from registry_helpers import promote_in_turn
 
+from aegis.config import PromoteParams
 from aegis.crypto.keys import load_private_key
 from aegis.registry import approvals_store as store
 from aegis.registry import tags
-from aegis.registry.promotion import record_approval
+from aegis.registry.promotion import record_approval, record_request
 from aegis.registry.status import registry_status
 from aegis.registry.targets import Target
 from aegis.registry.verify import open_release
@@ -19,35 +21,25 @@ from aegis.registry.verify import open_release
 V1, V2 = "v1.0.0", "v2.0.0"
 
 
-def _approvals(env, version: str, *, ttl: int = 3600) -> None:
+def _approvals(env, version: str) -> None:
     """A signed request by the operator (alice), approved by bob, rejected by carol."""
-    ws = env.ws
-    candidate = store.Candidate.of(open_release(ws, Target(env.model, version=version)))
+    ledger = env.ledger()
+    candidate = store.Candidate.of(open_release(ledger, Target(env.model, version=version)))
     operator = load_private_key(env.operator_key)
-    request = store.write_request(
-        ws,
-        candidate,
-        operator=operator,
-        requester=ws.trust().by_key_id(operator.key_id),
-        gates=[],
-        ttl_seconds=ttl,
-    )
+    requester = ledger.trust.by_key_id(operator.key_id)
+    request = record_request(ledger, candidate, operator, requester, [], PromoteParams())
     for key, decision in ((env.approver_key, "approve"), (env.approver2_key, "reject")):
         record_approval(
-            ws,
-            candidate,
-            request,
-            approver=load_private_key(key),
-            decision=decision,
+            env.ledger(), candidate, request, approver=load_private_key(key), decision=decision,
             reason="t",
-        )
+        )  # fmt: skip
 
 
 def test_status_of_two_releases(released_env):
     env = released_env
     promote_in_turn(env.ws, env.model, [V1, V2])
     _approvals(env, V2)
-    (model,) = registry_status(env.ws)
+    (model,) = registry_status(env.ledger())
     assert model.model == env.model and model.prod == V2 and model.bad == []
     assert model.prod_history == [V1, V2]
     v1, v2 = model.versions
@@ -75,9 +67,9 @@ def test_status_after_rollback_and_missing_directory(released_env):
     promote_in_turn(env.ws, env.model, [V1, V2])
     from aegis.registry.rollback import rollback
 
-    rollback(env.ws, to=None, reason="r", operator_key_path=env.operator_key)
+    rollback(env.ledger(), to=None, reason="r", operator_key_path=env.operator_key)
     shutil.rmtree(env.release_dir(2))
-    (model,) = registry_status(env.ws)
+    (model,) = registry_status(env.ledger())
     assert model.prod == V1 and model.bad == [V2]
     v1, v2 = model.versions
     assert v1.stages == ["prod"] and v2.stages == ["bad"] and v2.bad
@@ -85,43 +77,51 @@ def test_status_after_rollback_and_missing_directory(released_env):
     assert v2.model_digest and v2.evidence_digest  # from the audit log
 
 
-def test_expired_request_and_ignored_approval_files(released_env, tmp_path):
+def test_files_in_the_approvals_folder_are_named_but_never_counted(released_env, tmp_path):
+    from aegis.crypto.documents import sign_document
     from aegis.crypto.keys import generate_key
 
     env = released_env
     _approvals(env, V1)
-    folder = env.ws.approvals_dir / env.model / V1
+    folder = env.root / ".aegis" / "approvals" / env.model / V1
     bob = folder / f"approval-{load_private_key(env.approver_key).key_id}.json"
     doc = json.loads(bob.read_text())
     stranger = generate_key(tmp_path / "stranger.pem")
     forged = {**doc["body"], "approver": {"key_id": stranger.key_id, "owner": "mallory"}}
-    (folder / f"approval-{stranger.key_id}.json").write_bytes(store._signed(stranger, forged))
-    (folder / "approval-junk.json").write_text("not json")
-    a = registry_status(env.ws)[0].versions[0].approvals
-    assert (a.approved_by, a.rejected_by) == (["bob"], ["carol"])
-    assert len(a.ignored) == 2 and all(": ignored: " in note for note in a.ignored)
-    assert any("unknown key" in note for note in a.ignored)
-    bob.unlink()
-    bob.write_bytes(  # a valid signature of bob's, but no audit entry records it
-        store._signed(load_private_key(env.approver_key), {**doc["body"], "reason": "again"})
+    (folder / f"approval-{stranger.key_id}.json").write_text(
+        json.dumps(sign_document(stranger, forged))
     )
-    a = registry_status(env.ws)[0].versions[0].approvals
-    assert a.approved_by == [] and any("no audit entry" in n for n in a.ignored)
-    # an expired request (re-signed; a tampered one is itself ignored)
-    body = json.loads((folder / "request.json").read_text())
-    body["body"]["expires"] = "2000-01-01T00:00:00.000000Z"
-    (folder / "request.json").write_text(json.dumps(body))
-    a = registry_status(env.ws)[0].versions[0].approvals
-    assert a.requested and a.requester is None and not a.approved_by
-    assert a.ignored[0].startswith("request.json: ignored: ")
-    operator = load_private_key(env.operator_key)
-    (folder / "request.json").write_bytes(store._signed(operator, body["body"]))
-    a = registry_status(env.ws)[0].versions[0].approvals
-    assert a.expired and a.requester == "alice"
+    (folder / "approval-junk.json").write_text("not json")
+    os.mkfifo(folder / "approval-fifo.json")
+    a = registry_status(env.ledger())[0].versions[0].approvals
+    assert (a.approved_by, a.rejected_by) == (["bob"], ["carol"])
+    assert len(a.ignored) == 3 and all("no audited decision" in note for note in a.ignored)
+    # bob's own file replaced by another valid signature of his: the audited one counts
+    bob.unlink()
+    bob.write_text(json.dumps(sign_document(load_private_key(env.approver_key), forged)))
+    a = registry_status(env.ledger())[0].versions[0].approvals
+    assert a.approved_by == ["bob"]
+    # the request file tampered with, even deleted: the audited request is shown
+    (folder / "request.json").unlink()
+    a = registry_status(env.ledger())[0].versions[0].approvals
+    assert a.requested and a.requester == "alice" and not a.expired
+
+
+def test_a_request_from_before_policies_is_shown_as_expired(released_env):
+    from helpers import pipeline_key
+
+    env = released_env
+    env.ws.audit().append(
+        actor=load_private_key(env.operator_key).key_id, action="approval.requested",
+        pipeline_key=pipeline_key(env.ws), subjects={"request": "sha256:" + "9" * 64},
+        details={"model_name": env.model, "version": V1},
+    )  # fmt: skip
+    a = registry_status(env.ledger())[0].versions[0].approvals
+    assert a.requested and a.expired and "request again" in a.ignored[0]
 
 
 def test_status_empty_workspace(env, cli):
-    assert registry_status(env.ws) == []
+    assert registry_status(env.ledger()) == []
     result = cli("--workspace", env.root, "status")
     assert result.code == 0 and "no registered models" in result.out
     result = cli("--workspace", env.root, "status", "--json")
@@ -160,7 +160,7 @@ def test_cli_rollback(released_env, cli):
     assert f"prod {V2} -> {V1}" in result.out and "marked bad" in result.out
     again = cli(*base, "--reason", "again", "--key", env.operator_key, "--json")
     assert again.code == 1 and "rollback:" in again.err
-    state = tags.read_registry(env.ws, env.model)
+    state = tags.read_registry(env.ledger(), env.model)
     assert state.prod == V1 and state.bad == {V2}
 
 
@@ -173,5 +173,5 @@ def test_cli_rollback_to_tampered_version_exits_1(released_env, cli, victim):
     before = len(env.ws.audit().entries())
     result = cli("--workspace", env.root, "rollback", "--reason", "r", "--key", env.operator_key)
     assert result.code == 1 and "integrity:" in result.err
-    assert tags.read_registry(env.ws, env.model).prod == V2
+    assert tags.read_registry(env.ledger(), env.model).prod == V2
     assert len(env.ws.audit().entries()) == before

@@ -43,14 +43,14 @@ def _unassign(ws, version, stage=tags.PROD):
 
 def test_register_and_read(registry):
     ws, commits = registry
-    state = tags.read_registry(ws, MODEL, audited=False)
+    state = tags.read_tags(ws, MODEL)
     assert [v.version for v in state.versions] == ["v1.0.0", "v2.0.0", "v3.0.0"]
     assert [v.number for v in state.versions] == [1, 2, 3]
     assert [v.commit for v in state.versions] == [commits[1], commits[2], commits[3]]
     assert [v.tag for v in state.versions] == ["m@v1.0.0", "m@v2.0.0", "m@v3.0.0"]
     assert state.prod is None and state.bad == set() and state.prod_history == []
     assert tags.models(ws) == [MODEL]
-    assert tags.read_registry(ws, "other", audited=False).versions == []
+    assert tags.read_tags(ws, "other").versions == []
 
 
 def test_assign_unassign_by_counter_within_one_second(registry):
@@ -66,7 +66,7 @@ def test_assign_unassign_by_counter_within_one_second(registry):
     ]
     assert made == planned == ["m#prod#1", "m#prod#2", "m#prod!#3", "m#bad#4"]
     assert all(tags.tag_exists(ws, t) for t in made)
-    state = tags.read_registry(ws, MODEL, audited=False)
+    state = tags.read_tags(ws, MODEL)
     assert state.prod == "v2.0.0"
     assert state.bad == {"v1.0.0"}
     assert state.prod_history == ["v1.0.0", "v2.0.0"]
@@ -78,7 +78,7 @@ def test_assign_unassign_by_counter_within_one_second(registry):
 def test_rollback_sequence_history_and_reassign(registry):
     ws, _ = registry
     for v in ("v1.0.0", "v2.0.0", "v3.0.0"):
-        state = tags.read_registry(ws, MODEL, audited=False)
+        state = tags.read_tags(ws, MODEL)
         _assign(ws, v)
         if state.prod:
             _unassign(ws, state.prod)
@@ -86,7 +86,7 @@ def test_rollback_sequence_history_and_reassign(registry):
     _assign(ws, "v2.0.0")
     _unassign(ws, "v3.0.0")
     _assign(ws, "v3.0.0", tags.BAD)
-    state = tags.read_registry(ws, MODEL, audited=False)
+    state = tags.read_tags(ws, MODEL)
     assert state.prod == "v2.0.0"
     assert state.bad == {"v3.0.0"}
     assert state.prod_history == ["v1.0.0", "v2.0.0", "v3.0.0", "v2.0.0"]
@@ -97,7 +97,7 @@ def test_two_holders_mid_change_latest_assigned_wins(registry):
     ws, _ = registry
     _assign(ws, "v2.0.0")
     _assign(ws, "v1.0.0")  # not yet unassigned from v2 (a change in progress)
-    state = tags.read_registry(ws, MODEL, audited=False)
+    state = tags.read_tags(ws, MODEL)
     assert state.prod == "v1.0.0"
     assert state.resolve(Target(MODEL, stage="prod")).version in ("v1.0.0", "v2.0.0")
 
@@ -105,7 +105,7 @@ def test_two_holders_mid_change_latest_assigned_wins(registry):
 def test_resolve(registry):
     ws, _ = registry
     _assign(ws, "v2.0.0")
-    state = tags.read_registry(ws, MODEL, audited=False)
+    state = tags.read_tags(ws, MODEL)
     assert state.resolve(Target(MODEL, version="v3.0.0")).version == "v3.0.0"
     assert state.resolve(Target(MODEL, stage="prod")).version == "v2.0.0"
     with pytest.raises(RefusedError) as info:
@@ -124,8 +124,8 @@ def test_plan_counts_per_model(registry):
     assert tags.plan_stage_tags(ws, model=MODEL, ops=[("prod", False)]) == ["m#prod#1"]
     assert tags.next_stage_tag(ws, model="other", stage="prod", unassign=True) == "other#prod!#3"
     assert tags.models(ws) == [MODEL, "other"]
-    assert tags.read_registry(ws, MODEL, audited=False).prod is None
-    assert tags.read_registry(ws, "other", audited=False).prod == "v1.0.0"
+    assert tags.read_tags(ws, MODEL).prod is None
+    assert tags.read_tags(ws, "other").prod == "v1.0.0"
 
 
 def test_delete_tag(registry):
@@ -133,7 +133,7 @@ def test_delete_tag(registry):
     tag = _assign(ws, "v1.0.0")
     tags.delete_tag(ws, tag)
     assert not tags.tag_exists(ws, tag)
-    assert tags.read_registry(ws, MODEL, audited=False).prod is None
+    assert tags.read_tags(ws, MODEL).prod is None
 
 
 def test_gto_show_reads_the_same_registry(registry):
@@ -160,13 +160,13 @@ def _prod_v1(env):
     from registry_helpers import promote_in_turn
 
     promote_in_turn(env.ws, env.model, ["v1.0.0"])
-    return tags.read_registry(env.ws, env.model)
+    return tags.read_registry(env.ledger(), env.model)
 
 
 def test_journaled_changes_read_back_with_their_audited_commits(released_env):
     state = _prod_v1(released_env)
     assert state.prod == "v1.0.0"
-    expected, in_flight = tags.audited_tags(released_env.ws, released_env.model)
+    expected, in_flight = released_env.ledger().audited_tags(released_env.model)
     assert in_flight == set()
     assert set(expected) == {"digits-model@v1.0.0", "digits-model@v2.0.0", "digits-model#prod#1"}
     assert expected["digits-model#prod#1"] == state.get("v1.0.0").commit
@@ -179,7 +179,7 @@ def test_a_hand_made_prod_tag_is_refused(released_env, cli):
 
     api.assign(str(env.root), env.model, "prod", version="v2.0.0", force=True, message="forged")
     with pytest.raises(RefusedError, match="not made by an audited") as exc:
-        tags.read_registry(env.ws, env.model)
+        tags.read_registry(env.ledger(), env.model)
     assert exc.value.check == "registry"
     result = cli("--workspace", env.root, "verify", f"{env.model}#prod")
     assert result.code == 1 and "registry" in result.err
@@ -191,7 +191,7 @@ def test_a_deleted_audited_tag_is_refused(released_env):
     _prod_v1(env)
     vcs.git(env.root, "tag", "-d", "digits-model#prod#1")
     with pytest.raises(RefusedError, match="is missing"):
-        tags.read_registry(env.ws, env.model)
+        tags.read_registry(env.ledger(), env.model)
 
 
 def test_a_moved_tag_is_refused(released_env):
@@ -200,7 +200,7 @@ def test_a_moved_tag_is_refused(released_env):
     v2_commit = state.get("v2.0.0").commit
     vcs.git(env.root, "tag", "-f", "-a", "-m", "moved", "digits-model#prod#1", v2_commit)
     with pytest.raises(RefusedError, match="moved"):
-        tags.read_registry(env.ws, env.model)
+        tags.read_registry(env.ledger(), env.model)
 
 
 def test_a_forged_done_entry_breaks_the_audit_log(released_env):
@@ -212,5 +212,5 @@ def test_a_forged_done_entry_breaks_the_audit_log(released_env):
     lines[-1] = lines[-1].replace("#prod#1", "#prod#9")
     log.write_text("\n".join(lines) + "\n")
     with pytest.raises(RefusedError) as exc:
-        tags.read_registry(env.ws, env.model)
+        tags.read_registry(env.ledger(), env.model)
     assert exc.value.check == "audit"

@@ -12,10 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import pipeline_key
 from release_helpers import V1
 
-from aegis.crypto.bundle import sign_directory
 from aegis.crypto.keys import generate_key
+from aegis.crypto.signing import KeySigner, sign_directory
 from aegis.crypto.truststore import TrustStore
 from aegis.errors import RefusedError
 from aegis.registry.release import BUNDLE
@@ -32,7 +33,7 @@ SIGNED = [
 def _refused(env, cli, tmp_path, check: str, target: str = V1) -> str:
     """Both ways: verify_release/open_release raise ``check``; the CLI exits 1 naming it."""
     with pytest.raises(RefusedError) as exc:
-        open_release(env.ws, parse_target(target))
+        open_release(env.ledger(), parse_target(target))
     assert exc.value.check == check, str(exc.value)
     result = cli("--workspace", env.root, "verify", target)
     assert result.code == 1, result.out + result.err
@@ -54,7 +55,7 @@ def _flip(path: Path) -> None:
 
 def test_verify_good_release_by_target_and_directory(released_env, cli):
     env = released_env
-    verified = open_release(env.ws, parse_target("digits-model@v1"))
+    verified = open_release(env.ledger(), parse_target("digits-model@v1"))
     assert (verified.model_name, verified.version) == ("digits-model", "v1.0.0")
     assert verified.directory == env.release_dir(1).resolve()
     assert sorted(verified.files) == sorted(SIGNED)
@@ -92,7 +93,7 @@ def test_unregistered_version_is_refused(released_env, cli, tmp_path):
 def test_missing_directory_is_checked_out_from_dvc(released_env):
     env = released_env
     shutil.rmtree(env.release_dir(1))
-    verified = open_release(env.ws, parse_target(V1))
+    verified = open_release(env.ledger(), parse_target(V1))
     assert verified.directory.is_dir() and verified.version == "v1.0.0"
 
 
@@ -108,7 +109,7 @@ def test_missing_directory_and_cache_is_pulled_from_the_remote(released_env):
     ))  # fmt: skip
     shutil.rmtree(env.release_dir(1))
     shutil.rmtree(env.root / ".dvc" / "cache")
-    verified = open_release(env.ws, parse_target(V1))
+    verified = open_release(env.ledger(), parse_target(V1))
     assert verified.model_digest == info["model_digest"]
 
 
@@ -151,7 +152,7 @@ def test_truncated_bundle(released_env, cli, tmp_path):
 
 def _resign(directory: Path, key_path: Path) -> None:
     (directory / BUNDLE).unlink()
-    sign_directory(directory, bundle_name=BUNDLE, private_key_path=key_path)
+    sign_directory(directory, bundle_name=BUNDLE, signer=KeySigner(key_path))
 
 
 def test_signed_by_an_operator_key(released_env, cli, tmp_path):
@@ -184,13 +185,13 @@ def _set_pipeline_status(env, status: str) -> None:
     from aegis.crypto.keys import load_private_key
 
     ws = env.ws
-    admin = load_private_key(ws.admin_key_path)
-    store: TrustStore = ws.trust()
+    admin = load_private_key(env.admin_key)
+    store: TrustStore = env.ledger().trust
     store.set_status("pipeline", status, reason="test", admin=admin)
     vcs.commit_paths(ws.root, f"trust: {status} pipeline", [".aegis/trust.json"])
     ws.audit().append(
-        actor=admin.key_id, action=f"trust.{status[:-1]}", pipeline_key=ws.pipeline_key(),
-        subjects={"trust": "sha256:" + ws.trust().head}, details={"name": "pipeline"},
+        actor=admin.key_id, action=f"trust.{status[:-1]}", pipeline_key=pipeline_key(ws),
+        subjects={"trust": "sha256:" + store.head}, details={"name": "pipeline"},
     )  # fmt: skip
 
 
@@ -201,7 +202,7 @@ def test_revoked_pipeline_key(released_env, cli, tmp_path):
 
 def test_retired_pipeline_key_still_verifies(released_env, cli):
     _set_pipeline_status(released_env, "retired")
-    assert open_release(released_env.ws, parse_target(V1)).version == "v1.0.0"
+    assert open_release(released_env.ledger(), parse_target(V1)).version == "v1.0.0"
     assert cli("--workspace", released_env.root, "verify", V1).code == 0
 
 
@@ -213,7 +214,7 @@ def test_swapped_directory(released_env, cli, tmp_path):
     line = _refused(env, cli, tmp_path, "identity")
     assert "digits-model@v2.0.0" in line
     with pytest.raises(RefusedError) as exc:
-        verify_release(env.ws, v1)
+        verify_release(env.ledger(), v1)
     assert exc.value.check == "identity"
 
 
@@ -243,7 +244,7 @@ def test_dataset_never_accepted(released_env, cli, tmp_path):
     _resign(d, env.ws.pipeline_key_path)
     ws = env.ws  # audit it as released, so only the dataset check can catch it
     ws.audit().append(
-        actor=ws.meta()["pipeline_key"], action="release.created", pipeline_key=ws.pipeline_key(),
+        actor=ws.meta()["pipeline_key"], action="release.created", pipeline_key=pipeline_key(ws),
         subjects={"evidence": evidence_digest(hash_directory(d, ignored=[BUNDLE]))},
         details={"model_name": "digits-model", "version": "v1.0.0"},
     )  # fmt: skip
@@ -255,7 +256,7 @@ def test_dataset_never_accepted(released_env, cli, tmp_path):
 
 def test_evaluate_a_release_verifies_it_first(released_env, cli, tmp_path):
     env = released_env
-    verified = open_release(env.ws, parse_target(V1))
+    verified = open_release(env.ledger(), parse_target(V1))
     out = tmp_path / "re"
     result = cli("--workspace", env.root, "evaluate", "digits-model@v1", "--out", out)
     assert result.code == 0, result.err + result.out
@@ -292,11 +293,11 @@ def test_files_are_checked_as_read_not_only_as_hashed(released_env, monkeypatch,
     import aegis.registry.verify as verify_module
 
     env = released_env
-    signed = open_release(env.ws, parse_target(V1)).files
+    signed = open_release(env.ledger(), parse_target(V1)).files
     _flip(env.release_dir(1) / name)
     monkeypatch.setattr(verify_module, "hash_directory", lambda d, ignored: dict(signed))
     with pytest.raises(RefusedError) as exc:
-        verify_release(env.ws, env.release_dir(1))
+        verify_release(env.ledger(), env.release_dir(1))
     assert exc.value.check == "integrity" and name in str(exc.value)
 
 
@@ -304,7 +305,7 @@ def test_read_verified_checks_the_file_again(released_env):
     from aegis.registry.verify import read_verified
 
     env = released_env
-    verified = open_release(env.ws, parse_target(V1))
+    verified = open_release(env.ledger(), parse_target(V1))
     params = env.release_dir(1) / "params.yaml"
     assert read_verified(verified, "params.yaml") == params.read_bytes()
     _flip(params)
@@ -323,7 +324,7 @@ def test_read_verified_checks_the_file_again(released_env):
 
 def test_load_release_model_refuses_changed_metadata(released_env):
     env = released_env
-    verified = open_release(env.ws, parse_target(V1))
+    verified = open_release(env.ledger(), parse_target(V1))
     meta = env.release_dir(1) / "model" / "metadata.json"
     data = json.loads(meta.read_text())
     data["planted"] = True
@@ -342,7 +343,7 @@ def test_release_dvc_cannot_restore_is_refused_not_usage(released_env, cli, monk
     # dvc "succeeds" but restores nothing
     monkeypatch.setattr(verify_module.vcs, "dvc", lambda *a, **k: "")
     with pytest.raises(RefusedError) as exc:
-        open_release(env.ws, parse_target(V1))
+        open_release(env.ledger(), parse_target(V1))
     assert exc.value.check == "fetch"
     result = cli("--workspace", env.root, "verify", V1)
     assert result.code == 1 and result.err.startswith("refused: fetch:"), result.err
@@ -360,3 +361,60 @@ def test_evaluate_refuses_anything_under_releases_that_does_not_verify(released_
                  "--out", tmp_path / "x")  # fmt: skip
     assert result.code == 1 and result.err.startswith("refused: bundle:"), result.err
     assert not (tmp_path / "x").exists()
+
+
+# -- what a hostile review broke (each a test that failed before) --------------------------------
+
+
+def test_a_directory_named_like_a_target_is_never_taken_for_it(released_env, cli, tmp_path):
+    env = released_env
+    trap = tmp_path / "cwd"
+    trap.mkdir()
+    shutil.copytree(env.release_dir(2), trap / "digits-model#prod")  # v2, not the prod holder
+    from registry_helpers import promote_in_turn
+
+    promote_in_turn(env.ws, env.model, ["v1.0.0"])
+    result = cli("--workspace", env.root, "verify", "digits-model#prod", "--json", cwd=trap)
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["release"] == "digits-model@v1.0.0"
+    as_path = cli("--workspace", env.root, "verify", "./digits-model#prod", "--json", cwd=trap)
+    assert as_path.code == 0 and json.loads(as_path.out)["release"] == "digits-model@v2.0.0"
+
+
+@pytest.mark.parametrize("arg", ["", "   "])
+def test_an_empty_release_argument_is_a_usage_error(released_env, cli, arg):
+    result = cli("--workspace", released_env.root, "verify", arg)
+    assert result.code == 2 and "a release is NAME@vN" in result.err, result.err
+
+
+def test_a_model_trained_on_a_revoked_suppliers_data_no_longer_verifies(released_env, cli):
+    from aegis.trust_ops import change_status
+
+    env = released_env
+    assert open_release(env.ledger(), parse_target(V1)).version == "v1.0.0"
+    change_status(env.ws, "acme", status="revoked", reason="leaked key", admin_key=env.admin_key)
+    with pytest.raises(RefusedError) as exc:
+        open_release(env.ledger(), parse_target(V1))
+    assert exc.value.check == "supplier" and "leaked key" in str(exc.value)
+    result = cli("--workspace", env.root, "export", V1, str(env.root.parent / "out"))
+    assert result.code == 1 and result.err.startswith("refused: supplier:"), result.err
+
+
+def test_a_retired_supplier_still_verifies(released_env):
+    from aegis.trust_ops import change_status
+
+    env = released_env
+    change_status(env.ws, "acme", status="retired", reason="rotated", admin_key=env.admin_key)
+    assert open_release(env.ledger(), parse_target(V1)).version == "v1.0.0"
+
+
+@pytest.mark.slow
+def test_a_release_missing_from_disk_cache_and_remote_is_refused_naming_it(released_env, cli):
+    env = released_env
+    shutil.rmtree(env.release_dir(1))
+    shutil.rmtree(env.root / ".dvc" / "cache")
+    shutil.rmtree(env.ws.local_remote)
+    env.ws.local_remote.mkdir()
+    result = cli("--workspace", env.root, "verify", V1)
+    assert result.code == 1, result.err
+    assert result.err.startswith("refused: fetch:") and "releases/digits-model/v1" in result.err

@@ -12,11 +12,12 @@ from validation_helpers import corrupt, digits_frame, publish_frame, resample
 
 from aegis.config import ModelParams, TrainParams
 from aegis.data.ingest import ingest
-from aegis.data.quarantine import ROW, quarantine_path
-from aegis.data.validate import validate_dataset
+from aegis.data.quarantine import ROW
 from aegis.errors import RefusedError
+from aegis.pipeline.layout import Layout
+from aegis.pipeline.train import load_training_frame
+from aegis.pipeline.validate import validate_dataset
 from aegis.train.checkpoint import load_checkpoint
-from aegis.train.data import load_training_frame
 from aegis.train.trainer import train_and_save
 
 BAD_ROWS = [3, 500, 1200]
@@ -28,10 +29,10 @@ def quarantined_base(template_env, tmp_path_factory) -> Path:
     """Digits with BAD_ROWS corrupted, ingested and validated: three rows in quarantine."""
     base = tmp_path_factory.mktemp("train-ws") / "env"
     env = copy_env(template_env.root.parent, base)
-    actor, _ = env.ws.actor(None)
+    actor, _ = env.ledger().actor(None)
     source = publish_frame(env, corrupt(digits_frame(env), BAD_ROWS), "corrupted")
-    ingest(env.ws, str(source), name="digits", actor=actor)
-    validate_dataset(env.ws, "digits", actor=actor)
+    ingest(env.ledger(), str(source), name="digits", actor=actor)
+    validate_dataset(env.ledger(), "digits", actor=actor)
     return base
 
 
@@ -42,13 +43,13 @@ def quarantined(quarantined_base, tmp_path) -> Env:
 
 def _refused(env: Env, match: str) -> str:
     with pytest.raises(RefusedError, match=match) as info:
-        load_training_frame(env.ws, "digits")
+        load_training_frame(env.ledger(), "digits")
     assert info.value.check == "validation" and info.value.exit_code == 1
     return str(info.value)
 
 
 def test_quarantined_rows_are_left_out(quarantined):
-    data = load_training_frame(quarantined.ws, "digits")
+    data = load_training_frame(quarantined.ledger(), "digits")
 
     result = json.loads((quarantined.root / "validation/digits/result.json").read_text())
     assert data.dataset_digest == result["dataset"] and data.name == "digits"
@@ -65,7 +66,7 @@ def test_released_rows_come_back_for_that_version_only(quarantined, cli):
                    "--reason", "checked by hand", "--key", quarantined.operator_key)  # fmt: skip
     assert released.code == 0, released.err
 
-    data = load_training_frame(quarantined.ws, "digits")
+    data = load_training_frame(quarantined.ledger(), "digits")
 
     assert (data.excluded_rows, data.released_rows) == (1, 2)
     assert len(data.frame) == 1797 - 1
@@ -96,14 +97,14 @@ def test_an_edited_validation_result_is_refused(quarantined):
 
 
 def test_a_quarantine_with_rows_removed_is_refused(quarantined):
-    path = quarantine_path(quarantined.ws, "digits")
+    path = Layout(quarantined.root).quarantine("digits")
     table = pd.read_parquet(path)
     table[table[ROW] != 500].to_parquet(path, index=False)
     _refused(quarantined, "does not match the validation result")
 
 
 def test_train_and_save_records_the_dataset_and_its_quarantine(quarantined, tmp_path):
-    data = load_training_frame(quarantined.ws, "digits")
+    data = load_training_frame(quarantined.ledger(), "digits")
     params = TrainParams(
         epochs=1, defense="none", threads=1, model=ModelParams(channels=[4], hidden=[16])
     )

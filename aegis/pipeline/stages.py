@@ -3,20 +3,35 @@
 The flow calls the same functions as ``aegis stage NAME`` and then records
 the run the way ``dvc repro`` would: ``dvc commit`` hashes the stage's
 outputs into the cache and ``dvc.lock``, and Aegis commits the lock file,
-the uncached metrics and other small evidence to git.
+the uncached metrics and other small evidence to git (with the audit anchor).
 """
 
 from __future__ import annotations
 
 from aegis import vcs
+from aegis.errors import ConfigError
+from aegis.ledger import Ledger
 from aegis.workspace import Workspace
 
 
-def commit_stage(ws: Workspace, stage: str, *, evidence: list[str], message: str) -> str:
+def require_stage(ws: Workspace, name: str) -> None:
+    """The stages run only for datasets listed in ``pipeline.datasets``.
+
+    Raises:
+        ConfigError: ``name`` is not listed (no ``dvc.yaml`` stage would track its outputs).
+    """
+    if name not in ws.params().pipeline.datasets:
+        raise ConfigError(
+            f"'{name}' is not in pipeline.datasets in params.yaml; add it so the "
+            "stages (dvc.yaml) track its outputs"
+        )
+
+
+def commit_stage(ledger: Ledger, stage: str, *, evidence: list[str], message: str) -> str:
     """``dvc commit`` one stage, then git-commit ``dvc.lock`` and ``evidence``.
 
     Args:
-        ws: The workspace.
+        ledger: The workspace's ledger (the commit carries its audit anchor).
         stage: The stage address, e.g. ``validate@digits``.
         evidence: Workspace-relative paths committed to git with the lock.
         message: The commit message.
@@ -24,7 +39,8 @@ def commit_stage(ws: Workspace, stage: str, *, evidence: list[str], message: str
     Returns:
         The commit id.
     """
-    with ws.lock():
+    ws = ledger.ws
+    with ledger.locked():
         vcs.dvc(ws.root, "commit", "-f", "-q", stage)
         paths = ["dvc.lock", *evidence]
         paths += [
@@ -32,7 +48,7 @@ def commit_stage(ws: Workspace, stage: str, *, evidence: list[str], message: str
             for p in vcs.git(ws.root, "ls-files", "-o", "--exclude-standard").split()
             if p.endswith(".gitignore")
         ]
-        return vcs.commit_paths(ws.root, message, [p for p in paths if (ws.root / p).exists()])
+        return ledger.commit(message, [p for p in paths if (ws.root / p).exists()])
 
 
 def push_stage(ws: Workspace, stage: str) -> None:

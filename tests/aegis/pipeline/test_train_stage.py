@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import CliResult, Env, copy_env, snapshot
+from helpers import CliResult, Env, copy_env, snapshot, verify_log
 from validation_helpers import sha256_file
 
 from aegis import vcs
 from aegis.data.ingest import ingest
-from aegis.data.validate import record_validation, validate_dataset
+from aegis.pipeline.validate import record_validation, validate_dataset
 from aegis.train.checkpoint import CONFIG, METADATA, WEIGHTS, model_digest
 
 # -- workspaces ------------------------------------------------------------------------------
@@ -29,8 +29,8 @@ from aegis.train.checkpoint import CONFIG, METADATA, WEIGHTS, model_digest
 def ingested_base(template_env, tmp_path_factory) -> Path:
     """The template (FAST_PARAMS committed) with the signed digits ingested, not validated."""
     env = copy_env(template_env.root.parent, tmp_path_factory.mktemp("train-ingested") / "env")
-    actor, _ = env.ws.actor(None)
-    ingest(env.ws, str(env.dataset), name="digits", actor=actor)
+    actor, _ = env.ledger().actor(None)
+    ingest(env.ledger(), str(env.dataset), name="digits", actor=actor)
     return env.root.parent
 
 
@@ -38,8 +38,9 @@ def ingested_base(template_env, tmp_path_factory) -> Path:
 def validated_base(ingested_base, tmp_path_factory) -> Path:
     """Digits ingested and validated, the validation recorded in dvc.lock and git."""
     env = copy_env(ingested_base, tmp_path_factory.mktemp("train-validated") / "env")
-    actor, _ = env.ws.actor(None)
-    record_validation(env.ws, validate_dataset(env.ws, "digits", actor=actor))
+    actor, _ = env.ledger().actor(None)
+    ledger = env.ledger()
+    record_validation(ledger, validate_dataset(ledger, "digits", actor=actor))
     return env.root.parent
 
 
@@ -141,7 +142,7 @@ def test_stage_train_then_stage_evaluate(cli, validated):
         "metrics": sha256_file(metrics_path),
     }
     assert entry.details == {"name": "digits", "flags": metrics["flags"]}
-    assert env.ws.verify_audit().entries == len(env.ws.audit().entries())
+    assert verify_log(env.ws).entries == len(env.ws.audit().entries())
     assert model_digest(model) == digest  # evaluation changed nothing in the checkpoint
 
 
@@ -180,3 +181,46 @@ def test_a_dataset_not_in_the_pipeline_is_a_usage_error(cli, validated):
         cli, validated, "stage", "train", "--name", "breast_cancer", check="error", code=2
     )
     assert "pipeline.datasets" in line
+
+
+# -- DVC experiments: how DVC users try parameters ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_and_show(validated):
+    """``dvc exp run -S`` rewrites params.yaml as YAML 1.2 (``privacy: off`` unquoted) and
+    runs the stages; Aegis reads the file as DVC wrote it, and ``dvc exp show`` lists it."""
+    import os
+    import subprocess
+    import sys
+
+    from aegis.config import load_params
+
+    env = validated
+    bin_dir = str(Path(sys.executable).parent)
+    run_env = {k: v for k, v in os.environ.items() if k != "AEGIS_WORKSPACE"}
+    run_env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+
+    def dvc(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "dvc", *args], cwd=env.root, capture_output=True, text=True,
+            env=run_env, timeout=600,
+        )  # fmt: skip
+
+    ran = dvc("exp", "run", "-S", "train.seed=3")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "Running stage 'train@digits'" in ran.stdout
+    text = (env.root / "params.yaml").read_text()
+    params = load_params(env.root / "params.yaml")
+    assert params.train.seed == 3 and params.train.privacy == "off", text
+    shown = dvc("exp", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    experiments = [e for rev in report for e in (rev.get("experiments") or [])]
+    assert experiments, shown.stdout[:2000]
+    run = experiments[0]["revs"][0]["data"]
+    assert run["params"]["params.yaml"]["data"]["train"]["seed"] == 3
+    assert "clean_acc" in run["metrics"]["reports/digits/metrics.json"]["data"]
+    trained = [e for e in env.ws.audit().entries() if e.action == "train.done"]
+    assert trained[-1].details["seed"] == 3
+    assert verify_log(env.ws).entries == len(env.ws.audit().entries())

@@ -38,8 +38,8 @@ from validation_helpers import (
 
 from aegis.data.ingest import ingest
 from aegis.data.manifest import MANIFEST_NAME, dataset_digest
-from aegis.data.validate import record_validation, validate_dataset
-from aegis.registry.stages import push_stage
+from aegis.pipeline.stages import push_stage
+from aegis.pipeline.validate import record_validation, validate_dataset
 
 BIN = Path(sys.executable).parent
 BAD_ROWS = [3, 500, 1200]
@@ -50,14 +50,16 @@ BETWEEN = f"column_values_to_be_between({BAD_PIXEL})"
 
 
 def _ingest(env: Env, source: Path) -> str:
-    actor, _ = env.ws.actor(None)
-    return ingest(env.ws, str(source), name="digits", actor=actor).digest
+    ledger = env.ledger()
+    actor, _ = ledger.actor(None)
+    return ingest(ledger, str(source), name="digits", actor=actor).digest
 
 
 def _validate(env: Env) -> None:
-    actor, _ = env.ws.actor(None)
-    result = validate_dataset(env.ws, "digits", actor=actor)
-    record_validation(env.ws, result)
+    ledger = env.ledger()
+    actor, _ = ledger.actor(None)
+    result = validate_dataset(ledger, "digits", actor=actor)
+    record_validation(ledger, result)
     push_stage(env.ws, "validate@digits")
 
 
@@ -209,7 +211,7 @@ def test_validate_quarantines_writes_commits_pushes_and_audits(cli, env):
     # audited: the digest of result.json (what a later release cites) and of the profile
     entry = env.ws.audit().entries()[-1]
     assert entry.action == "validate.passed"
-    assert entry.actor == env.ws.trust().get("ops").key_id
+    assert entry.actor == env.ledger().trust.get("ops").key_id
     assert entry.subjects == {"dataset": digest, "validation": sha256_file(paths["result"])}
     assert entry.details["profile_digest"] == sha256_file(paths["profile"])
     assert entry.details["quarantined"] == 3
@@ -495,7 +497,7 @@ def test_quarantine_release_is_an_operator_decision(cli, quarantined):
     assert {r["_aegis_row"]: r["released"] for r in records} == {3: True, 500: True, 1200: False}
     entry = env.ws.audit().entries()[-1]
     assert entry.action == "quarantine.release"
-    assert entry.actor == env.ws.trust().get("ops").key_id
+    assert entry.actor == env.ledger().trust.get("ops").key_id
     assert entry.details["rows"] == [3, 500] and entry.details["reason"] == "checked by hand"
     assert git_status(env.root) == ""
     _refused(cli, env, *args, "--key", env.operator_key, check="error", code=2)  # already out

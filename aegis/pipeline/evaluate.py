@@ -3,7 +3,8 @@
 The split is recomputed from the seed and fractions saved with the model
 and must match the test digest recorded at training time, so the test rows
 are provably ones the model never saw. Writes ``metrics.json`` (DVC
-metrics) and ``report.html`` and audits the metrics' digest.
+metrics) and ``report.html`` (with the calibration and membership-inference
+curves, and the training history) and audits the metrics' digest.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from aegis.config import TrainParams
-from aegis.data.validate import require_stage
 from aegis.errors import RefusedError
 from aegis.fileutil import atomic_write
-from aegis.workspace import Workspace
+from aegis.ledger import Action, Ledger
+from aegis.pipeline.layout import Layout, check_output
+from aegis.pipeline.stages import commit_stage, require_stage
+from aegis.pipeline.train import load_training_frame
 
 
 @dataclass(frozen=True)
@@ -28,16 +31,12 @@ class EvaluatedModel:
     name: str
     model_digest: str
     metrics: dict[str, Any]
-    metrics_path: str  # workspace-relative
+    metrics_path: str  # workspace-relative (or absolute outside the workspace)
     report_path: str
 
 
-def report_dir(ws: Workspace, name: str) -> Path:
-    return ws.root / "reports" / name
-
-
 def evaluate_stored(
-    ws: Workspace,
+    ledger: Ledger,
     name: str,
     *,
     actor: str,
@@ -49,24 +48,30 @@ def evaluate_stored(
 
     ``loaded`` is a model already loaded and verified (a release's, through
     ``load_release_model``); ``model_directory`` must then be its directory.
+    ``out_dir`` (another place than the stage's ``reports/<name>``) may not lie
+    in a stage output or in ``releases/``.
 
     Raises:
-        RefusedError: ``checkpoint`` (not a valid Aegis checkpoint) or
-            ``evaluate`` (trained on another dataset version, or the test split
-            differs from the recorded one).
+        RefusedError: ``checkpoint`` (not a valid Aegis checkpoint), ``path``
+            (``out_dir`` is a stage output or a release) or ``evaluate`` (trained
+            on another dataset version, or the test split differs from the recorded one).
     """
     import torch
 
     from aegis.evaluate.evaluate import evaluate_model
     from aegis.evaluate.report import render_report
     from aegis.train.checkpoint import load_checkpoint
-    from aegis.train.data import input_domain, load_training_frame, prepare, to_tensors
-    from aegis.train.stage import model_dir
+    from aegis.train.data import input_domain, prepare, to_tensors
 
+    ws = ledger.ws
     require_stage(ws, name)
-    directory = model_directory or model_dir(ws, name)
+    layout = Layout.of(ws)
+    out = layout.reports(name)
+    if out_dir is not None:
+        out = check_output(ws, out_dir, datasets=ws.params().pipeline.datasets)
+    directory = model_directory or layout.model(name)
     loaded = loaded or load_checkpoint(directory)
-    data = load_training_frame(ws, name)
+    data = load_training_frame(ledger, name)
     if data.dataset_digest != loaded.config.get("dataset"):
         raise RefusedError(
             "evaluate",
@@ -80,7 +85,6 @@ def evaluate_stored(
     spec = loaded.spec
     x_test, y_test = to_tensors(prepared.frame, prepared.split.test, spec)
     x_train, y_train = to_tensors(prepared.frame, prepared.split.train, spec)
-    eval_params = ws.params().evaluate
     threads = torch.get_num_threads()
     torch.set_num_threads(train_params.threads)
     try:
@@ -92,7 +96,7 @@ def evaluate_stored(
             y_train=y_train,
             domain=input_domain(spec, train_params),
             train_eps=train_params.epsilon,
-            params=eval_params,
+            params=ws.params().evaluate,
             seed=train_params.seed,
             dp=loaded.config.get("privacy"),
         )
@@ -105,20 +109,20 @@ def evaluate_stored(
         "defense": train_params.defense,
         "train_epsilon": train_params.epsilon,
     }
-    out = out_dir or report_dir(ws, name)
-    out.mkdir(parents=True, exist_ok=True)
-    history = _history(directory)
     metrics_bytes = json.dumps(metrics, indent=1, sort_keys=True).encode() + b"\n"
-    with ws.lock():
+    page = render_report(
+        metrics,
+        history=loaded.metadata.get("history") if isinstance(loaded.metadata, dict) else None,
+        details=result.details(),
+        title=f"Evaluation of {name}",
+    )
+    with ledger.locked():
+        out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "metrics.json", metrics_bytes)
-        atomic_write(
-            out / "report.html",
-            render_report(metrics, history=history, title=f"Evaluation of {name}").encode(),
-        )
-        ws.audit().append(
+        atomic_write(out / "report.html", page.encode())
+        ledger.append(
+            Action.EVALUATE_DONE,
             actor=actor,
-            action="evaluate.done",
-            pipeline_key=ws.pipeline_key(),
             subjects={
                 "model": loaded.digest,
                 "dataset": data.dataset_digest,
@@ -126,29 +130,20 @@ def evaluate_stored(
             },
             details={"name": name, "flags": metrics.get("flags", [])},
         )
-    rel = out.relative_to(ws.root) if out.is_relative_to(ws.root) else out
+    shown = Path(layout.rel(out)) if out.is_relative_to(ws.root) else out
     return EvaluatedModel(
         name=name,
         model_digest=loaded.digest,
         metrics=metrics,
-        metrics_path=str(Path(rel) / "metrics.json"),
-        report_path=str(Path(rel) / "report.html"),
+        metrics_path=str(shown / "metrics.json"),
+        report_path=str(shown / "report.html"),
     )
 
 
-def _history(directory: Path) -> list[dict] | None:
-    try:
-        return json.loads((directory / "metadata.json").read_text()).get("history")
-    except (OSError, ValueError):
-        return None
-
-
-def record_evaluation(ws: Workspace, evaluated: EvaluatedModel) -> str:
+def record_evaluation(ledger: Ledger, evaluated: EvaluatedModel) -> str:
     """``dvc commit``s the evaluate stage and commits ``dvc.lock`` and ``metrics.json``."""
-    from aegis.registry.stages import commit_stage
-
     return commit_stage(
-        ws,
+        ledger,
         f"evaluate@{evaluated.name}",
         evidence=[evaluated.metrics_path],
         message=f"evaluate {evaluated.name} {evaluated.model_digest}",

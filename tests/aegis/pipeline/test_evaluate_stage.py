@@ -18,17 +18,18 @@ from helpers import Env, copy_env, snapshot
 from validation_helpers import digits_frame, publish_frame, resample, sha256_file
 
 from aegis.data.ingest import ingest
-from aegis.data.validate import record_validation, validate_dataset
+from aegis.pipeline.train import train_stage
+from aegis.pipeline.validate import record_validation, validate_dataset
 from aegis.train.checkpoint import CONFIG, WEIGHTS, canonical_json, model_digest
-from aegis.train.stage import train_stage
 
 # -- workspaces ------------------------------------------------------------------------------
 
 
 def _ingest_and_validate(env: Env, source: Path) -> str:
-    actor, _ = env.ws.actor(None)
-    digest = ingest(env.ws, str(source), name="digits", actor=actor).digest
-    record_validation(env.ws, validate_dataset(env.ws, "digits", actor=actor))
+    actor, _ = env.ledger().actor(None)
+    digest = ingest(env.ledger(), str(source), name="digits", actor=actor).digest
+    ledger = env.ledger()
+    record_validation(ledger, validate_dataset(ledger, "digits", actor=actor))
     return digest
 
 
@@ -37,8 +38,8 @@ def trained_base(template_env, tmp_path_factory) -> Path:
     """Digits ingested and validated, and models/digits trained on it (train stage)."""
     env = copy_env(template_env.root.parent, tmp_path_factory.mktemp("eval-trained") / "env")
     _ingest_and_validate(env, env.dataset)
-    actor, _ = env.ws.actor(None)
-    train_stage(env.ws, "digits", actor=actor)
+    actor, _ = env.ledger().actor(None)
+    train_stage(env.ledger(), "digits", actor=actor)
     return env.root.parent
 
 
@@ -106,10 +107,15 @@ def test_evaluate_a_stored_model_again(cli, trained, tmp_path):
     assert f"model 'digits' ({digest[:19]})" in result.out
     assert "robust (worst case)" in result.out
     assert f"report: {out / 'report.html'}" in result.out
-    assert "Evaluation of digits" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "Evaluation of digits" in page
+    # the stage renders the evaluation's details: every plot but the DP point is drawn
+    assert page.count("data:image/png;base64,") == 4, page[:2000]
+    for missing in ("no calibration data", "audit not run", "no training history"):
+        assert missing not in page
     entry = env.ws.audit().entries()[-1]
     assert entry.action == "evaluate.done"
-    assert entry.actor == env.ws.trust().get("ops").key_id  # the operator's key
+    assert entry.actor == env.ledger().trust.get("ops").key_id  # the operator's key
     assert entry.subjects["model"] == digest
     assert entry.subjects["metrics"] == sha256_file(out / "metrics.json")
 

@@ -1,0 +1,158 @@
+"""The validate stage in a workspace: the stored dataset in, quarantine and evidence out.
+
+Reads ``data/<name>`` (re-verified against its signature), runs the suite
+and gates (:mod:`aegis.data.validate`) against the last validated version's
+profile, and on success writes the quarantine, ``result.json`` (DVC metrics),
+``report.html`` and the version's profile (the next run's drift reference),
+and audits the result's digest. The retrain run validates the verified
+staged copy *before* storing it (:mod:`aegis.pipeline.retrain`); both share
+:func:`check_version`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from aegis.data.ingest import VerifiedDataset, verify_staged
+from aegis.data.manifest import check_dataset_name
+from aegis.data.quarantine import write_release_copy
+from aegis.data.report import render_report
+from aegis.data.sources import StagedSource
+from aegis.data.validate import CheckedDataset, ValidationResult, check_dataset, read_frame
+from aegis.errors import RefusedError, UnsafeFileError, UsageError
+from aegis.fileutil import atomic_write, read_regular
+from aegis.ledger import Action, Ledger
+from aegis.pipeline.layout import Layout
+from aegis.pipeline.stages import commit_stage, require_stage
+
+
+def load_stored(ledger: Ledger, name: str) -> VerifiedDataset:
+    """Re-verifies ``data/<name>/`` against its signature (as ingest verified it).
+
+    Raises:
+        UsageError: The dataset was never ingested.
+        RefusedError: Any ingest check (the stored copy was changed).
+    """
+    check_dataset_name(name)
+    directory = Layout.of(ledger.ws).data(name)
+    if not directory.is_dir() or directory.is_symlink():
+        raise UsageError(f"dataset '{name}' has not been ingested (no data/{name}/)")
+    size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+    staged = StagedSource(str(directory), directory, len(list(directory.iterdir())), size)
+    return verify_staged(ledger, staged, name=name)
+
+
+def reference_profile(ledger: Ledger, name: str, *, exclude: str) -> tuple[str, dict] | None:
+    """The profile of the last validated version of ``name`` other than ``exclude``.
+
+    Raises:
+        RefusedError: ``drift``: the profile on disk is not the one audited.
+    """
+    entry = ledger.last_validation(name, exclude=exclude)
+    if entry is None:
+        return None
+    digest = entry.subjects["dataset"]
+    path = Layout.of(ledger.ws).profile(name, digest)
+    try:
+        raw = read_regular(path, what=f"profile of {digest[:19]}")
+    except FileNotFoundError:
+        raise RefusedError("drift", f"reference profile of {digest[:19]} is missing") from None
+    except UnsafeFileError as exc:
+        raise RefusedError("drift", exc.detail) from None
+    if "sha256:" + hashlib.sha256(raw).hexdigest() != entry.details.get("profile_digest"):
+        raise RefusedError("drift", f"reference profile of {digest[:19]} was altered")
+    return digest, json.loads(raw)
+
+
+def check_version(ledger: Ledger, verified: VerifiedDataset) -> CheckedDataset:
+    """Validates a verified dataset (staged or stored); writes nothing.
+
+    Raises:
+        RefusedError: ``validation``, ``drift`` or ``schema`` (see :func:`check_dataset`).
+        ConfigError: Not in ``pipeline.datasets``, or the suite is invalid.
+    """
+    ws = ledger.ws
+    name = verified.name
+    require_stage(ws, name)
+    layout = Layout.of(ws)
+    return check_dataset(
+        read_frame(verified),
+        name=name,
+        digest=verified.digest,
+        suite_path=ws.root / "expectations" / f"{name}.json",
+        params=ws.params().validation,
+        reference=reference_profile(ledger, name, exclude=verified.digest),
+        report=layout.rel(layout.validation_report(name)),
+    )
+
+
+def write_validation(ledger: Ledger, checked: CheckedDataset, *, actor: str) -> ValidationResult:
+    """Writes the quarantine, result, report and profile, and audits the result."""
+    result = checked.result
+    layout = Layout.of(ledger.ws)
+    name = result.name
+    with ledger.locked():
+        for path in (layout.validation_result(name), layout.quarantine(name)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        layout.profiles(name).mkdir(parents=True, exist_ok=True)
+        quarantine = layout.quarantine(name)
+        tmp = quarantine.with_suffix(".parquet.tmp")
+        checked.quarantine.to_parquet(tmp, index=False)
+        tmp.replace(quarantine)
+        atomic_write(
+            layout.validation_report(name), render_report(result, checked.quarantine).encode()
+        )
+        atomic_write(layout.validation_result(name), result.to_json())
+        atomic_write(layout.profile(name, result.dataset), checked.profile)
+        ledger.append(
+            Action.VALIDATE_PASSED,
+            actor=actor,
+            subjects={
+                "dataset": result.dataset,
+                "validation": "sha256:" + hashlib.sha256(result.to_json()).hexdigest(),
+            },
+            details={
+                "name": name,
+                "suite": result.suite,
+                "rows": result.rows["total"],
+                "quarantined": result.rows["quarantined"],
+                "reference": result.drift.reference,
+                "worst_psi": result.drift.worst[1] if result.drift.worst else None,
+                "profile_digest": result.profile_digest,
+            },
+        )
+        # the train stage depends on it: the signed releases of this version, if any
+        write_release_copy(ledger, name, result.dataset)
+    return result
+
+
+def validate_dataset(ledger: Ledger, name: str, *, actor: str) -> ValidationResult:
+    """Validates the stored dataset ``name`` (``aegis validate``, the DVC stage).
+
+    Raises:
+        ConfigError: ``name`` is not in ``pipeline.datasets`` (no stage tracks its outputs).
+    """
+    require_stage(ledger.ws, name)
+    return write_validation(ledger, check_version(ledger, load_stored(ledger, name)), actor=actor)
+
+
+def record_validation(ledger: Ledger, result: ValidationResult) -> str:
+    """Commits the validate stage of ``result`` (dvc.lock, metrics, profile) to git."""
+    layout = Layout.of(ledger.ws)
+    name = result.name
+    evidence = [
+        layout.rel(p)
+        for p in (
+            layout.validation_result(name),
+            layout.profile(name, result.dataset),
+            layout.quarantine_releases(name),
+        )
+    ]
+    return commit_stage(
+        ledger,
+        f"validate@{name}",
+        evidence=evidence,
+        message=f"validate {name} {result.dataset}: {result.rows['quarantined']} row(s) "
+        "quarantined",
+    )
