@@ -25,6 +25,7 @@ what git recorded; see :mod:`aegis.ledger`).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -129,17 +130,6 @@ def _split(data: bytes) -> list[bytes]:
     if lines[-1] == b"":
         lines.pop()
     return lines
-
-
-def _action_of(line: bytes) -> str | None:
-    """The action of a line Aegis wrote (sorted keys: "action" comes first), cheaply."""
-    if not line.startswith(_ACTION_PREFIX):
-        return None
-    end = line.find(b'"', len(_ACTION_PREFIX))
-    if end < 0:
-        return None
-    raw = line[len(_ACTION_PREFIX) : end]
-    return None if b"\\" in raw else raw.decode("utf-8", "replace")
 
 
 def check_chain(lines: list[bytes], *, start: int = 0, prev: str = GENESIS) -> list[AuditEntry]:
@@ -359,12 +349,21 @@ class VerifiedLog:
     def _take(self, lines: list[bytes], data: bytes, head: SignedHead | None) -> None:
         start = len(self._lines)
         self._lines.extend(lines)
-        for offset, line in enumerate(lines):
-            seq = start + offset
-            action = _action_of(line)
-            if action is None:
-                action = self.entry(seq).action
-            self._by_action.setdefault(action, []).append(seq)
+        skip = len(_ACTION_PREFIX)
+        # one pass of C-level slicing; a line not in Aegis's own form is parsed instead
+        raw = [
+            line[skip : line.find(b'"', skip)] if line.startswith(_ACTION_PREFIX) else None
+            for line in lines
+        ]
+        by_raw: dict[bytes | None, list[int]] = {}
+        for seq, action in enumerate(raw, start):
+            by_raw.setdefault(action, []).append(seq)
+        for action, seqs in by_raw.items():
+            if action is None or b"\\" in action:
+                for seq in seqs:
+                    self._by_action.setdefault(self.entry(seq).action, []).append(seq)
+            else:
+                self._by_action.setdefault(action.decode("utf-8", "replace"), []).extend(seqs)
         self._hasher.update(data)
         self._size += len(data)
         self._head = head
@@ -395,8 +394,37 @@ class VerifiedLog:
 
     def by_action(self, *actions: str) -> list[AuditEntry]:
         """The entries of ``actions``, in log order."""
-        seqs = sorted(s for a in actions for s in self._by_action.get(a, ()))
-        return [self.entry(s) for s in seqs]
+        return [self.entry(s) for s in self._seqs(actions)]
+
+    def scan(
+        self, actions: Iterable[str], *needles: str, reverse: bool = False
+    ) -> Iterator[AuditEntry]:
+        """The entries of ``actions`` whose line contains every needle, in (reverse) log order.
+
+        A needle is a value as it is written in the line (a digest, a key id, a
+        name as JSON): lines without it are never parsed, so a query over a long
+        log reads bytes, not JSON. Callers still check the parsed entry's fields.
+        """
+        raw = [json.dumps(n, ensure_ascii=False).encode()[1:-1] for n in needles]
+        seqs = self._seqs(tuple(actions))
+        for seq in reversed(seqs) if reverse else seqs:
+            line = self._lines[seq]
+            if all(n in line for n in raw):
+                yield self.entry(seq)
+
+    def raw(self, seq: int) -> bytes:
+        """The verified bytes of entry ``seq`` (its JSON line, as the pipeline wrote it)."""
+        return self._lines[seq]
+
+    def seqs_since(self, actions: tuple[str, ...], start: int) -> list[int]:
+        """Sequence numbers of the entries of ``actions`` from ``start`` on, in log order."""
+        seqs = self._seqs(actions)
+        return seqs[bisect.bisect_left(seqs, start) :] if start else list(seqs)
+
+    def _seqs(self, actions: tuple[str, ...]) -> list[int]:
+        if len(actions) == 1:
+            return self._by_action.get(actions[0], [])
+        return sorted(s for a in actions for s in self._by_action.get(a, ()))
 
     def __iter__(self) -> Iterator[AuditEntry]:
         return (self.entry(s) for s in range(len(self._lines)))

@@ -30,6 +30,7 @@ are verified against the trust store when they are asked for.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,10 @@ class Ledger:
         self.trust = trust
         self.log = log
         self._pipeline_key: PrivateKey | None = None
+        # derived from an append-only log: each is extended with what was appended since
+        self._closed: set[int] = set()
+        self._closed_upto = 0
+        self._tags: dict[str, tuple[int, dict[str, str]]] = {}
 
     # -- building and staying current ------------------------------------------------------
 
@@ -323,23 +328,27 @@ class Ledger:
 
     # -- datasets, validation, quarantine ---------------------------------------------------
 
+    def _find(self, action: str, *needles: str, match) -> AuditEntry | None:
+        """The last entry of ``action`` holding ``needles`` for which ``match(entry)``."""
+        return next((e for e in self.log.scan((action,), *needles, reverse=True) if match(e)), None)
+
     def accepted(self, digest: str) -> AcceptedDataset | None:
         """The latest acceptance of dataset ``digest`` by ingest, if any."""
-        for entry in reversed(self.log.by_action(Action.INGEST_ACCEPTED)):
-            if entry.subjects.get("dataset") == digest:
-                return AcceptedDataset.of(entry)
-        return None
+        entry = self._find(
+            Action.INGEST_ACCEPTED, digest, match=lambda e: e.subjects.get("dataset") == digest
+        )
+        return None if entry is None else AcceptedDataset.of(entry)
 
     def last_accepted(self, name: str) -> AcceptedDataset | None:
         """The last accepted version of dataset ``name``, if any."""
-        for entry in reversed(self.log.by_action(Action.INGEST_ACCEPTED)):
-            if entry.details.get("name") == name:
-                return AcceptedDataset.of(entry)
-        return None
+        entry = self._find(
+            Action.INGEST_ACCEPTED, name, match=lambda e: e.details.get("name") == name
+        )
+        return None if entry is None else AcceptedDataset.of(entry)
 
     def validated(self, name: str, dataset: str, result_digest: str) -> AuditEntry | None:
         """The ``validate.passed`` entry of this exact result of ``dataset``, if any."""
-        for entry in reversed(self.log.by_action(Action.VALIDATE_PASSED)):
+        for entry in self.log.scan((Action.VALIDATE_PASSED,), result_digest, reverse=True):
             if (
                 entry.details.get("name") == name
                 and entry.subjects.get("dataset") == dataset
@@ -350,10 +359,10 @@ class Ledger:
 
     def last_validation(self, name: str, *, exclude: str | None = None) -> AuditEntry | None:
         """The last passed validation of ``name`` of another version than ``exclude``."""
-        for entry in reversed(self.log.by_action(Action.VALIDATE_PASSED)):
-            if entry.details.get("name") == name and entry.subjects.get("dataset") != exclude:
-                return entry
-        return None
+        return self._find(
+            Action.VALIDATE_PASSED, name,
+            match=lambda e: e.details.get("name") == name and e.subjects.get("dataset") != exclude,
+        )  # fmt: skip
 
     def quarantine_releases(self, name: str, dataset: str) -> list[SignedEntry]:
         """Releases of quarantined rows of this exact version, each signed by an operator.
@@ -363,7 +372,7 @@ class Ledger:
         trust store and not revoked. Anything else counts for nothing.
         """
         found = []
-        for entry in self.log.by_action(Action.QUARANTINE_RELEASE):
+        for entry in self.log.scan((Action.QUARANTINE_RELEASE,), dataset):
             if entry.subjects.get("dataset") != dataset:
                 continue
             signed = self._signed(entry, QUARANTINE_KIND)
@@ -380,19 +389,17 @@ class Ledger:
     # -- models and releases -----------------------------------------------------------------
 
     def trained(self, model_digest: str) -> AuditEntry | None:
-        for entry in reversed(self.log.by_action(Action.TRAIN_DONE)):
-            if entry.subjects.get("model") == model_digest:
-                return entry
-        return None
+        return self._find(
+            Action.TRAIN_DONE, model_digest,
+            match=lambda e: e.subjects.get("model") == model_digest,
+        )  # fmt: skip
 
     def evaluated(self, model_digest: str, metrics_digest: str) -> AuditEntry | None:
-        for entry in reversed(self.log.by_action(Action.EVALUATE_DONE)):
-            if (
-                entry.subjects.get("model") == model_digest
-                and entry.subjects.get("metrics") == metrics_digest
-            ):
-                return entry
-        return None
+        return self._find(
+            Action.EVALUATE_DONE, metrics_digest,
+            match=lambda e: (e.subjects.get("model"), e.subjects.get("metrics"))
+            == (model_digest, metrics_digest),
+        )  # fmt: skip
 
     def releases(self) -> dict[tuple[str, str], ReleaseRecord]:
         """Every recorded release by (model, version); the latest record wins."""
@@ -436,7 +443,7 @@ class Ledger:
         bare :class:`AuditEntry`, which callers treat as expired.
         """
         out: list[SignedEntry | AuditEntry] = []
-        for entry in self.log.by_action(Action.APPROVAL_REQUESTED):
+        for entry in self.log.scan((Action.APPROVAL_REQUESTED,), model, version):
             d = entry.details
             if (d.get("model_name"), d.get("version")) != (model, version):
                 continue
@@ -450,7 +457,7 @@ class Ledger:
         approval policy's decision (:mod:`aegis.registry.approvals_review`).
         """
         found = []
-        for entry in self.log.by_action(*Action.DECISIONS.values()):
+        for entry in self.log.scan(Action.DECISIONS.values(), request_digest):
             if entry.subjects.get("request") != request_digest:
                 continue
             signed = self._signed(entry, APPROVAL_KIND)
@@ -462,33 +469,46 @@ class Ledger:
         """Whether ``key_id`` recorded any decision on the request (signed or not)."""
         return any(
             e.actor == key_id and e.subjects.get("request") == request_digest
-            for e in self.log.by_action(*Action.DECISIONS.values())
+            for e in self.log.scan(Action.DECISIONS.values(), key_id, request_digest)
         )
 
     def retired_at(self, key_id: str) -> int | None:
         """The sequence number of the audited retirement of ``key_id``, if any."""
-        for entry in self.log.by_action(Action.TRUST_RETIRE):
+        for entry in self.log.scan((Action.TRUST_RETIRE,), key_id):
             if entry.details.get("key_id") == key_id:
                 return entry.seq
         return None
 
     # -- registry changes (the journal) ---------------------------------------------------
 
+    def _change_actions(self, suffix: str) -> tuple[str, ...]:
+        return tuple(a for a in self.log.actions() if a.endswith(f".{suffix}"))
+
     def change_entries(self, suffix: str) -> list[AuditEntry]:
         """Entries of every journaled change (``<change>.<suffix>``), in log order."""
-        return self.log.by_action(*(a for a in self.log.actions() if a.endswith(f".{suffix}")))
+        return self.log.by_action(*self._change_actions(suffix))
 
     def closed_intents(self) -> set[int]:
-        return {
-            e.details["intent"]
-            for e in self.change_entries("done") + self.change_entries("aborted")
-            if isinstance(e.details.get("intent"), int)
-        }
+        """Sequence numbers of the intents a done or aborted entry closed.
+
+        Read from the bytes (``"intent": N`` as the pipeline writes it), so a long
+        log of closed changes is not parsed entry by entry.
+        """
+        actions = self._change_actions("done") + self._change_actions("aborted")
+        for seq in self.log.seqs_since(actions, self._closed_upto):
+            match = _INTENT.search(self.log.raw(seq))
+            if match:
+                self._closed.add(int(match[1]))
+        self._closed_upto = len(self.log)
+        return set(self._closed)
 
     def open_intents(self) -> list[AuditEntry]:
         """Intent entries with neither a done nor an aborted entry."""
+        intents = self.log.seqs_since(self._change_actions("intent"), 0)
+        if not intents:
+            return []
         closed = self.closed_intents()
-        return [e for e in self.change_entries("intent") if e.seq not in closed]
+        return [self.log.entry(s) for s in intents if s not in closed]
 
     def bound_commits(self, intent: AuditEntry) -> dict[str, str]:
         """The commit each planned tag of ``intent`` must point to, as the log recorded it.
@@ -509,17 +529,25 @@ class Ledger:
         In-flight tags are those planned by changes still open (being made now,
         or to be reconciled).
         """
-        closed = self.closed_intents()
-        expected: dict[str, str] = {}
-        in_flight: set[str] = set()
-        for entry in self.change_entries("done"):
+        upto, known = self._tags.get(model, (0, {}))
+        expected = dict(known)
+        for entry in self._tagged(self._change_actions("done"), model, upto):
             for tag, commit in (entry.details.get("tag_commits") or {}).items():
                 if _belongs(tag, model):
                     expected[tag] = commit
-        for entry in self.change_entries("intent"):
-            if entry.seq not in closed:
-                in_flight.update(t for t in entry.details.get("tags", []) if _belongs(t, model))
+        self._tags[model] = (len(self.log), dict(expected))
+        in_flight: set[str] = set()
+        for entry in self.open_intents():
+            in_flight.update(t for t in entry.details.get("tags", []) if _belongs(t, model))
         return expected, in_flight
+
+    def _tagged(self, actions: tuple[str, ...], model: str, start: int) -> Iterator[AuditEntry]:
+        """Entries of ``actions`` from ``start`` on naming a tag of ``model`` (``"<model>@/#``)."""
+        needles = (f'"{model}@'.encode(), f'"{model}#'.encode())
+        for seq in self.log.seqs_since(actions, start):
+            line = self.log.raw(seq)
+            if needles[0] in line or needles[1] in line:
+                yield self.log.entry(seq)
 
     # -- signed documents --------------------------------------------------------------------
 
@@ -555,6 +583,9 @@ def actor_in(
 def load_trust(ws: Workspace) -> TrustStore:
     """The workspace's trust store, its signed chain verified (not against the audit log)."""
     return _load_trust(ws, ws.meta()["trust_anchor"])
+
+
+_INTENT = re.compile(rb'"intent": ([0-9]+)[,}]')
 
 
 def _belongs(tag: str, model: str) -> bool:

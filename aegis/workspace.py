@@ -297,7 +297,8 @@ def _init_identities(ws: Workspace, admin_key_out: Path | None) -> list[str]:
         return []
     if ws.trust_path.exists():
         raise ConfigError(f"{ws.trust_path} exists without workspace.json; refusing to guess")
-    assert admin_key_out is not None  # checked before anything was created
+    if admin_key_out is None:  # checked before anything was created; never reached
+        raise UsageError("a new workspace needs --admin-key-out PATH")
     pipeline = (
         load_private_key(ws.pipeline_key_path)
         if ws.pipeline_key_path.exists()

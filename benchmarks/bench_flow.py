@@ -80,10 +80,11 @@ from pathlib import Path
 args = json.loads(sys.argv[1])
 if args["mode"] == "direct":
     from aegis.data.ingest import ingest
+    from aegis.ledger import Ledger
     from aegis.workspace import Workspace
     t1 = time.perf_counter()
-    result = ingest(Workspace(Path(args["workspace"])), args["source"], name=args["name"],
-                    actor=args["actor"])
+    result = ingest(Ledger.load(Workspace(Path(args["workspace"]))), args["source"],
+                    name=args["name"], actor=args["actor"])
 else:
     from flows.retrain import retrain
     t1 = time.perf_counter()
@@ -314,15 +315,17 @@ def measure(args: argparse.Namespace, base: Path, server: Server) -> dict:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from aegis.data.ingest import ingest
+    from aegis.ledger import Ledger
     from aegis.trust_ops import new_key
     from aegis.workspace import init_workspace
     from flows.retrain import retrain
 
-    ws, _ = init_workspace(base / "ws")
     (base / "keys").mkdir()
+    admin = base / "keys" / "admin.pem"
+    ws, _ = init_workspace(base / "ws", admin_key_out=admin)
     key = base / "keys" / "supplier.pem"
-    new_key(ws, role="supplier", name="bench-supplier", owner="bench", out=key, admin_key=None)
-    actor, _ = ws.actor(None)
+    new_key(ws, role="supplier", name="bench-supplier", owner="bench", out=key, admin_key=admin)
+    actor, _ = Ledger.load(ws).actor(None)
     data = Datasets(base / "datasets", key, args.mb)
     name = "bench"
     server_pid = server.proc.pid if server.proc else None
@@ -330,7 +333,7 @@ def measure(args: argparse.Namespace, base: Path, server: Server) -> dict:
 
     def call(mode: str, src: Path) -> None:
         if mode == "direct":
-            ingest(ws, str(src), name=name, actor=actor)
+            ingest(Ledger.load(ws), str(src), name=name, actor=actor)
         elif mode == "flow":
             retrain(workspace=str(ws.root), source=str(src), name=name, actor=actor)
         else:  # diagnostic: the same flow with Prefect's heartbeat thread off

@@ -95,10 +95,12 @@ def sha256_files(paths: list[Path]) -> dict[str, str]:
 
 def main() -> None:
     args = parse_args()
-    from aegis.crypto.bundle import hash_directory, verify_signed_digests
+    from aegis.crypto.bundle import hash_directory
+    from aegis.crypto.signing import KeyIdentity, verify_bundle
     from aegis.data.ingest import ingest, stage, verify_staged
     from aegis.data.manifest import BUNDLE_NAME, MANIFEST_NAME, parse_manifest
     from aegis.data.publish import publish_dataset
+    from aegis.ledger import Ledger, load_trust
     from aegis.trust_ops import new_key
     from aegis.workspace import init_workspace
 
@@ -107,18 +109,19 @@ def main() -> None:
     try:
         # -- set-up (not timed) ------------------------------------------------------------
         print(f"building a ~{args.mb} MB signed dataset ({args.files} files) in {base} ...")
-        ws, _ = init_workspace(base / "ws")
         keys = base / "keys"
         keys.mkdir()
+        ws, _ = init_workspace(base / "ws", admin_key_out=keys / "admin.pem")
         new_key(
             ws,
             role="supplier",
             name="bench-supplier",
             owner="bench",
             out=keys / "supplier.pem",
-            admin_key=None,
+            admin_key=keys / "admin.pem",
         )
-        actor, _ = ws.actor(None)
+        ledger = Ledger.load(ws)
+        actor, _ = ledger.actor(None)
         raw = base / "raw"
         write_random_parquet(raw, total_bytes=args.mb * MB, files=args.files)
         signed = base / "signed"
@@ -141,7 +144,7 @@ def main() -> None:
 
         # -- warm the page cache and check both sides see the same bytes --------------------
         baseline_digests = sha256_files(hashed)
-        verified = verify_staged(ws, staged, name="bench")
+        verified = verify_staged(ledger, staged, name="bench")
         signed_digests = {f.path: f.sha256 for f in verified.manifest.files}
         verify_digests = hash_directory(staging, ignored=[BUNDLE_NAME])
         same_bytes = (
@@ -157,7 +160,7 @@ def main() -> None:
         verify_s: list[float] = []
         for _ in range(args.repeats):
             base_s.append(timed(lambda: sha256_files(hashed))[0])
-            verify_s.append(timed(lambda: verify_staged(ws, staged, name="bench"))[0])
+            verify_s.append(timed(lambda: verify_staged(ledger, staged, name="bench"))[0])
 
         # -- breakdown of (b) ----------------------------------------------------------------
         from model_signing import hashing
@@ -167,8 +170,7 @@ def main() -> None:
             .use_file_serialization(hashing_algorithm="sha256", max_workers=1)
             .set_ignored_paths(paths=[BUNDLE_NAME], ignore_git_paths=False)
         )
-        pub = staging.parent / "bench-supplier.pub"
-        pub.write_text(ws.trust().by_key_id(verified.supplier_key_id).public_key)
+        identity = KeyIdentity(ledger.trust.by_key_id(verified.supplier_key_id).public_key)
         parts: dict[str, list[float]] = {
             "trust_store_load": [],
             "bundle_signature": [],
@@ -186,9 +188,9 @@ def main() -> None:
                 pq.ParquetFile(staging / entry.path).metadata.num_rows  # noqa: B018
 
         for _ in range(args.repeats):
-            parts["trust_store_load"].append(timed(ws.trust)[0])
+            parts["trust_store_load"].append(timed(lambda: load_trust(ws))[0])
             parts["bundle_signature"].append(
-                timed(lambda: verify_signed_digests(staging / BUNDLE_NAME, public_key_path=pub))[0]
+                timed(lambda: verify_bundle(staging / BUNDLE_NAME, expected=identity))[0]
             )
             parts["hash_directory"].append(
                 timed(lambda: hash_directory(staging, ignored=[BUNDLE_NAME]))[0]
@@ -200,7 +202,9 @@ def main() -> None:
         # -- (c) full ingest -----------------------------------------------------------------
         ingest_runs = []
         for run in range(args.ingest_runs):
-            seconds, result = timed(lambda: ingest(ws, str(signed), name="bench", actor=actor))
+            seconds, result = timed(
+                lambda: ingest(Ledger.load(ws), str(signed), name="bench", actor=actor)
+            )
             ingest_runs.append(
                 {
                     "run": run + 1,

@@ -145,7 +145,7 @@ def record_request(
     body = store.request_body(candidate, requester=requester, gates=gates, params=params)
     document = sign_document(operator, body)
     with ledger.locked():
-        ledger.append(
+        entry = ledger.append(
             Action.APPROVAL_REQUESTED,
             actor=operator.key_id,
             subjects={
@@ -165,9 +165,7 @@ def record_request(
         path = store.write_copy(layout, model, version, store.REQUEST_FILE, document)
         paths = [path, path.parent / ".gitignore", *removed]
         _commit_copies(ledger, f"aegis: promotion request for {model}@{version}", paths)
-    status = store.latest_request(ledger, model, version)
-    assert status.request is not None and status.request.digest == body_digest(body)
-    return status.request
+    return store.ApprovalRequest(body, body_digest(body), entry.seq, requester)
 
 
 def _commit_copies(ledger: Ledger, message: str, paths: list[Path]) -> None:
