@@ -6,7 +6,9 @@ Workspaces and datasets are built once per session and copied per test:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +30,53 @@ QUIET_ENV = {
 }
 os.environ.update(QUIET_ENV)
 BIN = Path(sys.executable).parent
+
+
+def _our_leftovers() -> list[tuple[int, str]]:
+    """Processes of this test run's process group still alive, other than us and our parents.
+
+    Every service the tests start (moto, the Prefect server, ephemeral Prefect
+    servers of `aegis` subprocesses, waiting `aegis promote` runs) inherits the
+    group, so anything left here was started by the session and not stopped.
+    """
+    me = os.getpid()
+    group = os.getpgid(me)
+    ancestors, pid = set(), me
+    while pid > 1:
+        ancestors.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in ancestors:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            state, pgid = fields[0], int(fields[2])
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if pgid == group and state != "Z":
+            found.append((int(entry.name), cmd.strip()[:200]))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_behind():
+    """Set up first, torn down last: fails the session if a started process outlives it."""
+    before = {pid for pid, _ in _our_leftovers()}
+    yield
+    deadline = time.monotonic() + 30  # servers stopped with SIGTERM may take a moment
+    while (left := [p for p in _our_leftovers() if p[0] not in before]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
+    for pid, _ in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes the tests started are still running: {left}"
 
 
 # Small but real training and evaluation for tests that run the whole flow: every defense

@@ -88,12 +88,10 @@ def status(as_json: JsonOpt = False) -> None:
     """The registry: versions, stages, metrics, signer, approvals, prod and bad marks."""
     from dataclasses import asdict
 
-    from aegis.registry.journal import reconcile
     from aegis.registry.status import registry_status
 
-    ledger = _ledger()
-    _print_notes(reconcile(ledger), "reconciled")
-    models = registry_status(ledger)
+    models, reconciled = registry_status(_ledger())
+    _print_notes(reconciled, "reconciled")
     if STATE.json or as_json:
         _print_json({"models": [asdict(m) for m in models]})
         return

@@ -64,16 +64,9 @@ def export_cmd(
 ) -> None:
     """Verify a release, then copy it with its public key and a VERIFY.md for downstream users."""
     from aegis.registry.export import export_release
-    from aegis.registry.journal import reconcile
-    from aegis.registry.targets import Target, parse_release_arg
 
-    ledger = _ledger()
-    what = parse_release_arg(release)
-    if isinstance(what, Target):
-        _print_notes(reconcile(ledger), "reconciled")
-    else:
-        what = Path.cwd() / what
-    result = export_release(ledger, what, out_dir)
+    result = export_release(_ledger(), release, out_dir)
+    _print_notes(list(result.reconciled), "reconciled")
     if STATE.json or as_json:
         _print_json(
             {

@@ -20,7 +20,12 @@ from aegis.ledger import Ledger
 from aegis.pipeline.layout import check_output
 from aegis.registry.release import BUNDLE
 from aegis.registry.targets import Target
-from aegis.registry.verify import VerifiedRelease, open_release, verify_release
+from aegis.registry.verify import (
+    VerifiedRelease,
+    open_release,
+    open_release_arg,
+    verify_release,
+)
 
 PUBLIC_KEY = "pipeline.pub"
 README = "VERIFY.md"
@@ -34,6 +39,7 @@ class ExportResult:
     directory: Path
     files: int
     command: str
+    reconciled: tuple[str, ...] = ()  # interrupted registry changes closed first
 
 
 def verify_command(verified: VerifiedRelease) -> str:
@@ -87,12 +93,14 @@ CycloneDX SBOM of the environment that built it.
 """
 
 
-def export_release(ledger: Ledger, target: Target | Path, out_dir: Path) -> ExportResult:
+def export_release(ledger: Ledger, target: Target | Path | str, out_dir: Path) -> ExportResult:
     """Verifies a release and copies it, with its public key and instructions, to ``out_dir``.
 
     Args:
         ledger: The workspace's verified ledger.
-        target: A registry target or a release directory.
+        target: A registry target, a release directory, or the argument text naming
+            either (``NAME@vN``, ``NAME#prod``, a path with a ``/``); a target is
+            resolved after interrupted registry changes are reconciled.
         out_dir: A new or empty directory, not inside a stage output or ``releases/``.
 
     Raises:
@@ -105,7 +113,10 @@ def export_release(ledger: Ledger, target: Target | Path, out_dir: Path) -> Expo
     out_dir = check_output(ws, out_dir, datasets=ws.params().pipeline.datasets)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UsageError(f"{out_dir}: exists and is not empty; export into a new directory")
-    if isinstance(target, Target):
+    reconciled: list[str] = []
+    if isinstance(target, str):
+        verified, reconciled = open_release_arg(ledger, target)
+    elif isinstance(target, Target):
         verified = open_release(ledger, target)
     else:
         verified = verify_release(ledger, target)
@@ -136,5 +147,6 @@ def export_release(ledger: Ledger, target: Target | Path, out_dir: Path) -> Expo
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         raise
     return ExportResult(
-        release=str(verified), directory=out_dir, files=len(verified.files) + 1, command=command
-    )
+        release=str(verified), directory=out_dir, files=len(verified.files) + 1, command=command,
+        reconciled=tuple(reconciled),
+    )  # fmt: skip

@@ -174,6 +174,13 @@ def model_status(ledger: Ledger, model: str) -> ModelStatus:
     )
 
 
-def registry_status(ledger: Ledger) -> list[ModelStatus]:
-    """The status of every registered model, versions oldest first."""
-    return [model_status(ledger, m) for m in registry_tags.models(ledger.ws)]
+def registry_status(ledger: Ledger) -> tuple[list[ModelStatus], list[str]]:
+    """Interrupted registry changes reconciled first, then every registered model's status.
+
+    Returns:
+        The models (versions oldest first), and what reconciling did.
+    """
+    from aegis.registry.journal import reconcile
+
+    notes = reconcile(ledger)
+    return [model_status(ledger, m) for m in registry_tags.models(ledger.ws)], notes

@@ -39,7 +39,7 @@ def test_status_of_two_releases(released_env):
     env = released_env
     promote_in_turn(env.ws, env.model, [V1, V2])
     _approvals(env, V2)
-    (model,) = registry_status(env.ledger())
+    (model,), _ = registry_status(env.ledger())
     assert model.model == env.model and model.prod == V2 and model.bad == []
     assert model.prod_history == [V1, V2]
     v1, v2 = model.versions
@@ -69,7 +69,7 @@ def test_status_after_rollback_and_missing_directory(released_env):
 
     rollback(env.ledger(), to=None, reason="r", operator_key_path=env.operator_key)
     shutil.rmtree(env.release_dir(2))
-    (model,) = registry_status(env.ledger())
+    (model,), _ = registry_status(env.ledger())
     assert model.prod == V1 and model.bad == [V2]
     v1, v2 = model.versions
     assert v1.stages == ["prod"] and v2.stages == ["bad"] and v2.bad
@@ -93,17 +93,17 @@ def test_files_in_the_approvals_folder_are_named_but_never_counted(released_env,
     )
     (folder / "approval-junk.json").write_text("not json")
     os.mkfifo(folder / "approval-fifo.json")
-    a = registry_status(env.ledger())[0].versions[0].approvals
+    a = registry_status(env.ledger())[0][0].versions[0].approvals
     assert (a.approved_by, a.rejected_by) == (["bob"], ["carol"])
     assert len(a.ignored) == 3 and all("no audited decision" in note for note in a.ignored)
     # bob's own file replaced by another valid signature of his: the audited one counts
     bob.unlink()
     bob.write_text(json.dumps(sign_document(load_private_key(env.approver_key), forged)))
-    a = registry_status(env.ledger())[0].versions[0].approvals
+    a = registry_status(env.ledger())[0][0].versions[0].approvals
     assert a.approved_by == ["bob"]
     # the request file tampered with, even deleted: the audited request is shown
     (folder / "request.json").unlink()
-    a = registry_status(env.ledger())[0].versions[0].approvals
+    a = registry_status(env.ledger())[0][0].versions[0].approvals
     assert a.requested and a.requester == "alice" and not a.expired
 
 
@@ -116,12 +116,12 @@ def test_a_request_from_before_policies_is_shown_as_expired(released_env):
         pipeline_key=pipeline_key(env.ws), subjects={"request": "sha256:" + "9" * 64},
         details={"model_name": env.model, "version": V1},
     )  # fmt: skip
-    a = registry_status(env.ledger())[0].versions[0].approvals
+    a = registry_status(env.ledger())[0][0].versions[0].approvals
     assert a.requested and a.expired and "request again" in a.ignored[0]
 
 
 def test_status_empty_workspace(env, cli):
-    assert registry_status(env.ledger()) == []
+    assert registry_status(env.ledger()) == ([], [])
     result = cli("--workspace", env.root, "status")
     assert result.code == 0 and "no registered models" in result.out
     result = cli("--workspace", env.root, "status", "--json")
