@@ -49,16 +49,20 @@ class RefusedError(AegisError):
         return (type(self), (self.check, self.detail))
 
 
-class AuditError(RefusedError):
-    """The audit log does not verify (edited, truncated, appended by hand)."""
-
-    default_check = "audit"
+class _NamedRefusal(RefusedError):
+    """A refusal whose check is known by its class: raised with the message first."""
 
     def __init__(self, message: str, check: str | None = None) -> None:
         super().__init__(check or self.default_check, message)
 
     def __reduce__(self):
         return (type(self), (self.detail, self.check))
+
+
+class AuditError(_NamedRefusal):
+    """The audit log does not verify (edited, truncated, appended by hand)."""
+
+    default_check = "audit"
 
 
 class TrustStoreError(AuditError):
@@ -73,28 +77,16 @@ class FreshnessError(AuditError):
     default_check = "freshness"
 
 
-class UnsafeFileError(RefusedError):
+class UnsafeFileError(_NamedRefusal):
     """A workspace file is a symlink, FIFO or device, or larger than its limit."""
 
     default_check = "file"
 
-    def __init__(self, message: str, check: str | None = None) -> None:
-        super().__init__(check or self.default_check, message)
 
-    def __reduce__(self):
-        return (type(self), (self.detail, self.check))
-
-
-class StalePlanError(RefusedError):
+class StalePlanError(_NamedRefusal):
     """A registry change was planned before the lock and the registry moved meanwhile."""
 
     default_check = "registry"
-
-    def __init__(self, message: str, check: str | None = None) -> None:
-        super().__init__(check or self.default_check, message)
-
-    def __reduce__(self):
-        return (type(self), (self.detail, self.check))
 
 
 class TransientIOError(AegisError):

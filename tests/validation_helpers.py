@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 from helpers import Env
 
+from aegis.data.ingest import ingest
 from aegis.data.publish import publish_dataset
 from aegis.data.sklearn_import import import_sklearn
+from aegis.pipeline.stages import push_stage
+from aegis.pipeline.validate import record_validation, validate_dataset
 
 # A digits pixel whose suite range is 0..16: 99 fails expect_column_values_to_be_between.
 BAD_PIXEL = "pixel_0_3"
@@ -77,3 +80,18 @@ def git_status(root: Path) -> str:
         text=True,
         check=True,
     ).stdout
+
+
+def ingest_digits(env: Env, source: Path) -> str:
+    """Ingests ``source`` as digits (acting as the pipeline); returns the dataset digest."""
+    ledger = env.ledger()
+    actor, _ = ledger.actor(None)
+    return ingest(ledger, str(source), name="digits", actor=actor).digest
+
+
+def validate_digits(env: Env) -> None:
+    """Validates the stored digits, records the stage and pushes it, as `aegis validate` does."""
+    ledger = env.ledger()
+    actor, _ = ledger.actor(None)
+    record_validation(ledger, validate_dataset(ledger, "digits", actor=actor))
+    push_stage(env.ws, "validate@digits")

@@ -18,40 +18,9 @@ from helpers import CliResult, Env, copy_env, snapshot, verify_log
 from validation_helpers import sha256_file
 
 from aegis import vcs
-from aegis.data.ingest import ingest
-from aegis.pipeline.validate import record_validation, validate_dataset
 from aegis.train.checkpoint import CONFIG, METADATA, WEIGHTS, model_digest
 
 # -- workspaces ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ingested_base(template_env, tmp_path_factory) -> Path:
-    """The template (FAST_PARAMS committed) with the signed digits ingested, not validated."""
-    env = copy_env(template_env.root.parent, tmp_path_factory.mktemp("train-ingested") / "env")
-    actor, _ = env.ledger().actor(None)
-    ingest(env.ledger(), str(env.dataset), name="digits", actor=actor)
-    return env.root.parent
-
-
-@pytest.fixture(scope="module")
-def validated_base(ingested_base, tmp_path_factory) -> Path:
-    """Digits ingested and validated, the validation recorded in dvc.lock and git."""
-    env = copy_env(ingested_base, tmp_path_factory.mktemp("train-validated") / "env")
-    actor, _ = env.ledger().actor(None)
-    ledger = env.ledger()
-    record_validation(ledger, validate_dataset(ledger, "digits", actor=actor))
-    return env.root.parent
-
-
-@pytest.fixture
-def ingested(ingested_base, tmp_path) -> Env:
-    return copy_env(ingested_base, tmp_path / "env")
-
-
-@pytest.fixture
-def validated(validated_base, tmp_path) -> Env:
-    return copy_env(validated_base, tmp_path / "env")
 
 
 # -- helpers ------------------------------------------------------------------------------------

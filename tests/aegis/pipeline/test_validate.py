@@ -30,16 +30,15 @@ from validation_helpers import (
     corrupt,
     digits_frame,
     git_status,
+    ingest_digits,
     publish_frame,
     resample,
     sha256_file,
     skewed,
+    validate_digits,
 )
 
-from aegis.data.ingest import ingest
 from aegis.data.manifest import MANIFEST_NAME, dataset_digest
-from aegis.pipeline.stages import push_stage
-from aegis.pipeline.validate import record_validation, validate_dataset
 
 BIN = Path(sys.executable).parent
 BAD_ROWS = [3, 500, 1200]
@@ -49,53 +48,13 @@ BETWEEN = f"column_values_to_be_between({BAD_PIXEL})"
 # -- workspaces ------------------------------------------------------------------------------
 
 
-def _ingest(env: Env, source: Path) -> str:
-    ledger = env.ledger()
-    actor, _ = ledger.actor(None)
-    return ingest(ledger, str(source), name="digits", actor=actor).digest
-
-
-def _validate(env: Env) -> None:
-    ledger = env.ledger()
-    actor, _ = ledger.actor(None)
-    result = validate_dataset(ledger, "digits", actor=actor)
-    record_validation(ledger, result)
-    push_stage(env.ws, "validate@digits")
-
-
-@pytest.fixture(scope="module")
-def ingested_base(template_env, tmp_path_factory) -> Path:
-    """The template with the pristine digits ingested (not validated)."""
-    env = copy_env(template_env.root.parent, tmp_path_factory.mktemp("ingested") / "env")
-    _ingest(env, env.dataset)
-    return env.root.parent
-
-
-@pytest.fixture(scope="module")
-def validated_base(ingested_base, tmp_path_factory) -> Path:
-    """Pristine digits ingested and validated: the drift reference of any later version."""
-    env = copy_env(ingested_base, tmp_path_factory.mktemp("validated") / "env")
-    _validate(env)
-    return env.root.parent
-
-
 @pytest.fixture(scope="module")
 def quarantined_base(template_env, tmp_path_factory) -> Path:
     """Digits with BAD_ROWS corrupted, ingested and validated: three rows in quarantine."""
     env = copy_env(template_env.root.parent, tmp_path_factory.mktemp("quarantined") / "env")
-    _ingest(env, publish_frame(env, corrupt(digits_frame(env), BAD_ROWS), "corrupted"))
-    _validate(env)
+    ingest_digits(env, publish_frame(env, corrupt(digits_frame(env), BAD_ROWS), "corrupted"))
+    validate_digits(env)
     return env.root.parent
-
-
-@pytest.fixture
-def ingested(ingested_base, tmp_path) -> Env:
-    return copy_env(ingested_base, tmp_path / "env")
-
-
-@pytest.fixture
-def validated(validated_base, tmp_path) -> Env:
-    return copy_env(validated_base, tmp_path / "env")
 
 
 @pytest.fixture
