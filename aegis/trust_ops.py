@@ -17,6 +17,7 @@ from aegis.crypto.keys import PrivateKey, generate_key, load_private_key
 from aegis.crypto.truststore import TrustEntry
 from aegis.errors import RefusedError, UsageError
 from aegis.ledger import Action, Ledger
+from aegis.text import check_reason
 from aegis.workspace import Workspace
 
 CREATABLE_ROLES = ("admin", "supplier", "operator", "approver")
@@ -127,7 +128,13 @@ def change_status(
     admin_key: Path | None,
     ledger: Ledger | None = None,
 ) -> None:
-    """Revokes or retires a key, signed by an admin key."""
+    """Revokes or retires a key, signed by an admin key.
+
+    Raises:
+        UsageError: A reason with control characters, an unknown name, the
+            pipeline key, or a key already in that status.
+    """
+    reason = check_reason(reason)
     admin = _admin(ws, admin_key)
     ledger = ledger or Ledger.load(ws)
     with ledger.locked():

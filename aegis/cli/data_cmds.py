@@ -349,12 +349,10 @@ def quarantine_release(
     from aegis.data.manifest import check_dataset_name
     from aegis.data.quarantine import release, validated_version
     from aegis.errors import UsageError
-    from aegis.text import check_reason
 
     if key is None:
         raise UsageError("releasing quarantined rows is an operator's decision: give --key")
     check_dataset_name(name)
-    reason = check_reason(reason)
     try:
         wanted = None if rows is None else [int(x) for x in rows.split(",") if x.strip()]
     except ValueError:

@@ -109,10 +109,8 @@ def approve(
     """Sign an approval (or rejection) of a pending promotion; resumes a waiting run."""
     from aegis.registry.promotion import approve as do_approve
     from aegis.registry.targets import parse_target
-    from aegis.text import check_reason
 
     parsed = parse_target(target)
-    reason = check_reason(reason)
     ws = _ws()
     outcome = do_approve(
         _ledger(ws), parsed, approver_key_path=key.expanduser(), reject=reject, reason=reason

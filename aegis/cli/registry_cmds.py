@@ -124,10 +124,8 @@ def rollback(
     """Verified rollback: prod back to a re-verified earlier version; the current one marked bad."""
     from aegis.errors import UsageError
     from aegis.registry.targets import parse_target
-    from aegis.text import check_reason
 
     target = parse_target(to) if to else None
-    reason = check_reason(reason)
     if key is None:
         raise UsageError("a rollback is an operator's decision: give --key OPERATOR_KEY")
     ws = _ws()

@@ -117,10 +117,8 @@ def trust_list(as_json: JsonOpt = False) -> None:
 
 
 def _status_change(name: str, status: str, reason: str, admin_key: Path | None) -> None:
-    from aegis.text import check_reason
     from aegis.trust_ops import change_status
 
-    reason = check_reason(reason)
     change_status(_ws(), name, status=status, reason=reason, admin_key=admin_key)
     _console().print(f"'{printable(name)}' is now {status}")
 

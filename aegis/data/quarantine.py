@@ -23,6 +23,7 @@ from aegis.errors import RefusedError, UnsafeFileError, UsageError
 from aegis.fileutil import atomic_write, json_object, read_regular
 from aegis.ledger import QUARANTINE_KIND, Action, Ledger
 from aegis.pipeline.layout import Layout
+from aegis.text import check_reason
 from aegis.timeutil import utc_now
 
 ROW = "_aegis_row"
@@ -169,7 +170,7 @@ def release(
         UsageError: No reason, no such rows, or all already released.
         RefusedError: ``signer``: not a current operator key.
     """
-    if not reason.strip():
+    if not check_reason(reason):
         raise UsageError("a release needs --reason")
     layout = Layout.of(ledger.ws)
     table = read_quarantine(layout, name)

@@ -33,6 +33,7 @@ from aegis.registry.journal import crash_point, reconcile, registry_change
 from aegis.registry.tags import PROD, assign_stage, plan_stage_tags, read_registry, unassign_stage
 from aegis.registry.targets import Target
 from aegis.registry.verify import VerifiedRelease, open_release, read_verified, verify_release
+from aegis.text import check_reason
 
 _ATTEMPTS = 3
 
@@ -393,7 +394,8 @@ def approve(
             current approver, the requester's owner, a decision already recorded.
         UsageError: ``reject`` without a reason.
     """
-    if reject and not reason.strip():
+    reason = check_reason(reason)
+    if reject and not reason:
         raise UsageError("--reject needs --reason")
     notes = reconcile(ledger)
     approver = load_private_key(approver_key_path)

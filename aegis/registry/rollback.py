@@ -24,6 +24,7 @@ from aegis.ledger import Ledger
 from aegis.registry import journal
 from aegis.registry import tags as registry_tags
 from aegis.registry.targets import Target, check_model_name
+from aegis.text import check_reason
 from aegis.workspace import Workspace
 
 
@@ -103,7 +104,7 @@ def plan_rollback(
         RefusedError: ``rollback`` (no prod, no eligible earlier version, the
             target is prod, bad or never held prod) or ``registry`` (unknown version).
     """
-    if not reason or not reason.strip():
+    if not reason or not check_reason(reason):
         raise UsageError("a rollback needs --reason (it goes to the audit log)")
     if operator_key_path is None:
         raise UsageError("a rollback is an operator's decision: give --key OPERATOR_KEY")
