@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import CliResult, Env, copy_env, env_at
+from helpers import SERVER_STARTUP_S, CliResult, Env, copy_env, env_at
 from release_helpers import ReleasedEnv, build_released, copy_released
 
 QUIET_ENV = {
@@ -262,7 +262,7 @@ def prefect_server(tmp_path_factory) -> Iterator[str]:
     )
     api = f"http://127.0.0.1:{port}/api"
     try:
-        _wait_http(api + "/health", proc, 90)
+        _wait_http(api + "/health", proc, SERVER_STARTUP_S)
         yield api
     finally:
         proc.terminate()

@@ -8,6 +8,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+# How long a Prefect server may take to answer: generous, so a loaded CI machine (two busy
+# cores beside the tests) is slow, never failing; a server that never answers still fails.
+SERVER_STARTUP_S = 300
+
 
 @dataclass(frozen=True)
 class Env:

@@ -51,7 +51,6 @@ class ApprovalTally:
     approvers: list[str] = field(default_factory=list)  # distinct owners who approved
     rejected_by: list[tuple[str, str]] = field(default_factory=list)  # (owner, reason)
     ignored: list[str] = field(default_factory=list)  # "<who>: ignored: <why>"
-    counted_seq: int = -1  # the last audit entry this tally read
 
     @property
     def missing(self) -> int:
@@ -136,7 +135,7 @@ def count_approvals(
 
     The number required is the request's bound policy's ``approvals_required``.
     """
-    tally = ApprovalTally(required=request.approvals_required, counted_seq=len(ledger.log) - 1)
+    tally = ApprovalTally(required=request.approvals_required)
     for verdict in review_decisions(ledger, candidate, request):
         if verdict.ignored is not None:
             tally.ignored.append(verdict.note)

@@ -52,7 +52,6 @@ class PromotionOutcome:
     required: int = 1
     gates: list[GateResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    counted_seq: int = -1  # the last audit entry the approvals were counted up to
 
 
 @dataclass
@@ -295,7 +294,6 @@ def promote(
         "pending", model, version, state.prod, Layout.of(ledger.ws).rel(
             store.version_dir(Layout.of(ledger.ws), model, version) / store.REQUEST_FILE),
         request.expires, list(tally.approvers), tally.required, gates, notes + tally.ignored,
-        counted_seq=tally.counted_seq,
     )  # fmt: skip
     if not tally.enough:
         return outcome

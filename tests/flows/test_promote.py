@@ -45,7 +45,11 @@ def cli_env(prefect_server) -> dict[str, str]:
     return {**os.environ, "PREFECT_API_URL": prefect_server}
 
 
-def aegis(env, cli_env, *args, extra=None, timeout: float = 180) -> CliResult:
+# Hang guards, not timing: on a loaded machine a flow run may take minutes to get going.
+PATIENCE_S = 600
+
+
+def aegis(env, cli_env, *args, extra=None, timeout: float = PATIENCE_S) -> CliResult:
     proc = subprocess.run(
         [str(BIN / "aegis"), "--workspace", str(env.root), *map(str, args)],
         env={**cli_env, **(extra or {})},
@@ -83,7 +87,7 @@ def start_waiting(renv, cli_env) -> subprocess.Popen:
                 store.waiting_run(Layout(renv.root), renv.model, "v1.0.0")
                 or waiting.poll() is not None
             ),
-            120,
+            PATIENCE_S,
             "the promote run to wait",
         )
     except BaseException:
@@ -135,7 +139,7 @@ def test_wait_resumed_by_approve_in_another_process(renv, cli_env):
     the first resume to the next pause), the run counts it before it pauses: ``approve``
     then either resumed it or found it ended, and says which. No timing is assumed.
     """
-    set_promote(renv, wait_timeout="600s", approvals_required=2)
+    set_promote(renv, wait_timeout="900s", approvals_required=2)
     waiting = start_waiting(renv, cli_env)
     try:
         assert waiting.poll() is None, waiting.communicate()
@@ -147,7 +151,7 @@ def test_wait_resumed_by_approve_in_another_process(renv, cli_env):
         assert ("resumed the waiting promote run" in second.out) or (
             "had already ended (Completed)" in second.out
         ), second.out
-        out, err = waiting.communicate(timeout=300)
+        out, err = waiting.communicate(timeout=PATIENCE_S)
     finally:
         if waiting.poll() is None:
             waiting.kill()
@@ -161,7 +165,7 @@ def test_wait_resumed_by_approve_in_another_process(renv, cli_env):
 
 def test_wait_across_processes_on_the_workspace_prefect_home(renv, cli_env):
     """Without PREFECT_API_URL both processes use the workspace's .aegis/prefect database."""
-    set_promote(renv, wait_timeout="300s")
+    set_promote(renv, wait_timeout="900s")
     local = {k: v for k, v in cli_env.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
     waiting = subprocess.Popen(
         [str(BIN / "aegis"), "--workspace", str(renv.root), "promote", renv.v1, "--wait",
@@ -174,17 +178,17 @@ def test_wait_across_processes_on_the_workspace_prefect_home(renv, cli_env):
                 store.waiting_run(Layout(renv.root), renv.model, "v1.0.0")
                 or waiting.poll() is not None
             ),
-            240,
+            PATIENCE_S,
             "the promote run to wait",
         )
         approver = subprocess.run(
             [str(BIN / "aegis"), "--workspace", str(renv.root), "approve", renv.v1,
              "--key", str(renv.approver_key)],
-            env=local, capture_output=True, text=True, timeout=240,
+            env=local, capture_output=True, text=True, timeout=PATIENCE_S,
         )  # fmt: skip
         assert approver.returncode == 0, approver.stderr
         assert "resumed the waiting promote run" in approver.stdout
-        out, err = waiting.communicate(timeout=240)
+        out, err = waiting.communicate(timeout=PATIENCE_S)
     finally:
         if waiting.poll() is None:
             waiting.kill()
@@ -204,12 +208,12 @@ def test_wait_times_out_and_changes_nothing(renv, cli_env):
 
 
 def test_rejection_while_waiting_exits_1(renv, cli_env):
-    set_promote(renv, wait_timeout="180s")
+    set_promote(renv, wait_timeout="900s")
     waiting = start_waiting(renv, cli_env)
     try:
         args = ("approve", renv.v1, "--key", renv.approver_key, "--reject", "--reason", "too weak")
         assert aegis(renv, cli_env, *args).code == 0
-        _, err = waiting.communicate(timeout=120)
+        _, err = waiting.communicate(timeout=PATIENCE_S)
     finally:
         if waiting.poll() is None:
             waiting.kill()
@@ -219,7 +223,7 @@ def test_rejection_while_waiting_exits_1(renv, cli_env):
 
 
 def test_pending_completed_by_resume_after_its_process_ended(renv, cli_env):
-    set_promote(renv, wait_timeout="180s")
+    set_promote(renv, wait_timeout="900s")
     waiting = start_waiting(renv, cli_env)
     waiting.send_signal(signal.SIGKILL)
     waiting.communicate()
@@ -237,7 +241,7 @@ def test_two_promotions_at_once(renv, cli_env):
         start(renv, cli_env, "promote", target, "--resume", "--key", renv.operator_key)
         for target in (renv.v1, renv.v2)
     ]
-    results = [(p.wait(180), *p.communicate()) for p in procs]
+    results = [(p.wait(PATIENCE_S), *p.communicate()) for p in procs]
     for code, out, err in results:
         # serialized (both promoted, one after the other) or refused cleanly
         assert code == 0 or (code == 1 and "registry" in err), (code, out, err)

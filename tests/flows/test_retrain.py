@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import snapshot, verify_log
+from helpers import SERVER_STARTUP_S, snapshot, verify_log
 from prefect import flow, task
 from prefect.states import Completed, Failed
 from prefect.testing.utilities import prefect_test_harness
@@ -39,7 +39,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="session", autouse=True)
 def _prefect_harness():
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=SERVER_STARTUP_S):
         yield
 
 

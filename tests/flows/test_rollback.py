@@ -6,6 +6,7 @@ Each test gets a copy of the session's two-release workspace (``released_env``).
 from __future__ import annotations
 
 import pytest
+from helpers import SERVER_STARTUP_S
 from prefect.testing.utilities import prefect_test_harness
 from registry_helpers import aegis, assert_registry_consistent, promote_in_turn
 
@@ -18,7 +19,7 @@ V1, V2 = "v1.0.0", "v2.0.0"
 
 @pytest.fixture(scope="module", autouse=True)
 def _prefect_harness():
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=SERVER_STARTUP_S):
         yield
 
 

@@ -294,7 +294,7 @@ BIN = Path(sys.executable).parent
 def aegis(prefect_server):
     """Runs ``aegis ARGS`` as a subprocess against the session Prefect server."""
 
-    def run(*args, env: dict[str, str] | None = None, timeout: float = 180) -> CliResult:
+    def run(*args, env: dict[str, str] | None = None, timeout: float = 600) -> CliResult:
         proc = subprocess.run(
             [str(BIN / "aegis"), *map(str, args)],
             env={**os.environ, "PREFECT_API_URL": prefect_server, **(env or {})},
