@@ -166,7 +166,7 @@ def check_parquet(path: Path, *, rows: int, columns) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise RefusedError("schema", f"'{path.name}' has duplicate column names {duplicates[:5]}")
-    nested = [f.name for f in schema if pat.is_nested(f.type) or pat.is_dictionary(f.type)]
+    nested = [f.name for f in schema if pat.is_nested(f.type)]
     if nested:
         raise RefusedError(
             "schema", f"'{path.name}' has nested columns {nested[:5]} (only flat columns)"
