@@ -218,19 +218,36 @@ class Ledger:
         return added
 
     def check_trust(self) -> None:
-        """Refuses a trust store other than the one the audit log last recorded.
+        """Refuses a trust store other than the one the audit log recorded, and a re-rooting.
+
+        The store must be the one the log last recorded, and an extension of
+        every state the log recorded before (so it descends from the store the
+        workspace began with); the pipeline key must be the one that began the
+        log. A store rebuilt from another admin, with ``workspace.json``
+        rewritten to name it and a new pipeline key, fails both.
 
         Raises:
-            TrustStoreError: Rolled back (or changed without an audit entry).
+            TrustStoreError: Rolled back, changed without an audit entry, or re-rooted.
         """
         recorded = [
-            e.subjects["trust"] for e in self.log.by_action(*Action.TRUST_CHANGES)
+            e.subjects["trust"].removeprefix("sha256:")
+            for e in self.log.by_action(*Action.TRUST_CHANGES)
             if "trust" in e.subjects
-        ]  # fmt: skip
-        if recorded and recorded[-1] != "sha256:" + self.trust.head:
+        ]
+        if recorded and recorded[-1] != self.trust.head:
             raise TrustStoreError(
                 "the trust store differs from its last audited state (rolled back to an older "
                 "copy?)"
+            )
+        if not set(recorded) <= self.trust.record_hashes():
+            raise TrustStoreError(
+                "the trust store does not descend from the one the audit log recorded "
+                "(rebuilt from another root?)"
+            )
+        if self.log.entry(0).actor != self.ws.meta()["pipeline_key"]:
+            raise TrustStoreError(
+                "workspace.json names another pipeline key than the one that began the audit "
+                "log (re-rooted?)"
             )
 
     def _check_fresh(self) -> bool:

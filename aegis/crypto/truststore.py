@@ -165,6 +165,10 @@ class TrustStore:
         """Hash of the last change: recorded in the audit log on every change."""
         return _record_hash(self._records[-1])
 
+    def record_hashes(self) -> set[str]:
+        """The hash of every change: the store extends each earlier state it passed through."""
+        return {_record_hash(r) for r in self._records}
+
     def get(self, name: str) -> TrustEntry:
         try:
             return self._entries[name]

@@ -57,6 +57,8 @@ class ValidationResult:
     table_failures: list[str]
     report: str
     profile_digest: str
+    # the positions training leaves out: audited with this result (the parquet is for people)
+    quarantined_rows: list[int] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"
@@ -170,6 +172,7 @@ def check_dataset(
         table_failures=table_failures,
         report=report,
         profile_digest="sha256:" + hashlib.sha256(profile_bytes).hexdigest(),
+        quarantined_rows=sorted(int(r) for r in outcome.row_reasons),
     )
     if not result.success:
         _refuse(result, quarantine)

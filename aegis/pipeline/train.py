@@ -96,6 +96,27 @@ def require_validated(ledger: Ledger, name: str, digest: str) -> dict[str, Any]:
     return result
 
 
+def audited_quarantine(result: dict[str, Any], name: str) -> set[int]:
+    """The quarantined row positions an audited validation result lists.
+
+    Raises:
+        RefusedError: ``validation``: a result from before the rows were part of it
+            (validate again), or a malformed list.
+    """
+    rows = result.get("quarantined_rows")
+    if not isinstance(rows, list) or not all(
+        isinstance(r, int) and not isinstance(r, bool) for r in rows
+    ):
+        raise RefusedError(
+            "validation",
+            f"validation/{name}/result.json does not list its quarantined rows (validated by "
+            f"an older Aegis); run `aegis validate {name}` again",
+        )
+    if len(rows) != result.get("rows", {}).get("quarantined"):
+        raise RefusedError("validation", f"validation/{name}/result.json contradicts itself")
+    return set(rows)
+
+
 def load_training_frame(ledger: Ledger, name: str) -> TrainingData:
     """The stored, re-verified dataset ``name`` without its quarantined rows.
 
@@ -111,12 +132,15 @@ def load_training_frame(ledger: Ledger, name: str) -> TrainingData:
     verified = load_stored(ledger, name)
     frame, digest = read_frame(verified), verified.digest
     result = require_validated(ledger, name, digest)
-    quarantined = {int(r) for r in read_quarantine(Layout.of(ledger.ws), name)[ROW]}
-    if len(quarantined) != result["rows"]["quarantined"] or not quarantined <= set(
-        range(len(frame))
-    ):
+    quarantined = audited_quarantine(result, name)
+    if not quarantined <= set(range(len(frame))):
+        raise RefusedError("validation", f"the audited quarantine of {name} names other rows")
+    on_disk = {int(r) for r in read_quarantine(Layout.of(ledger.ws), name)[ROW]}
+    if on_disk != quarantined:
         raise RefusedError(
-            "validation", f"quarantine/{name}.parquet does not match the validation result"
+            "validation",
+            f"quarantine/{name}.parquet does not hold the rows the audited validation "
+            "quarantined (replaced?)",
         )
     released = released_rows(ledger, name, digest) & quarantined
     keep = np.ones(len(frame), dtype=bool)

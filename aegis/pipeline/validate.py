@@ -28,11 +28,13 @@ from aegis.pipeline.stages import commit_stage, require_stage
 
 
 def load_stored(ledger: Ledger, name: str) -> VerifiedDataset:
-    """Re-verifies ``data/<name>/`` against its signature (as ingest verified it).
+    """Re-verifies ``data/<name>/``: signed as ingest verified it, and the current version.
 
     Raises:
         UsageError: The dataset was never ingested.
-        RefusedError: Any ingest check (the stored copy was changed).
+        RefusedError: Any ingest check (the stored copy was changed), or
+            ``replay``: it is another version than the last one ingest accepted (an
+            older accepted copy put back, to train on data that was replaced).
     """
     check_dataset_name(name)
     directory = Layout.of(ledger.ws).data(name)
@@ -40,7 +42,17 @@ def load_stored(ledger: Ledger, name: str) -> VerifiedDataset:
         raise UsageError(f"dataset '{name}' has not been ingested (no data/{name}/)")
     size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
     staged = StagedSource(str(directory), directory, len(list(directory.iterdir())), size)
-    return verify_staged(ledger, staged, name=name)
+    verified = verify_staged(ledger, staged, name=name)
+    last = ledger.last_accepted(name)
+    if last is None or last.digest != verified.digest:
+        shown = last.digest[:19] if last else "none"
+        raise RefusedError(
+            "replay",
+            f"data/{name} holds {verified.digest[:19]}, not the last version ingest accepted "
+            f"({shown}); `git checkout -- data/{name}.dvc && dvc checkout data/{name}.dvc` "
+            "restores it",
+        )
+    return verified
 
 
 def reference_profile(ledger: Ledger, name: str, *, exclude: str) -> tuple[str, dict] | None:

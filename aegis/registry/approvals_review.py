@@ -128,6 +128,21 @@ def unaudited_files(
     ]
 
 
+def standing_rejection(ledger: Ledger, candidate: store.Candidate) -> Verdict | None:
+    """A rejection that counts, of any request for this candidate: it stands for the build.
+
+    A new request (another policy, a renewed expiry) never erases it: the way
+    on after a rejection is a new release.
+    """
+    for request in store.all_requests(ledger, candidate.model, candidate.version):
+        if not request.binds(candidate):
+            continue
+        for verdict in review_decisions(ledger, candidate, request):
+            if verdict.ignored is None and verdict.decision == "reject":
+                return verdict
+    return None
+
+
 def count_approvals(
     ledger: Ledger, candidate: store.Candidate, request: store.ApprovalRequest
 ) -> ApprovalTally:

@@ -126,7 +126,16 @@ def latest_request(ledger: Ledger, model: str, version: str) -> RequestStatus:
     recorded = ledger.requests(model, version)
     if not recorded:
         return RequestStatus(None, None)
-    last = recorded[-1]
+    return _request_status(recorded[-1], model, version)
+
+
+def all_requests(ledger: Ledger, model: str, version: str) -> list[ApprovalRequest]:
+    """Every usable-in-form audited request of ``model@version``, oldest first."""
+    statuses = (_request_status(r, model, version) for r in ledger.requests(model, version))
+    return [s.request for s in statuses if s.request is not None]
+
+
+def _request_status(last: SignedEntry | Any, model: str, version: str) -> RequestStatus:
     if not isinstance(last, SignedEntry):
         return RequestStatus(None, "it predates requests bound to a policy (request again)")
     body, signer = last.body, last.signer

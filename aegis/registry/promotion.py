@@ -288,6 +288,14 @@ def promote(
     prod = _prod_release(ledger, model, state.prod, version)
     gates = require_gates(gates_for(verified, params, prod))
     if request is None:
+        rejected = review.standing_rejection(ledger, candidate)
+        if rejected is not None:
+            raise RefusedError(
+                "approval",
+                f"{model}@{version} was rejected by {rejected.owner}: "
+                f"{rejected.reason or 'no reason given'}; a rejected build is not requested "
+                "again (release anew)",
+            )
         request = record_request(ledger, candidate, operator, requester, gates, params)
     tally = _tally(ledger, candidate, request)
     outcome = PromotionOutcome(

@@ -229,3 +229,46 @@ def test_typed_queries_answer_from_the_verified_log(env):
     ops = ledger.trust.get("ops")
     assert ledger.retired_at(ops.key_id) == len(ledger.log) - 1
     assert ledger.retired_at(admin.key_id) is None
+
+
+# -- re-rooting: a trust store rebuilt from another admin -----------------------------------
+
+
+def _reroot(env: Env, tmp_path, *, keep_pipeline: bool):
+    """What an attacker with write access (and no key of ours) can build: a new root of trust.
+
+    A new admin signs a new store; ``workspace.json`` names it; an appended
+    ``trust.add`` records its head, and the log's head is signed again by a
+    pipeline key the attacker holds (or, with ``keep_pipeline``, by ours, as
+    an insider who stole the pipeline key but not the admin key would).
+    """
+    from aegis.audit import AuditLog
+    from aegis.crypto.keys import generate_key
+    from aegis.crypto.truststore import TrustStore
+
+    admin = generate_key(tmp_path / "evil-admin.pem")
+    pipeline = pipeline_key(env.ws) if keep_pipeline else generate_key(tmp_path / "evil-pipe.pem")
+    env.ws.trust_path.unlink()
+    store = TrustStore.create(env.ws.trust_path, admin=admin, name="admin", owner="evil")
+    store.add(name="pipeline", role="pipeline", owner="evil", public_pem=pipeline.public_pem,
+              admin=admin)  # fmt: skip
+    meta = json.loads(env.ws.meta_path.read_text())
+    meta |= {"trust_anchor": admin.key_id, "pipeline_key": pipeline.key_id}
+    env.ws.meta_path.write_text(json.dumps(meta))
+    log = AuditLog(env.ws.audit_dir)
+    _raw, head = log.read()
+    assert head is not None
+    resigned = {**head.claim(), "key_id": pipeline.key_id}
+    resigned["signature"] = pipeline.sign(canonical_json(head.claim()))
+    log.head_path.write_text(json.dumps(resigned))
+    log.append(actor=pipeline.key_id, action=Action.TRUST_ADD, pipeline_key=pipeline,
+               subjects={"trust": "sha256:" + store.head})  # fmt: skip
+
+
+@pytest.mark.parametrize("keep_pipeline", [False, True], ids=["new-pipeline-key", "stolen"])
+def test_a_trust_store_rebuilt_from_another_root_is_refused(env, cli, tmp_path, keep_pipeline):
+    _reroot(env, tmp_path, keep_pipeline=keep_pipeline)
+    with pytest.raises(TrustStoreError, match=r"re-rooted|another root"):
+        Ledger.load(env.ws)
+    result = cli("--workspace", env.root, "audit", "verify")
+    assert result.code == 1 and result.err.startswith("refused: trust-store:"), result.err

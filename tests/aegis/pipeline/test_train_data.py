@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ from aegis.data.ingest import ingest
 from aegis.data.quarantine import ROW
 from aegis.errors import RefusedError
 from aegis.pipeline.layout import Layout
-from aegis.pipeline.train import load_training_frame
+from aegis.pipeline.train import audited_quarantine, load_training_frame
 from aegis.pipeline.validate import validate_dataset
 from aegis.train.checkpoint import load_checkpoint
 from aegis.train.trainer import train_and_save
@@ -100,7 +101,40 @@ def test_a_quarantine_with_rows_removed_is_refused(quarantined):
     path = Layout(quarantined.root).quarantine("digits")
     table = pd.read_parquet(path)
     table[table[ROW] != 500].to_parquet(path, index=False)
-    _refused(quarantined, "does not match the validation result")
+    _refused(quarantined, "does not hold the rows the audited validation quarantined")
+
+
+def test_a_quarantine_with_other_rows_of_the_same_count_is_refused(quarantined):
+    # The count alone would pass: the audited result lists the positions themselves.
+    path = Layout(quarantined.root).quarantine("digits")
+    table = pd.read_parquet(path)
+    table[ROW] = [7, 8, 9]
+    table.to_parquet(path, index=False)
+    _refused(quarantined, "does not hold the rows the audited validation quarantined")
+
+
+def test_a_result_without_its_quarantined_rows_asks_for_validation_again(quarantined):
+
+    result = json.loads((quarantined.root / "validation/digits/result.json").read_text())
+    assert result["quarantined_rows"] == BAD_ROWS
+    del result["quarantined_rows"]
+    with pytest.raises(RefusedError, match="aegis validate digits` again"):
+        audited_quarantine(result, "digits")
+    with pytest.raises(RefusedError, match="contradicts itself"):
+        audited_quarantine({**result, "quarantined_rows": [3]}, "digits")
+
+
+def test_an_older_accepted_version_put_back_is_refused(quarantined, cli):
+    # v1 (signed, accepted once) restored over v2: the signature still verifies.
+    saved = quarantined.root.parent / "v1-data"
+    shutil.copytree(quarantined.root / "data" / "digits", saved)
+    newer = publish_frame(quarantined, resample(digits_frame(quarantined)), "newer")
+    assert cli("--workspace", quarantined.root, "ingest", newer, "--name", "digits").code == 0
+    shutil.rmtree(quarantined.root / "data" / "digits")
+    shutil.copytree(saved, quarantined.root / "data" / "digits")
+    with pytest.raises(RefusedError, match="not the last version ingest accepted") as info:
+        load_training_frame(quarantined.ledger(), "digits")
+    assert info.value.check == "replay"
 
 
 def test_train_and_save_records_the_dataset_and_its_quarantine(quarantined, tmp_path):

@@ -147,6 +147,21 @@ def test_rejection_refuses_promotion(renv):
     assert read_registry(renv.ledger(), renv.model).prod is None
 
 
+def test_a_rejection_stands_for_the_build_under_a_new_request(renv):
+    """Re-requesting (another policy, a renewed expiry) never erases a rejection."""
+    _promote(renv, renv.v1)
+    _approve(renv, renv.v1, renv.approver_key, reject=True, reason="robustness too low")
+    set_promote(renv, approvals_required=2)  # a new policy would otherwise ask anew
+    for _ in range(2):
+        with pytest.raises(RefusedError, match="a rejected build is not requested again") as info:
+            _promote(renv, renv.v1)
+        assert info.value.check == "approval"
+    requests = store.all_requests(renv.ledger(), renv.model, "v1.0.0")
+    assert len(requests) == 1  # nothing recorded by the refused attempts
+    assert read_registry(renv.ledger(), renv.model).prod is None
+    assert _promote(renv, renv.v2).status == "pending"  # another build is requested as usual
+
+
 def test_two_person_rule_needs_two_owners(renv):
     set_promote(renv, approvals_required=2)
     _promote(renv, renv.v1)
