@@ -120,6 +120,43 @@ def is_regular(path: Path) -> bool:
         return False
 
 
+def ensure_dir(root: Path, path: Path) -> Path:
+    """Creates ``path`` (inside ``root``) one component at a time, following no symlink.
+
+    A directory symlink planted at ``validation/`` or ``.aegis/approvals/m``
+    would make every write below it land wherever it points, outside the
+    workspace or into another stage's outputs; ``mkdir(parents=True)`` follows
+    it silently. ``root`` itself may be a symlink (the user's choice).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        UnsafeFileError: ``path`` leaves ``root``, or one of its components
+            below ``root`` is a symlink or not a directory.
+    """
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        raise UnsafeFileError(f"{path} is outside {root}") from None
+    if ".." in parts:
+        raise UnsafeFileError(f"{path} is outside {root}")
+    current = root
+    for part in parts:
+        current = current / part
+        try:
+            os.mkdir(current)
+            continue
+        except FileExistsError:
+            pass
+        info = os.lstat(current)
+        if not stat.S_ISDIR(info.st_mode):
+            kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a directory"
+            where = current.relative_to(root)
+            raise UnsafeFileError(f"{where} is {kind} where Aegis writes a directory; remove it")
+    return path
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Writes ``data`` to ``path`` through a temporary file and ``rename``.
 

@@ -96,7 +96,7 @@ def commit_empty(root: Path, message: str, *, trailer: str | None = None) -> str
 # -- audit anchors: where git records how long the audit log was ---------------------------
 
 ANCHOR_KEY = "Aegis-Audit"
-_ANCHOR = re.compile(rf"^{ANCHOR_KEY}: ([0-9]{{1,12}}) ([0-9a-f]{{64}})$", re.M)
+_ANCHOR = re.compile(rf"{ANCHOR_KEY}: ([0-9]{{1,12}}) ([0-9a-f]{{64}})")
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def with_trailer(message: str, trailer: str | None) -> str:
 
 
 def audit_anchors(root: Path) -> list[Anchor]:
-    """Every audit anchor in the messages of all commits and annotated tags.
+    """Every audit anchor in the messages of all commits and annotated tags (their last line).
 
     Returns an empty list for a repository without commits.
     """
@@ -131,7 +131,10 @@ def audit_anchors(root: Path) -> list[Anchor]:
     for text, kind, width in ((commits, "commit", 10), (tags, "tag", None)):
         for record in text.split("\x1e"):
             name, _, body = record.strip("\n").partition("\x00")
-            for match in _ANCHOR.finditer(body):
+            # Only the last line is Aegis's trailer: text quoted in a message
+            # (a supplier's, an operator's) can never plant an anchor.
+            match = _ANCHOR.fullmatch(body.rstrip("\n").rpartition("\n")[2])
+            if match:
                 where = f"{kind} {name[:width] if width else name}"
                 found.append(Anchor(int(match[1]), match[2], where))
     return found

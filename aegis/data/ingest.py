@@ -15,11 +15,13 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aegis import vcs
 from aegis.crypto.bundle import compare_digests, hash_directory, read_bundle_key_id
 from aegis.crypto.signing import KeyIdentity, verify_bundle
+from aegis.crypto.truststore import TrustEntry
 from aegis.data.manifest import (
     BUNDLE_NAME,
     MANIFEST_NAME,
@@ -30,11 +32,15 @@ from aegis.data.manifest import (
 )
 from aegis.data.sources import StagedSource, stage_source
 from aegis.errors import RefusedError
-from aegis.fileutil import read_regular
+from aegis.fileutil import ensure_dir, read_regular
 from aegis.ledger import Action, Ledger
 from aegis.pipeline.layout import Layout
 from aegis.retry import retry_io
+from aegis.timeutil import parse_utc
 from aegis.workspace import Workspace
+
+# How far a supplier's clock may run ahead of the pipeline's.
+CLOCK_SKEW = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -75,9 +81,7 @@ class IngestResult:
 @contextlib.contextmanager
 def staging_area(ws: Workspace) -> Iterator[Path]:
     """A fresh, empty staging directory, removed afterwards whatever happens."""
-    ws.staging_dir.mkdir(parents=True, exist_ok=True)
-    path = ws.staging_dir / uuid.uuid4().hex
-    path.mkdir()
+    path = ensure_dir(ws.root, ws.staging_dir / uuid.uuid4().hex)
     try:
         yield path
     finally:
@@ -125,9 +129,12 @@ def verify_staged(ledger: Ledger, staged: StagedSource, *, name: str) -> Verifie
         check_parquet(directory / path, rows=entry.rows, columns=manifest.columns)
     if manifest.name != name:
         raise RefusedError("name", f"dataset is named '{manifest.name}', not '{name}'")
+    digest = dataset_digest(raw)
+    if ledger.accepted(digest) is None:
+        _check_new(manifest, supplier)
     return VerifiedDataset(
         name=name,
-        digest=dataset_digest(raw),
+        digest=digest,
         manifest=manifest,
         supplier_name=supplier.name,
         supplier_owner=supplier.owner,
@@ -179,6 +186,31 @@ def check_parquet(path: Path, *, rows: int, columns) -> None:
         )
 
 
+def _check_new(manifest: DatasetManifest, supplier: TrustEntry) -> None:
+    """What only a dataset not accepted before must pass: a current key, a sane clock.
+
+    A retired supplier's old versions stay verifiable, but it signs nothing new
+    (a key is retired because it should no longer be used). A ``created`` far
+    ahead would make every honest later version look "older" and be refused.
+
+    Raises:
+        RefusedError: ``signer`` (retired supplier) or ``manifest`` (created in the future).
+    """
+    if supplier.status == "retired":
+        raise RefusedError(
+            "signer",
+            f"dataset: supplier key '{supplier.name}' is retired; it signs no new versions "
+            "(only those accepted before it was retired stay valid)",
+        )
+    ahead = parse_utc(manifest.created) - datetime.now(UTC)
+    if ahead > CLOCK_SKEW:
+        raise RefusedError(
+            "manifest",
+            f"{MANIFEST_NAME}: created {manifest.created} is in the future (the supplier's "
+            f"clock is {ahead} ahead; at most {CLOCK_SKEW} is allowed)",
+        )
+
+
 def store(
     ledger: Ledger, verified: VerifiedDataset, *, actor: str, allow_older: bool = False
 ) -> IngestResult:
@@ -204,6 +236,7 @@ def store(
                 f"dataset created {verified.manifest.created} is older than the last accepted "
                 f"version of '{name}' ({last.created}); --allow-older accepts it deliberately",
             )
+        layout.ensure_dir(target.parent)
         previous = target.with_name(f".{name}.previous")
         shutil.rmtree(previous, ignore_errors=True)
         if target.exists():

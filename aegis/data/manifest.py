@@ -6,15 +6,17 @@ import hashlib
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aegis.errors import RefusedError, UnsafeFileError, UsageError
 from aegis.fileutil import read_regular
+from aegis.timeutil import parse_utc
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_NAME = "dataset.sig"
 FORMAT = "aegis-dataset/1"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$"
 
 
 class _Frozen(BaseModel):
@@ -40,11 +42,22 @@ class DatasetManifest(_Frozen):
 
     format: str = FORMAT
     name: str = Field(pattern=NAME_PATTERN)
-    created: str
+    created: str = Field(pattern=TIMESTAMP_PATTERN)
     supplier_key_id: str = Field(pattern=r"^[0-9a-f]{64}$")
     files: list[ManifestFile]
     columns: list[ColumnSchema]
     rows: int = Field(ge=0)
+
+    @field_validator("created")
+    @classmethod
+    def _one_timestamp(cls, value: str) -> str:
+        # The supplier writes it and Aegis puts it into commit messages and
+        # orders versions by it: one timestamp in Aegis's own format, nothing else.
+        try:
+            parse_utc(value)
+        except ValueError:
+            raise ValueError("not a UTC timestamp (YYYY-MM-DDTHH:MM:SS.ffffffZ)") from None
+        return value
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(indent=2).encode() + b"\n"
@@ -58,6 +71,8 @@ def check_dataset_name(name: str) -> None:
     """
     if not re.fullmatch(NAME_PATTERN, name):
         raise UsageError(f"dataset name {name!r}: use letters, digits, '_', '-' or '.'")
+    if name.lower().endswith(".dvc"):  # data/<name> sits beside DVC's data/<name>.dvc
+        raise UsageError(f"dataset name {name!r}: must not end in '.dvc'")
 
 
 def dataset_digest(manifest_bytes: bytes) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aegis.errors import RefusedError, UsageError
+from aegis.fileutil import ensure_dir
 from aegis.workspace import Workspace
 
 # Top-level folders whose contents only their stage (or Aegis itself) writes.
@@ -20,9 +21,17 @@ PROTECTED = ("data", "validation", "quarantine", "models", "releases", ".aegis",
 
 @dataclass(frozen=True)
 class Layout:
-    """The stage outputs of one workspace (paths only; nothing is read or written here)."""
+    """The stage outputs of one workspace: their paths, and the one way to create their folders."""
 
     root: Path
+
+    def ensure_dir(self, path: Path) -> Path:
+        """Creates the folder ``path`` inside the workspace, refusing planted symlinks.
+
+        Raises:
+            UnsafeFileError: A component of ``path`` is a symlink or not a directory.
+        """
+        return ensure_dir(self.root, path)
 
     @classmethod
     def of(cls, ws: Workspace) -> Layout:
@@ -36,6 +45,9 @@ class Layout:
         return f"data/{name}.dvc"
 
     # -- validate --------------------------------------------------------------------------
+    def suite(self, name: str) -> Path:
+        return self.root / "expectations" / f"{name}.json"
+
     def validation_dir(self, name: str) -> Path:
         return self.root / "validation" / name
 

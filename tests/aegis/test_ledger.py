@@ -208,6 +208,15 @@ def test_a_forged_anchor_past_the_log_is_a_refusal_not_a_crash(env):
     assert ledger.log.last is not None
 
 
+def test_an_anchor_quoted_inside_a_message_is_not_an_anchor(env):
+    # Text a message quotes (a supplier's, an operator's) cannot plant one: only the last line.
+    quoted = vcs.anchor_line(10**6, "f" * 64)
+    before = vcs.audit_anchors(env.root)
+    vcs.commit_empty(env.root, f"ingest x\n\ncreated: 2026\n{quoted}\nmore text")
+    assert vcs.audit_anchors(env.root) == before
+    Ledger.load(env.ws)
+
+
 # -- typed queries ----------------------------------------------------------------------------
 
 

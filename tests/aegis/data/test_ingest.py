@@ -184,29 +184,48 @@ def test_unknown_signer_is_refused(cli, env: Env) -> None:
     _refused(cli, env, _publish(env, key=stranger.path), check="signer", fragment="unknown key")
 
 
-def test_revoked_supplier_is_refused_retired_still_verifies(cli, env: Env) -> None:
+def test_a_retired_supplier_signs_nothing_new_and_a_revoked_one_nothing_at_all(cli, env: Env):
+    w = ("--workspace", env.root)
+    assert cli(*w, "ingest", env.dataset, "--name", "digits").code == 0
     newer = _publish(env)
-    assert (
-        cli("--workspace", env.root, "trust", "retire", "acme", "--admin-key", env.admin_key).code
-        == 0
-    )
-    # Retired: rotated out, what it signed before still verifies.
-    assert cli("--workspace", env.root, "ingest", env.dataset, "--name", "digits").code == 0
-    assert (
-        cli(
-            "--workspace",
-            env.root,
-            "trust",
-            "revoke",
-            "acme",
-            "--reason",
-            "leak",
-            "--admin-key",
-            env.admin_key,
-        ).code
-        == 0
-    )
-    _refused(cli, env, newer, check="signer", fragment="revoked")
+    assert cli(*w, "trust", "retire", "acme", "--admin-key", env.admin_key).code == 0
+    # Retired: rotated out. What it signed and we accepted still verifies; nothing new does,
+    # however early its manifest claims to have been created.
+    _refused(cli, env, newer, check="signer", fragment="'acme' is retired")
+    assert cli(*w, "ingest", env.dataset, "--name", "digits").code == 0
+    revoke = ("trust", "revoke", "acme", "--reason", "leak", "--admin-key", env.admin_key)
+    assert cli(*w, *revoke).code == 0
+    _refused(cli, env, env.dataset, check="signer", fragment="revoked")
+
+
+def _signed_manifest(env: Env, **changes) -> Path:
+    """The supplier's own dataset with ``changes`` in its manifest, signed again (an insider)."""
+    d = _publish(env, out="edited")
+    manifest = json.loads((d / MANIFEST_NAME).read_text()) | changes
+    (d / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (d / BUNDLE_NAME).unlink()
+    sign_directory(d, bundle_name=BUNDLE_NAME, signer=KeySigner(env.supplier_key))
+    return d
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        "2026-01-01T00:00:00.000000Z\n\nAegis-Audit: 999 " + "f" * 64,  # a planted anchor
+        "2026-01-01T00:00:00.000000Z\x1b[2J",  # a terminal escape
+        "2026-01-01T00:00:00.5Z",  # orders wrongly against six-digit fractions as text
+        "yesterday",
+    ],
+    ids=["anchor", "escape", "short-fraction", "prose"],
+)
+def test_a_created_field_that_is_not_one_timestamp_is_refused(cli, env: Env, created) -> None:
+    _refused(cli, env, _signed_manifest(env, created=created), check="manifest", fragment="created")
+
+
+def test_a_created_far_in_the_future_is_refused(cli, env: Env) -> None:
+    # Accepted, it would make every honest later version "older" and lock the name out.
+    d = _signed_manifest(env, created="9999-12-31T23:59:59.000000Z")
+    _refused(cli, env, d, check="manifest", fragment="in the future")
 
 
 def test_signer_without_supplier_role_is_refused(cli, env: Env) -> None:
