@@ -220,11 +220,11 @@ def parse_params(data: Any, *, source: str = "params.yaml") -> Params:
         raise ConfigError(f"{source}: {path}: {err['msg']}") from None
 
 
-PARAMS_LIMIT = 1024 * 1024  # params.yaml is a few KiB; anything this large is not ours
+PARAMS_LIMIT = 1024 * 1024  # params.yaml and dvc.yaml hold a few KiB; a larger one is not ours
 
 
-def read_params_data(path: Path) -> Any:
-    """Reads ``params.yaml`` as DVC does (YAML 1.2), refusing hostile YAML before use.
+def read_config_yaml(path: Path) -> Any:
+    """Reads ``params.yaml`` or ``dvc.yaml`` as DVC does (YAML 1.2), refusing hostile YAML.
 
     Raises:
         ConfigError: Missing, unreadable, not a regular file, too large, not
@@ -252,12 +252,12 @@ def read_params_data(path: Path) -> Any:
 
 
 def load_params(path: Path) -> Params:
-    """Reads and validates ``params.yaml`` (see :func:`read_params_data`).
+    """Reads and validates ``params.yaml`` (see :func:`read_config_yaml`).
 
     Raises:
         ConfigError: The file is missing, not YAML Aegis reads, or invalid.
     """
-    return parse_params(read_params_data(path), source=path.name)
+    return parse_params(read_config_yaml(path), source=path.name)
 
 
 def policy_of(params: PromoteParams) -> dict[str, Any]:
@@ -287,7 +287,7 @@ def override_params(path: Path, overrides: dict[str, dict[str, Any]]) -> Params:
     Raises:
         ConfigError: The file is invalid, or the overrides make it invalid.
     """
-    data = read_params_data(path) or {}
+    data = read_config_yaml(path) or {}
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
     params = parse_params(data, source=path.name)

@@ -9,12 +9,27 @@ where they enter; anything printed from the log or the workspace is escaped
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
 from aegis.errors import UsageError
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Characters that are not text one sees: controls (Cc: escapes, newlines), format
+# characters (Cf: bidi overrides and isolates, zero-width ones), line and paragraph
+# separators, and private-use, surrogate and unassigned code points. Decided by
+# category, so a new bidi control of a later Unicode version is caught too.
+_UNSEEN = frozenset({"Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp"})
+
+
+def _unseen(ch: str) -> bool:
+    return unicodedata.category(ch) in _UNSEEN
+
+
+def _has_unseen(text: str) -> bool:
+    # str.isprintable is False for every unseen category (and for spaces other
+    # than " "): the fast path for ordinary text.
+    return not text.isprintable() and any(_unseen(ch) for ch in text)
+
+
 REASON_LIMIT = 2000
 
 
@@ -25,7 +40,7 @@ def check_reason(text: str, *, what: str = "--reason") -> str:
         UsageError: Control characters (terminal escapes, newlines, bidi
             overrides), or longer than :data:`REASON_LIMIT`.
     """
-    if _CONTROL.search(text):
+    if _has_unseen(text):
         raise UsageError(f"{what}: control characters (escapes, newlines) are not allowed")
     if len(text) > REASON_LIMIT:
         raise UsageError(f"{what}: at most {REASON_LIMIT} characters")
@@ -36,9 +51,15 @@ def printable(text: object) -> str:
     """``text`` with control characters shown as escapes and Rich markup neutralized."""
     from rich.markup import escape
 
-    def show(match: re.Match[str]) -> str:
-        ch = match.group(0)
-        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+    def show(ch: str) -> str:
+        if not _unseen(ch):
+            return ch
+        code = ord(ch)
+        if code < 0x100:
+            return f"\\x{code:02x}"
+        return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
     value = unicodedata.normalize("NFC", str(text))
-    return escape(_CONTROL.sub(show, value))
+    if _has_unseen(value):
+        value = "".join(show(ch) for ch in value)
+    return escape(value)

@@ -122,7 +122,7 @@ class Workspace:
         try:
             meta = json.loads(read_regular(self.meta_path, what="workspace.json"))
             return {"trust_anchor": meta["trust_anchor"], "pipeline_key": meta["pipeline_key"]}
-        except (OSError, ValueError, KeyError, TypeError, AegisError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, AegisError):
             raise ConfigError(
                 f"{self.meta_path}: missing or corrupt; is this a workspace?"
             ) from None

@@ -13,7 +13,8 @@ It also refuses, before anything walks the parsed tree:
   of nodes;
 - duplicate keys in a mapping (YAML forbids them; PyYAML keeps the last);
 - anything deeper than Python's recursion limit, and other tags than the
-  core schema's (no Python objects).
+  core schema's (no Python objects);
+- a scalar over :data:`SCALAR_LIMIT` characters.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class YamlRefused(ValueError):
         self.line = line
 
 
+# No setting needs more; a 5000-digit integer would otherwise stop int() itself.
+SCALAR_LIMIT = 4096
+
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
 _INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
@@ -54,6 +58,14 @@ class _Core12Loader(yaml.SafeLoader):
             event = self.peek_event()
             raise ComposerError(None, None, "aliases are not allowed", event.start_mark)
         return super().compose_node(parent, index)
+
+    def construct_scalar(self, node):  # type: ignore[override]
+        value = super().construct_scalar(node)
+        if len(value) > SCALAR_LIMIT:
+            raise ConstructorError(
+                None, None, f"a value over {SCALAR_LIMIT} characters", node.start_mark
+            )
+        return value
 
     def construct_mapping(self, node, deep=False):  # type: ignore[override]
         if isinstance(node, yaml.MappingNode):
@@ -138,6 +150,8 @@ def load_yaml(text: str) -> Any:
         return loader.get_single_data()
     except RecursionError:
         raise YamlRefused("nested too deeply") from None
+    except ValueError:  # int() or float() of a value no setting has
+        raise YamlRefused("a value that is not a number Aegis reads") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None

@@ -55,6 +55,11 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         _console(stderr=True).print("[red]aborted[/red]")
         sys.exit(130)
+    except MemoryError:  # a planted file too large to check; nothing was changed
+        _console(stderr=True).print(
+            "[red]error:[/red] out of memory (a workspace file far larger than Aegis writes?)"
+        )
+        sys.exit(2)
     except OSError as exc:  # a path the user gave: too long, unreadable, a full disk
         if verbose:
             raise

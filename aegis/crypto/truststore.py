@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from aegis.timeutil import utc_now
 
 Role = Literal["admin", "supplier", "operator", "approver", "pipeline"]
 ROLES: tuple[str, ...] = ("admin", "supplier", "operator", "approver", "pipeline")
+OWNER_LIMIT = 128
 Status = Literal["active", "retired", "revoked"]
 FORMAT = "aegis-trust/1"
 
@@ -291,10 +293,20 @@ def _normalized_p256_pem(text: str) -> str:
 
 
 def _new_entry(name: str, role: str, owner: str, public_pem: str) -> dict[str, Any]:
-    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise UsageError(f"key name '{name}': use letters, digits, '-', '_' or '.'")
+    # Names become file names, commit subjects and table cells: ASCII only, so
+    # no look-alike letters, no terminal controls. Owners are people's names:
+    # any script, but one printable line.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise UsageError(
+            f"key name {name[:80]!r}: 1-64 ASCII letters, digits, '-', '_' or '.' "
+            "(starting with a letter or digit)"
+        )
     if not owner.strip():
         raise UsageError("owner must not be empty")
+    if not owner.isprintable() or len(owner) > OWNER_LIMIT:
+        raise UsageError(
+            f"owner {owner[:80]!r}: one line of printable text, at most {OWNER_LIMIT} characters"
+        )
     return {
         "name": name,
         "role": role,

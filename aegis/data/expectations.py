@@ -10,13 +10,17 @@ the run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aegis.errors import ConfigError
+from aegis.errors import ConfigError, UnsafeFileError
+from aegis.fileutil import read_regular
+
+SUITE_LIMIT = 4 * 1024 * 1024  # a suite is a few KiB of JSON
 
 # Column-map expectations: GX reports the failing rows of these.
 ROW_LEVEL = frozenset(
@@ -74,16 +78,25 @@ class SuiteOutcome:
 
 
 def load_suite(path: Path) -> dict[str, Any]:
-    """Reads a suite's JSON.
+    """Reads a suite's JSON (see :func:`read_suite`)."""
+    return read_suite(path)[0]
+
+
+def read_suite(path: Path) -> tuple[dict[str, Any], str]:
+    """Reads a suite's JSON once: the suite and the ``sha256:`` of the bytes it came from.
 
     Raises:
-        ConfigError: Missing, not JSON, or without a name and a list of expectations.
+        ConfigError: Missing, not a regular file, too large, not JSON (or
+            nested too deeply), or without a name and a list of expectations.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_regular(path, limit=SUITE_LIMIT, what=path.name)
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no expectation suite for this dataset") from None
-    except (OSError, ValueError):
+    except UnsafeFileError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.detail})") from None
+    except (OSError, ValueError, RecursionError):
         raise ConfigError(f"{path}: not valid JSON") from None
     if (
         not isinstance(data, dict)
@@ -92,7 +105,7 @@ def load_suite(path: Path) -> dict[str, Any]:
         or not data["expectations"]
     ):
         raise ConfigError(f"{path}: needs a 'name' and a non-empty 'expectations' list")
-    return data
+    return data, "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def run_suite(frame, suite: dict[str, Any]) -> SuiteOutcome:

@@ -122,7 +122,8 @@ def summarize(ledger: Ledger, name: str, dataset_digest: str) -> QuarantineSumma
 
 def write_release_copy(ledger: Ledger, name: str, dataset_digest: str) -> Path:
     """Writes ``quarantine/<name>.released.json`` from the ledger (the copy DVC tracks)."""
-    path = Layout.of(ledger.ws).quarantine_releases(name)
+    layout = Layout.of(ledger.ws)
+    path = layout.quarantine_releases(name)
     releases = ledger.quarantine_releases(name, dataset_digest)
     doc = {
         "dataset": dataset_digest,
@@ -139,7 +140,7 @@ def write_release_copy(ledger: Ledger, name: str, dataset_digest: str) -> Path:
             for s in releases
         ],
     }
-    path.parent.mkdir(exist_ok=True)
+    layout.ensure_dir(path.parent)
     atomic_write(path, json.dumps(doc, indent=1).encode() + b"\n")
     return path
 
@@ -183,6 +184,7 @@ def release(
         raise UsageError(f"row(s) {unknown[:10]} are not in the quarantine of '{name}'")
     key = load_private_key(operator_key_path)
     with ledger.locked():
+        layout.ensure_dir(layout.quarantine_releases(name).parent)  # before the entry
         operator = ledger.trust.require_signer(
             key.key_id, role="operator", what=str(operator_key_path), new=True
         )

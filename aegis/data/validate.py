@@ -19,7 +19,7 @@ from typing import Any
 
 from aegis.config import ValidateParams
 from aegis.data.drift import profile_frame, psi_against
-from aegis.data.expectations import SuiteOutcome, load_suite, run_suite
+from aegis.data.expectations import SuiteOutcome, read_suite, run_suite
 from aegis.data.ingest import VerifiedDataset
 from aegis.data.quarantine import build_quarantine
 from aegis.data.report import render_report
@@ -128,7 +128,7 @@ def check_dataset(
             temporary directory named in the message.
         ConfigError: The suite is missing or invalid.
     """
-    suite = load_suite(suite_path)
+    suite, suite_digest = read_suite(suite_path)
     try:
         outcome = run_suite(frame, suite)
         drift = _drift(reference, frame, params)
@@ -152,7 +152,7 @@ def check_dataset(
         name=name,
         dataset=digest,
         suite=outcome.suite,
-        suite_digest="sha256:" + hashlib.sha256(suite_path.read_bytes()).hexdigest(),
+        suite_digest=suite_digest,
         success=not table_failures and fraction <= params.max_quarantine_fraction and drift.passed,
         expectations={
             "evaluated": len(outcome.outcomes),

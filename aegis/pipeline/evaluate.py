@@ -117,7 +117,10 @@ def evaluate_stored(
         title=f"Evaluation of {name}",
     )
     with ledger.locked():
-        out.mkdir(parents=True, exist_ok=True)
+        if out.is_relative_to(ledger.ws.root):  # a folder of ours: no planted symlink
+            Layout.of(ledger.ws).ensure_dir(out)
+        else:  # the user's --out, elsewhere
+            out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "metrics.json", metrics_bytes)
         atomic_write(out / "report.html", page.encode())
         ledger.append(

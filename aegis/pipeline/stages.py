@@ -9,22 +9,31 @@ the uncached metrics and other small evidence to git (with the audit anchor).
 from __future__ import annotations
 
 from aegis import vcs
+from aegis.config import read_config_yaml
 from aegis.errors import ConfigError
 from aegis.ledger import Ledger
 from aegis.workspace import Workspace
 
 
 def require_stage(ws: Workspace, name: str) -> None:
-    """The stages run only for datasets listed in ``pipeline.datasets``.
+    """The stages run only for datasets listed in ``pipeline.datasets``, from a readable dvc.yaml.
+
+    Checked before a stage writes or audits anything: a ``dvc.yaml`` that DVC
+    cannot read would otherwise fail the ``dvc commit`` after the stage's
+    outputs were written and its audit entry appended.
 
     Raises:
-        ConfigError: ``name`` is not listed (no ``dvc.yaml`` stage would track its outputs).
+        ConfigError: ``name`` is not listed (no ``dvc.yaml`` stage would track
+            its outputs), or ``dvc.yaml`` is not YAML with a ``stages`` mapping.
     """
     if name not in ws.params().pipeline.datasets:
         raise ConfigError(
             f"'{name}' is not in pipeline.datasets in params.yaml; add it so the "
             "stages (dvc.yaml) track its outputs"
         )
+    stages = read_config_yaml(ws.root / "dvc.yaml")
+    if not isinstance(stages, dict) or not isinstance(stages.get("stages"), dict):
+        raise ConfigError("dvc.yaml: has no 'stages' mapping (restore it from git)")
 
 
 def commit_stage(ledger: Ledger, stage: str, *, evidence: list[str], message: str) -> str:

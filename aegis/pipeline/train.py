@@ -24,7 +24,7 @@ import numpy as np
 
 from aegis.data.quarantine import ROW, read_quarantine, released_rows
 from aegis.errors import RefusedError
-from aegis.fileutil import json_object, read_regular
+from aegis.fileutil import ensure_dir, json_object, read_regular
 from aegis.ledger import Action, Ledger
 from aegis.pipeline.layout import Layout
 from aegis.pipeline.stages import commit_stage, require_stage
@@ -60,8 +60,7 @@ def scratch_dir(ws: Workspace, what: str) -> Iterator[Path]:
 
     Two runs at once each get their own, so neither deletes the other's work.
     """
-    path = ws.scratch_dir / f"{what}-{uuid.uuid4().hex}"
-    path.mkdir(parents=True)
+    path = ensure_dir(ws.root, ws.scratch_dir / f"{what}-{uuid.uuid4().hex}")
     try:
         yield path
     finally:
@@ -174,7 +173,7 @@ def train_stage(
         out = scratch / "model"
         digest = train_and_save(data, params, out_dir=out, progress=progress)
         with ledger.locked():
-            target.parent.mkdir(parents=True, exist_ok=True)
+            Layout.of(ws).ensure_dir(target.parent)
             shutil.rmtree(target, ignore_errors=True)
             out.rename(target)
             trained = TrainedModel(

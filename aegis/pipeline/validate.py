@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from aegis import vcs
 from aegis.data.ingest import VerifiedDataset, verify_staged
 from aegis.data.manifest import check_dataset_name
 from aegis.data.quarantine import write_release_copy
@@ -81,18 +82,28 @@ def check_version(ledger: Ledger, verified: VerifiedDataset) -> CheckedDataset:
     """Validates a verified dataset (staged or stored); writes nothing.
 
     Raises:
-        RefusedError: ``validation``, ``drift`` or ``schema`` (see :func:`check_dataset`).
+        RefusedError: ``validation``, ``drift`` or ``schema`` (see :func:`check_dataset`),
+            or ``suite``: the suite differs from the one committed to git.
         ConfigError: Not in ``pipeline.datasets``, or the suite is invalid.
     """
     ws = ledger.ws
     name = verified.name
     require_stage(ws, name)
     layout = Layout.of(ws)
+    suite = layout.suite(name)
+    if suite.exists() and vcs.git(ws.root, "status", "--porcelain", "--", layout.rel(suite)):
+        # The result records the suite's digest; git keeps the suite itself, so
+        # what "validated" meant for a version can always be read back.
+        raise RefusedError(
+            "suite",
+            f"{layout.rel(suite)} differs from the committed version; commit it (the suite "
+            "that validates is kept in git history) or restore it with git checkout",
+        )
     return check_dataset(
         read_frame(verified),
         name=name,
         digest=verified.digest,
-        suite_path=ws.root / "expectations" / f"{name}.json",
+        suite_path=suite,
         params=ws.params().validation,
         reference=reference_profile(ledger, name, exclude=verified.digest),
         report=layout.rel(layout.validation_report(name)),
@@ -105,9 +116,9 @@ def write_validation(ledger: Ledger, checked: CheckedDataset, *, actor: str) -> 
     layout = Layout.of(ledger.ws)
     name = result.name
     with ledger.locked():
-        for path in (layout.validation_result(name), layout.quarantine(name)):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        layout.profiles(name).mkdir(parents=True, exist_ok=True)
+        for folder in (layout.validation_dir(name), layout.quarantine(name).parent):
+            layout.ensure_dir(folder)
+        layout.ensure_dir(layout.profiles(name))
         quarantine = layout.quarantine(name)
         tmp = quarantine.with_suffix(".parquet.tmp")
         checked.quarantine.to_parquet(tmp, index=False)

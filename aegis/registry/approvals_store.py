@@ -185,8 +185,7 @@ def request_body(
 
 def write_copy(layout: Layout, model: str, version: str, name: str, document: dict) -> Path:
     """Writes a signed document's copy into the version's approvals folder."""
-    directory = version_dir(layout, model, version)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = layout.ensure_dir(version_dir(layout, model, version))
     atomic_write(directory / ".gitignore", f"/{WAITING_FILE}\n".encode())
     path = directory / name
     atomic_write(path, json.dumps(document, indent=1, sort_keys=True).encode() + b"\n")
@@ -261,8 +260,7 @@ def approval_body(
 
 def mark_waiting(layout: Layout, model: str, version: str, flow_run_id: str) -> None:
     """Records that flow run ``flow_run_id`` waits for approvals of ``model@version``."""
-    directory = version_dir(layout, model, version)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = layout.ensure_dir(version_dir(layout, model, version))
     body = {"flow_run_id": flow_run_id, "pid": os.getpid(), "since": utc_now()}
     atomic_write(directory / WAITING_FILE, json.dumps(body).encode())
 

@@ -145,6 +145,7 @@ def record_request(
     body = store.request_body(candidate, requester=requester, gates=gates, params=params)
     document = sign_document(operator, body)
     with ledger.locked():
+        layout.ensure_dir(store.version_dir(layout, model, version))  # before the entry
         entry = ledger.append(
             Action.APPROVAL_REQUESTED,
             actor=operator.key_id,
@@ -207,6 +208,7 @@ def record_approval(
             candidate, request, approver=entry, decision=decision, reason=reason
         )
         document = sign_document(approver, body)
+        layout.ensure_dir(store.version_dir(layout, model, version))  # before the entry
         ledger.append(
             store.DECISION_ACTIONS[decision],
             actor=approver.key_id,

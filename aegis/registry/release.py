@@ -363,7 +363,7 @@ def _commit(ledger: Ledger, scratch: Path, target: Path, *, message: str) -> str
     """Moves the signed scratch directory into place, ``dvc add``s it and commits (or undoes)."""
     ws = ledger.ws
     before = vcs.head_commit(ws.root)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    Layout.of(ws).ensure_dir(target.parent)
     shutil.move(str(scratch), target)
     rel = target.relative_to(ws.root)
     paths = [f"{rel}.dvc", str(rel.parent / ".gitignore")]

@@ -7,6 +7,7 @@ and nothing stored changes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -14,6 +15,7 @@ import pytest
 from helpers import Env, pipeline_key, snapshot
 
 from aegis.crypto.keys import generate_key
+from aegis.data.publish import publish_dataset
 
 
 def _one_line(err: str) -> str:
@@ -143,8 +145,10 @@ ALIAS_BOMB = "\n".join(
         ("train:\n  seed: 1\n  seed: 2\n", "duplicate key 'seed' (line 3)"),
         ("train: !!python/object/apply:os.system ['true']\n", "unsupported tag"),
         ("[" * 10_000 + "]" * 10_000 + "\n", "nested too deeply"),
+        ("train:\n  seed: " + "9" * 5000 + "\n", "a value over 4096 characters (line 2)"),
+        ("x: " + "y" * 10_000 + "\n", "a value over 4096 characters (line 1)"),
     ],
-    ids=["alias-bomb", "duplicate-key", "python-tag", "deep-nesting"],
+    ids=["alias-bomb", "duplicate-key", "python-tag", "deep-nesting", "huge-int", "huge-str"],
 )
 def test_hostile_params_are_a_configuration_error_at_once(cli, env: Env, text, fragment):
     (env.root / "params.yaml").write_text(text)
@@ -194,6 +198,36 @@ def test_a_300_character_name_is_a_clean_error(cli, env: Env, args):
 
 
 @pytest.mark.parametrize(
+    "name, owner, fragment",
+    [
+        ("\u0430dmin", "x", "key name"),  # a Cyrillic a: looks like 'admin'
+        ("ops\u202e", "x", "key name"),
+        ("k" * 65, "x", "key name"),
+        ("bob2", "bob\x1b[2J", "owner"),
+        ("bob2", "bob\u2028carol", "owner"),
+        ("bob2", "b" * 129, "owner"),
+    ],
+    ids=["homoglyph", "bidi", "long", "escape", "separator", "long-owner"],
+)
+def test_key_names_are_ascii_and_owners_one_printable_line(cli, env: Env, name, owner, fragment):
+    before = snapshot(env.root)
+    out = env.root.parent / "new.pem"
+    result = cli("--workspace", env.root, "keys", "new", "--role", "approver", "--name", name,
+                 "--owner", owner, "--out", out, "--admin-key", env.admin_key)  # fmt: skip
+    assert _refused(result, 2, "error:").count(fragment)
+    assert snapshot(env.root) == before and not out.exists()
+
+
+def test_a_dataset_name_ending_in_dvc_is_refused(cli, env: Env, tmp_path):
+    out = tmp_path / "x"
+    result = cli("data", "publish", env.raw, "--name", "digits.dvc", "--key", env.supplier_key,
+                 "--out", out)  # fmt: skip
+    assert "must not end in '.dvc'" in _refused(result, 2, "error:")
+    result = cli("--workspace", env.root, "ingest", env.dataset, "--name", "digits.DVC")
+    assert "must not end in '.dvc'" in _refused(result, 2, "error:")
+
+
+@pytest.mark.parametrize(
     "reason", ["\x1b[2J\x1b[Hall clear", "ok\nrefused: fake line", "[red]ok[/red]\u202e"]
 )
 def test_reasons_with_terminal_escapes_are_refused(cli, released_env, reason):
@@ -234,3 +268,112 @@ def test_a_stranger_key_cannot_act(cli, env: Env, tmp_path):
     result = cli("--workspace", env.root, "ingest", env.dataset, "--name", "digits",
                  "--key", stranger.path)  # fmt: skip
     _refused(result, 1, "refused: signer:")
+
+
+# -- planted directory symlinks: writers never follow them -------------------------------------
+
+
+def _plant_dir_symlink(root, rel: str, outside):
+    """``root/rel`` replaced by a symlink to ``outside`` (holding what was there, if anything)."""
+    path = root / rel
+    if path.exists():
+        shutil.move(str(path), outside)
+    else:
+        outside.mkdir()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(outside, target_is_directory=True)
+    return _contents(outside)
+
+
+def _contents(directory):
+    return snapshot(directory), sorted(directory.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "rel, command",
+    [
+        ("validation/digits", "validate"),
+        ("quarantine", "validate"),
+        (".aegis/profiles", "validate"),
+        (".aegis/scratch", "train"),
+        ("data", "ingest"),
+        (".aegis/staging", "ingest"),
+    ],
+)
+def test_a_planted_directory_symlink_is_refused_not_written_through(
+    cli, released_env, tmp_path, rel, command
+):
+    env = released_env
+    newer = tmp_path / "newer"
+    publish_dataset(env.raw, name="digits", key_path=env.supplier_key, out=newer)
+    args = {
+        "validate": ("validate", "digits"),
+        "train": ("stage", "train", "--name", "digits"),
+        "ingest": ("ingest", newer, "--name", "digits"),
+    }[command]
+    outside = tmp_path / "outside"
+    held = _plant_dir_symlink(env.root, rel, outside)
+    line = _refused(cli("--workspace", env.root, *args), 1, "refused: file:")
+    assert "is a symlink where Aegis writes a directory" in line
+    assert _contents(outside) == held  # nothing written where the symlink points
+    assert (env.root / rel).is_symlink()
+
+
+# -- validation runs only under a committed suite and a dvc.yaml DVC can read ------------------
+
+
+def test_an_uncommitted_suite_or_a_broken_dvc_yaml_is_refused_before_anything_is_written(
+    cli, env: Env
+):
+    w = ("--workspace", env.root)
+    assert cli(*w, "ingest", env.dataset, "--name", "digits").code == 0
+    suite = env.root / "expectations" / "digits.json"
+    committed = suite.read_text()
+    loosened = json.loads(committed)
+    loosened["expectations"] = loosened["expectations"][:1]  # what an attacker would like
+    suite.write_text(json.dumps(loosened))
+    before = snapshot(env.root)
+    line = _refused(cli(*w, "validate", "digits"), 1, "refused: suite:")
+    assert "expectations/digits.json differs from the committed version" in line
+    assert snapshot(env.root) == before
+    suite.write_text(committed)
+    for text in ("stages: [\n", "- a list\n"):
+        (env.root / "dvc.yaml").write_text(text)
+        before = snapshot(env.root)
+        line = _refused(cli(*w, "validate", "digits"), 2, "error: dvc.yaml")
+        assert snapshot(env.root) == before, line  # no audit entry, no outputs
+
+
+def test_a_workspace_json_bomb_or_a_huge_log_is_refused_without_reading_it(cli, env: Env):
+    w = ("--workspace", env.root)
+    meta = env.ws.meta_path.read_bytes()
+    env.ws.meta_path.write_text("[" * 100_000 + "]" * 100_000)
+    assert "missing or corrupt" in _refused(cli(*w, "status"), 2, "error:")
+    env.ws.meta_path.write_bytes(meta)
+    from aegis.audit import LOG_LIMIT
+
+    with env.ws.audit().log_path.open("r+b") as fh:  # sparse: no disk used
+        fh.truncate(LOG_LIMIT + 1)
+    line = _refused(cli(*w, "audit", "verify"), 1, "refused:")
+    assert "limit" in line
+
+
+def test_a_planted_approvals_symlink_is_refused_before_the_request_is_recorded(
+    released_env, tmp_path
+):
+    # The core function: `aegis promote` runs it inside the promote flow (a Prefect server).
+    from registry_helpers import set_promote
+
+    from aegis.errors import UnsafeFileError
+    from aegis.registry.promotion import promote
+    from aegis.registry.targets import parse_target
+
+    env = released_env
+    set_promote(env)
+    outside = tmp_path / "outside"
+    held = _plant_dir_symlink(env.root, ".aegis/approvals/digits-model", outside)
+    seen = len(env.ledger().log)
+    with pytest.raises(UnsafeFileError, match="is a symlink where Aegis writes a directory"):
+        promote(env.ledger(), parse_target(env.v1), operator_key_path=env.operator_key)
+    assert _contents(outside) == held
+    assert len(env.ledger().log) == seen  # refused before the request was audited

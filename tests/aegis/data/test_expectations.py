@@ -7,6 +7,7 @@ the shipped suites are the ones a workspace is created with.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -167,12 +168,26 @@ def test_range_check_on_a_string_column_is_table_level(digits, digits_suite):
         ('{"name": "digits"}', "needs a 'name'"),
         ('{"name": "digits", "expectations": []}', "non-empty"),
         ('{"expectations": [{"type": "x", "kwargs": {}}]}', "needs a 'name'"),
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        ("fifo", "cannot read"),
     ],
-    ids=["missing", "not-json", "not-utf8", "list", "no-expectations", "empty", "no-name"],
+    ids=[
+        "missing",
+        "not-json",
+        "not-utf8",
+        "list",
+        "no-expectations",
+        "empty",
+        "no-name",
+        "deep",
+        "fifo",
+    ],
 )
 def test_load_suite_errors(tmp_path, content, fragment):
     path = tmp_path / "suite.json"
-    if isinstance(content, bytes):
+    if content == "fifo":  # a planted FIFO would block a plain read forever
+        os.mkfifo(path)
+    elif isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content)
