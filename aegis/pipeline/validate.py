@@ -91,7 +91,9 @@ def check_version(ledger: Ledger, verified: VerifiedDataset) -> CheckedDataset:
     require_stage(ws, name)
     layout = Layout.of(ws)
     suite = layout.suite(name)
-    if suite.exists() and vcs.git(ws.root, "status", "--porcelain", "--", layout.rel(suite)):
+    # --no-optional-locks: asking must not rewrite .git/index (a refusal changes nothing)
+    status = ("--no-optional-locks", "status", "--porcelain", "--", layout.rel(suite))
+    if suite.exists() and vcs.git(ws.root, *status):
         # The result records the suite's digest; git keeps the suite itself, so
         # what "validated" meant for a version can always be read back.
         raise RefusedError(
