@@ -173,8 +173,8 @@ def train_stage(
         out = scratch / "model"
         digest = train_and_save(data, params, out_dir=out, progress=progress)
         with ledger.locked():
-            Layout.of(ws).ensure_dir(target.parent)
-            shutil.rmtree(target, ignore_errors=True)
+            Layout.of(ws).ensure_dir(target)  # refuses a planted symlink in its place
+            shutil.rmtree(target)
             out.rename(target)
             trained = TrainedModel(
                 name=name,

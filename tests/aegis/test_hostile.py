@@ -296,6 +296,7 @@ def _contents(directory):
         ("quarantine", "validate"),
         (".aegis/profiles", "validate"),
         (".aegis/scratch", "train"),
+        ("models/digits", "train"),
         ("data", "ingest"),
         (".aegis/staging", "ingest"),
     ],
