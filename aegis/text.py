@@ -18,16 +18,29 @@ from aegis.errors import UsageError
 # separators, and private-use, surrogate and unassigned code points. Decided by
 # category, so a new bidi control of a later Unicode version is caught too.
 _UNSEEN = frozenset({"Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp"})
+# Default-ignorable code points of other categories (Unicode's DerivedCoreProperties)
+# render as nothing, so "bob" and "b\u3164ob" look alike; U+2800 is blank too.
+_INVISIBLE = frozenset(
+    (
+        *(0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180F, 0x2800, 0x3164, 0xFFA0),
+        *range(0x180B, 0x180E),  # Mongolian variation selectors
+        *range(0xFE00, 0xFE10),  # variation selectors
+        *range(0xE0100, 0xE01F0),  # variation selectors supplement
+    )
+)
 
 
 def _unseen(ch: str) -> bool:
-    return unicodedata.category(ch) in _UNSEEN
+    return unicodedata.category(ch) in _UNSEEN or ord(ch) in _INVISIBLE
 
 
-def _has_unseen(text: str) -> bool:
+def has_unseen(text: str) -> bool:
+    """Whether ``text`` holds a character that does not show (see :data:`_UNSEEN`)."""
     # str.isprintable is False for every unseen category (and for spaces other
-    # than " "): the fast path for ordinary text.
-    return not text.isprintable() and any(_unseen(ch) for ch in text)
+    # than " "): the fast path for ordinary text, which has no invisible letters either.
+    if text.isprintable() and text.isascii():
+        return False
+    return any(_unseen(ch) for ch in text)
 
 
 REASON_LIMIT = 2000
@@ -40,7 +53,7 @@ def check_reason(text: str, *, what: str = "--reason") -> str:
         UsageError: Control characters (terminal escapes, newlines, bidi
             overrides), or longer than :data:`REASON_LIMIT`.
     """
-    if _has_unseen(text):
+    if has_unseen(text):
         raise UsageError(f"{what}: control characters (escapes, newlines) are not allowed")
     if len(text) > REASON_LIMIT:
         raise UsageError(f"{what}: at most {REASON_LIMIT} characters")
@@ -60,6 +73,6 @@ def printable(text: object) -> str:
         return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
     value = unicodedata.normalize("NFC", str(text))
-    if _has_unseen(value):
+    if has_unseen(value):
         value = "".join(show(ch) for ch in value)
     return escape(value)

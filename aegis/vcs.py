@@ -63,6 +63,15 @@ def dvc(root: Path, *args: str, io: bool = False) -> str:
     return proc.stdout
 
 
+def committed_bytes(root: Path, path: str) -> bytes | None:
+    """The bytes of ``path`` as HEAD holds it, or None if HEAD does not (read-only: no index)."""
+    proc = subprocess.run(
+        ["git", "-C", str(root), "cat-file", "blob", f"HEAD:{path}"],
+        capture_output=True, env=_env(),
+    )  # fmt: skip
+    return proc.stdout if proc.returncode == 0 else None
+
+
 def head_commit(root: Path) -> str:
     """Returns the current commit id, or an empty string before the first commit."""
     return git(root, "rev-parse", "--verify", "-q", "HEAD", check=False).strip()
@@ -96,7 +105,7 @@ def commit_empty(root: Path, message: str, *, trailer: str | None = None) -> str
 # -- audit anchors: where git records how long the audit log was ---------------------------
 
 ANCHOR_KEY = "Aegis-Audit"
-_ANCHOR = re.compile(rf"{ANCHOR_KEY}: ([0-9]{{1,12}}) ([0-9a-f]{{64}})")
+_ANCHOR_VALUE = re.compile(r"([0-9]{1,12}) ([0-9a-f]{64})")
 
 
 @dataclass(frozen=True)
@@ -118,23 +127,27 @@ def with_trailer(message: str, trailer: str | None) -> str:
 
 
 def audit_anchors(root: Path) -> list[Anchor]:
-    """Every audit anchor in the messages of all commits and annotated tags (their last line).
+    """Every audit anchor in the trailers of all commits and annotated tags.
+
+    Git's own trailer parsing reads only a message's last paragraph, which
+    :func:`with_trailer` makes Aegis's: text quoted earlier in a message (a
+    supplier's, an operator's) cannot plant an anchor, and a trailer a hook
+    adds after ours (``Signed-off-by``, ``Change-Id``) does not hide it.
 
     Returns an empty list for a repository without commits.
     """
-    found: list[Anchor] = []
-    commits = git(root, "log", "--all", "--format=%H%x00%B%x1e", check=False)
+    options = f"key={ANCHOR_KEY},valueonly,separator=%x1f"
+    commits = git(root, "log", "--all", f"--format=%H%x00%(trailers:{options})%x1e", check=False)
     tags = git(
-        root, "for-each-ref", "refs/tags", "--format=%(refname:strip=2)%00%(contents)%1e",
-        check=False,
+        root, "for-each-ref", "refs/tags",
+        f"--format=%(refname:strip=2)%00%(contents:trailers:{options})%1e", check=False,
     )  # fmt: skip
+    found: list[Anchor] = []
     for text, kind, width in ((commits, "commit", 10), (tags, "tag", None)):
         for record in text.split("\x1e"):
-            name, _, body = record.strip("\n").partition("\x00")
-            # Only the last line is Aegis's trailer: text quoted in a message
-            # (a supplier's, an operator's) can never plant an anchor.
-            match = _ANCHOR.fullmatch(body.rstrip("\n").rpartition("\n")[2])
-            if match:
-                where = f"{kind} {name[:width] if width else name}"
-                found.append(Anchor(int(match[1]), match[2], where))
+            name, _, values = record.strip("\n").partition("\x00")
+            for value in values.split("\x1f"):
+                if match := _ANCHOR_VALUE.fullmatch(value.strip()):
+                    where = f"{kind} {name[:width] if width else name}"
+                    found.append(Anchor(int(match[1]), match[2], where))
     return found

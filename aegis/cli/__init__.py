@@ -55,7 +55,7 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         _console(stderr=True).print("[red]aborted[/red]")
         sys.exit(130)
-    except MemoryError:  # a planted file too large to check; nothing was changed
+    except MemoryError:  # e.g. a planted file too large to check: one line, not a traceback
         _console(stderr=True).print(
             "[red]error:[/red] out of memory (a workspace file far larger than Aegis writes?)"
         )

@@ -34,6 +34,7 @@ from aegis.crypto.keys import (
 from aegis.crypto.keys import public_pem as pem_of_public_key
 from aegis.errors import RefusedError, TrustStoreError, UnsafeFileError, UsageError
 from aegis.fileutil import atomic_write, read_regular
+from aegis.text import has_unseen
 from aegis.timeutil import utc_now
 
 Role = Literal["admin", "supplier", "operator", "approver", "pipeline"]
@@ -303,7 +304,7 @@ def _new_entry(name: str, role: str, owner: str, public_pem: str) -> dict[str, A
         )
     if not owner.strip():
         raise UsageError("owner must not be empty")
-    if not owner.isprintable() or len(owner) > OWNER_LIMIT:
+    if has_unseen(owner) or len(owner) > OWNER_LIMIT:
         raise UsageError(
             f"owner {owner[:80]!r}: one line of printable text, at most {OWNER_LIMIT} characters"
         )

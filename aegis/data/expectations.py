@@ -77,11 +77,6 @@ class SuiteOutcome:
         return len(self.outcomes) - self.passed
 
 
-def load_suite(path: Path) -> dict[str, Any]:
-    """Reads a suite's JSON (see :func:`read_suite`)."""
-    return read_suite(path)[0]
-
-
 def read_suite(path: Path) -> tuple[dict[str, Any], str]:
     """Reads a suite's JSON once: the suite and the ``sha256:`` of the bytes it came from.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,14 @@ def evaluate_stored(
     layout = Layout.of(ws)
     out = layout.reports(name)
     if out_dir is not None:
-        out = check_output(ws, out_dir, datasets=ws.params().pipeline.datasets)
+        check_output(ws, out_dir, datasets=ws.params().pipeline.datasets)
+        # written where it lies lexically: a symlink planted on the way in the
+        # workspace is refused by ensure_dir below, never followed elsewhere
+        out = Path(os.path.abspath(out_dir.expanduser()))
     directory = model_directory or layout.model(name)
     loaded = loaded or load_checkpoint(directory)
-    data = load_training_frame(ledger, name)
+    # the model's own data may be an older accepted version, checked out to re-evaluate it
+    data = load_training_frame(ledger, name, version=str(loaded.config.get("dataset")))
     if data.dataset_digest != loaded.config.get("dataset"):
         raise RefusedError(
             "evaluate",

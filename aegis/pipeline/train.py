@@ -116,10 +116,11 @@ def audited_quarantine(result: dict[str, Any], name: str) -> set[int]:
     return set(rows)
 
 
-def load_training_frame(ledger: Ledger, name: str) -> TrainingData:
+def load_training_frame(ledger: Ledger, name: str, *, version: str | None = None) -> TrainingData:
     """The stored, re-verified dataset ``name`` without its quarantined rows.
 
     Rows released from quarantine for this exact version (signed and audited) stay in.
+    ``version``: see :func:`~aegis.pipeline.validate.load_stored` (evaluation only).
 
     Raises:
         RefusedError: ``validation``: this version has not passed validation,
@@ -128,7 +129,7 @@ def load_training_frame(ledger: Ledger, name: str) -> TrainingData:
     """
     from aegis.data.validate import read_frame
 
-    verified = load_stored(ledger, name)
+    verified = load_stored(ledger, name, version=version)
     frame, digest = read_frame(verified), verified.digest
     result = require_validated(ledger, name, digest)
     quarantined = audited_quarantine(result, name)

@@ -12,6 +12,7 @@ staged copy *before* storing it (:mod:`aegis.pipeline.retrain`); both share
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 
 from aegis import vcs
@@ -28,8 +29,15 @@ from aegis.pipeline.layout import Layout
 from aegis.pipeline.stages import commit_stage, require_stage
 
 
-def load_stored(ledger: Ledger, name: str) -> VerifiedDataset:
+def load_stored(ledger: Ledger, name: str, *, version: str | None = None) -> VerifiedDataset:
     """Re-verifies ``data/<name>/``: signed as ingest verified it, and the current version.
+
+    Args:
+        ledger: The workspace's ledger.
+        name: Dataset name.
+        version: An accepted digest that may stand in for the current version:
+            the data a model was trained on, checked out again to re-evaluate
+            an older release (training never passes one).
 
     Raises:
         UsageError: The dataset was never ingested.
@@ -45,7 +53,8 @@ def load_stored(ledger: Ledger, name: str) -> VerifiedDataset:
     staged = StagedSource(str(directory), directory, len(list(directory.iterdir())), size)
     verified = verify_staged(ledger, staged, name=name)
     last = ledger.last_accepted(name)
-    if last is None or last.digest != verified.digest:
+    wanted = version is not None and verified.digest == version
+    if not wanted and (last is None or last.digest != verified.digest):
         shown = last.digest[:19] if last else "none"
         raise RefusedError(
             "replay",
@@ -91,17 +100,14 @@ def check_version(ledger: Ledger, verified: VerifiedDataset) -> CheckedDataset:
     require_stage(ws, name)
     layout = Layout.of(ws)
     suite = layout.suite(name)
-    # --no-optional-locks: asking must not rewrite .git/index (a refusal changes nothing)
-    status = ("--no-optional-locks", "status", "--porcelain", "--", layout.rel(suite))
-    if suite.exists() and vcs.git(ws.root, *status):
-        # The result records the suite's digest; git keeps the suite itself, so
-        # what "validated" meant for a version can always be read back.
-        raise RefusedError(
-            "suite",
-            f"{layout.rel(suite)} differs from the committed version; commit it (the suite "
-            "that validates is kept in git history) or restore it with git checkout",
-        )
-    return check_dataset(
+    # The result records the suite's digest and git keeps the suite, so what
+    # "validated" meant for a version can always be read back: the suite must
+    # be the committed one (an uncommitted, loosened suite never slips in).
+    committed = vcs.committed_bytes(ws.root, layout.rel(suite))
+    committed_digest = committed and "sha256:" + hashlib.sha256(committed).hexdigest()
+    if suite.exists() and not committed_digest:
+        raise _uncommitted(layout.rel(suite))
+    checked = check_dataset(
         read_frame(verified),
         name=name,
         digest=verified.digest,
@@ -109,6 +115,17 @@ def check_version(ledger: Ledger, verified: VerifiedDataset) -> CheckedDataset:
         params=ws.params().validation,
         reference=reference_profile(ledger, name, exclude=verified.digest),
         report=layout.rel(layout.validation_report(name)),
+    )
+    if checked.result.suite_digest != committed_digest:  # of the very bytes that validated
+        raise _uncommitted(layout.rel(suite))
+    return checked
+
+
+def _uncommitted(rel: str) -> RefusedError:
+    return RefusedError(
+        "suite",
+        f"{rel} differs from the committed version; commit it (the suite that validates is "
+        "kept in git history) or restore it with git checkout",
     )
 
 
@@ -121,10 +138,10 @@ def write_validation(ledger: Ledger, checked: CheckedDataset, *, actor: str) -> 
         for folder in (layout.validation_dir(name), layout.quarantine(name).parent):
             layout.ensure_dir(folder)
         layout.ensure_dir(layout.profiles(name))
-        quarantine = layout.quarantine(name)
-        tmp = quarantine.with_suffix(".parquet.tmp")
-        checked.quarantine.to_parquet(tmp, index=False)
-        tmp.replace(quarantine)
+        # Through atomic_write: a fixed temporary name would follow a planted symlink.
+        parquet = io.BytesIO()
+        checked.quarantine.to_parquet(parquet, index=False)
+        atomic_write(layout.quarantine(name), parquet.getvalue())
         atomic_write(
             layout.validation_report(name), render_report(result, checked.quarantine).encode()
         )

@@ -104,7 +104,7 @@ def gates_for(
     data = release_file(verified, "validation.json")
     try:
         validation = json.loads(data) if data is not None else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         validation = {}
     return evaluate_gates(
         metrics=verified.metrics,
@@ -313,10 +313,18 @@ def promote(
 
 
 def _tally(ledger: Ledger, candidate, request) -> review.ApprovalTally:
+    """This request's approvals; refused if it, or any request for the build, was rejected."""
     tally = review.count_approvals(ledger, candidate, request)
     if tally.rejected_by:
         owner, reason = tally.rejected_by[0]
         raise RefusedError("approval", f"rejected by {owner}: {reason or 'no reason given'}")
+    standing = review.standing_rejection(ledger, candidate)  # of an earlier request
+    if standing is not None:
+        raise RefusedError(
+            "approval",
+            f"rejected by {standing.owner} (an earlier request): "
+            f"{standing.reason or 'no reason given'}",
+        )
     return tally
 
 

@@ -147,6 +147,8 @@ def _gather(ledger: Ledger, name: str) -> dict[str, Any]:
     validation = json_object(validation_bytes, check="release", what=what)
     if validation.get("dataset") != dataset or validation.get("success") is not True:
         raise RefusedError("release", f"no passed validation of dataset {dataset[:19]}")
+    if ledger.validated(name, dataset, sha256_bytes(validation_bytes)) is None:  # signed as-is
+        raise RefusedError("release", f"{what} is not the audited validation of {dataset[:19]}")
     if ledger.trained(digest) is None:
         raise RefusedError("release", f"no train.done audit entry for model {digest[:19]}")
     if ledger.evaluated(digest, sha256_bytes(metrics_bytes)) is None:

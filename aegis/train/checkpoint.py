@@ -115,6 +115,8 @@ def load_checkpoint(directory: Path) -> LoadedModel:
     try:
         config = _strict_json(raw[CONFIG])
         metadata = _strict_json(raw[METADATA])
+    except RecursionError:
+        raise refuse("not valid JSON (nested too deeply)") from None
     except ValueError as exc:
         raise refuse(f"not valid JSON ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:

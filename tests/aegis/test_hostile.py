@@ -206,8 +206,9 @@ def test_a_300_character_name_is_a_clean_error(cli, env: Env, args):
         ("bob2", "bob\x1b[2J", "owner"),
         ("bob2", "bob\u2028carol", "owner"),
         ("bob2", "b" * 129, "owner"),
+        ("bob2", "b\u3164ob", "owner"),  # an invisible letter: looks like 'bob'
     ],
-    ids=["homoglyph", "bidi", "long", "escape", "separator", "long-owner"],
+    ids=["homoglyph", "bidi", "long", "escape", "separator", "long-owner", "invisible"],
 )
 def test_key_names_are_ascii_and_owners_one_printable_line(cli, env: Env, name, owner, fragment):
     before = snapshot(env.root)
@@ -306,7 +307,8 @@ def test_a_planted_directory_symlink_is_refused_not_written_through(
 ):
     env = released_env
     newer = tmp_path / "newer"
-    publish_dataset(env.raw, name="digits", key_path=env.supplier_key, out=newer)
+    if command == "ingest":
+        publish_dataset(env.raw, name="digits", key_path=env.supplier_key, out=newer)
     args = {
         "validate": ("validate", "digits"),
         "train": ("stage", "train", "--name", "digits"),
@@ -378,3 +380,15 @@ def test_a_planted_approvals_symlink_is_refused_before_the_request_is_recorded(
         promote(env.ledger(), parse_target(env.v1), operator_key_path=env.operator_key)
     assert _contents(outside) == held
     assert len(env.ledger().log) == seen  # refused before the request was audited
+
+
+def test_an_out_path_through_a_planted_symlink_in_the_workspace_is_refused(
+    cli, released_env, tmp_path
+):
+    env = released_env
+    outside = tmp_path / "outside"
+    held = _plant_dir_symlink(env.root, "reports", outside)
+    out = env.root / "reports" / "again"  # resolves outside: must not be written there
+    result = cli("--workspace", env.root, "evaluate", env.v1, "--out", out)
+    assert "is a symlink where Aegis writes a directory" in _refused(result, 1, "refused: file:")
+    assert _contents(outside) == held

@@ -209,12 +209,23 @@ def test_a_forged_anchor_past_the_log_is_a_refusal_not_a_crash(env):
 
 
 def test_an_anchor_quoted_inside_a_message_is_not_an_anchor(env):
-    # Text a message quotes (a supplier's, an operator's) cannot plant one: only the last line.
+    # Text a message quotes (a supplier's, an operator's) cannot plant one: only the trailer.
     quoted = vcs.anchor_line(10**6, "f" * 64)
     before = vcs.audit_anchors(env.root)
-    vcs.commit_empty(env.root, f"ingest x\n\ncreated: 2026\n{quoted}\nmore text")
+    vcs.commit_empty(env.root, f"ingest x\n\ncreated: 2026\n{quoted}\n\nmore text")
     assert vcs.audit_anchors(env.root) == before
     Ledger.load(env.ws)
+
+
+def test_a_trailer_a_hook_adds_after_the_anchor_does_not_hide_it(env):
+    ledger = Ledger.load(env.ws)
+    with ledger.locked():
+        ledger.append("test.note", actor="x")
+    anchor = ledger.trailer()
+    vcs.commit_empty(env.root, f"note\n\n{anchor}\nSigned-off-by: A <a@example.org>")
+    assert (len(ledger.log) - 1, ledger.log.head_hash) in {
+        (a.seq, a.hash) for a in vcs.audit_anchors(env.root)
+    }
 
 
 # -- typed queries ----------------------------------------------------------------------------

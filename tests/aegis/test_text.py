@@ -18,6 +18,10 @@ UNSEEN = {
     "private-use": "\ue000",
     "surrogate": "\udcff",
     "unassigned": "\U000e0080",
+    "hangul-filler": "\u3164",
+    "grapheme-joiner": "\u034f",
+    "braille-blank": "\u2800",
+    "variation-selector": "\ufe0f",
 }
 
 

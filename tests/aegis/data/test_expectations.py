@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from validation_helpers import BAD_PIXEL, digits_frame, sklearn_frame
 
-from aegis.data.expectations import load_suite, run_suite
+from aegis.data.expectations import read_suite, run_suite
 from aegis.errors import ConfigError
 
 SUITES = Path(__file__).resolve().parents[3] / "expectations"
@@ -28,12 +28,12 @@ def digits(template_env) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def digits_suite() -> dict:
-    return load_suite(SUITES / "digits.json")
+    return read_suite(SUITES / "digits.json")[0]
 
 
 @pytest.mark.parametrize("name", ["digits", "breast_cancer"])
 def test_shipped_suite_passes_on_pristine_demo_data(name, tmp_path):
-    suite = load_suite(SUITES / f"{name}.json")
+    suite = read_suite(SUITES / f"{name}.json")[0]
     frame = sklearn_frame(name, tmp_path)
 
     outcome = run_suite(frame, suite)
@@ -155,7 +155,7 @@ def test_range_check_on_a_string_column_is_table_level(digits, digits_suite):
     assert not outcome.success and outcome.kind == "table"
 
 
-# -- load_suite and malformed suites -------------------------------------------------------
+# -- read_suite and malformed suites -------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -183,7 +183,7 @@ def test_range_check_on_a_string_column_is_table_level(digits, digits_suite):
         "fifo",
     ],
 )
-def test_load_suite_errors(tmp_path, content, fragment):
+def test_read_suite_errors(tmp_path, content, fragment):
     path = tmp_path / "suite.json"
     if content == "fifo":  # a planted FIFO would block a plain read forever
         os.mkfifo(path)
@@ -192,13 +192,13 @@ def test_load_suite_errors(tmp_path, content, fragment):
     elif content is not None:
         path.write_text(content)
     with pytest.raises(ConfigError, match=fragment) as exc:
-        load_suite(path)
+        read_suite(path)
     assert exc.value.exit_code == 2
 
 
-def test_load_suite_reads_shipped_suites():
+def test_read_suite_reads_shipped_suites():
     for name in ("digits", "breast_cancer"):
-        suite = load_suite(SUITES / f"{name}.json")
+        suite = read_suite(SUITES / f"{name}.json")[0]
         assert suite["name"] == name
         assert suite == json.loads((SUITES / f"{name}.json").read_text())
 

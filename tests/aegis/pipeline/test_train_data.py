@@ -126,6 +126,7 @@ def test_a_result_without_its_quarantined_rows_asks_for_validation_again(quarant
 
 def test_an_older_accepted_version_put_back_is_refused(quarantined, cli):
     # v1 (signed, accepted once) restored over v2: the signature still verifies.
+    v1_digest = quarantined.ledger().last_accepted("digits").digest
     saved = quarantined.root.parent / "v1-data"
     shutil.copytree(quarantined.root / "data" / "digits", saved)
     newer = publish_frame(quarantined, resample(digits_frame(quarantined)), "newer")
@@ -135,6 +136,9 @@ def test_an_older_accepted_version_put_back_is_refused(quarantined, cli):
     with pytest.raises(RefusedError, match="not the last version ingest accepted") as info:
         load_training_frame(quarantined.ledger(), "digits")
     assert info.value.check == "replay"
+    # re-evaluating a model trained on v1 may name v1 (its own data, checked out again)
+    v1 = load_training_frame(quarantined.ledger(), "digits", version=v1_digest)
+    assert v1.dataset_digest == v1_digest
 
 
 def test_train_and_save_records_the_dataset_and_its_quarantine(quarantined, tmp_path):

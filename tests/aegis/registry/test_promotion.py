@@ -162,6 +162,21 @@ def test_a_rejection_stands_for_the_build_under_a_new_request(renv):
     assert _promote(renv, renv.v2).status == "pending"  # another build is requested as usual
 
 
+def test_a_request_made_after_a_rejection_by_an_older_aegis_cannot_promote(renv, monkeypatch):
+    from aegis.registry import approvals_review
+
+    _promote(renv, renv.v1)
+    _approve(renv, renv.v1, renv.approver_key, reject=True, reason="robustness too low")
+    set_promote(renv, approvals_required=1, approval_ttl="2h")  # another policy: a new request
+    with monkeypatch.context() as patched:  # recorded as an Aegis without the check would
+        patched.setattr(approvals_review, "standing_rejection", lambda ledger, candidate: None)
+        assert _promote(renv, renv.v1).status == "pending"
+    _approve(renv, renv.v1, renv.approver2_key)
+    with pytest.raises(RefusedError, match="rejected by bob \\(an earlier request\\)"):
+        _promote(renv, renv.v1, resume=True)
+    assert read_registry(renv.ledger(), renv.model).prod is None
+
+
 def test_two_person_rule_needs_two_owners(renv):
     set_promote(renv, approvals_required=2)
     _promote(renv, renv.v1)

@@ -96,6 +96,20 @@ def test_refuses_metrics_not_audited(released_env):
     assert snapshot(env.root) == before
 
 
+def test_refuses_a_validation_result_not_audited(released_env):
+    """The release signs result.json as it is: an edited one (another suite) is refused."""
+    env = released_env
+    path = env.root / "validation" / "digits" / "result.json"
+    result = json.loads(path.read_text())
+    result["suite_digest"] = "sha256:" + "0" * 64  # claims a suite that was never run
+    path.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    before = snapshot(env.root)
+    with pytest.raises(RefusedError) as exc:
+        _build(env)
+    assert exc.value.check == "release" and "not the audited validation" in str(exc.value)
+    assert snapshot(env.root) == before
+
+
 def test_refuses_without_a_model(released_env):
     env = released_env
     shutil.rmtree(env.root / "models" / "digits")

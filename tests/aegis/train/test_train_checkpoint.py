@@ -199,6 +199,7 @@ def test_tensors_that_do_not_fit_the_configured_architecture_are_refused(copy, s
         (b"[]", "unknown format"),
         (b'{"format": "aegis-model/2"}', "unknown format"),
         (b'{"format": "aegis-model/1"}', "lacks"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
 )
 def test_invalid_config_is_refused(copy, content, match):
