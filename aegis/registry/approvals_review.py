@@ -128,14 +128,18 @@ def unaudited_files(
     ]
 
 
-def standing_rejection(ledger: Ledger, candidate: store.Candidate) -> Verdict | None:
+def standing_rejection(
+    ledger: Ledger, candidate: store.Candidate, *, other_than: store.ApprovalRequest | None = None
+) -> Verdict | None:
     """A rejection that counts, of any request for this candidate: it stands for the build.
 
     A new request (another policy, a renewed expiry) never erases it: the way
-    on after a rejection is a new release.
+    on after a rejection is a new release. ``other_than``: a request whose
+    decisions the caller has judged already (not reviewed twice).
     """
+    skip = other_than.digest if other_than is not None else None
     for request in store.all_requests(ledger, candidate.model, candidate.version):
-        if not request.binds(candidate):
+        if request.digest == skip or not request.binds(candidate):
             continue
         for verdict in review_decisions(ledger, candidate, request):
             if verdict.ignored is None and verdict.decision == "reject":

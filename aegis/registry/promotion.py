@@ -318,7 +318,7 @@ def _tally(ledger: Ledger, candidate, request) -> review.ApprovalTally:
     if tally.rejected_by:
         owner, reason = tally.rejected_by[0]
         raise RefusedError("approval", f"rejected by {owner}: {reason or 'no reason given'}")
-    standing = review.standing_rejection(ledger, candidate)  # of an earlier request
+    standing = review.standing_rejection(ledger, candidate, other_than=request)
     if standing is not None:
         raise RefusedError(
             "approval",

@@ -169,7 +169,7 @@ def test_a_request_made_after_a_rejection_by_an_older_aegis_cannot_promote(renv,
     _approve(renv, renv.v1, renv.approver_key, reject=True, reason="robustness too low")
     set_promote(renv, approvals_required=1, approval_ttl="2h")  # another policy: a new request
     with monkeypatch.context() as patched:  # recorded as an Aegis without the check would
-        patched.setattr(approvals_review, "standing_rejection", lambda ledger, candidate: None)
+        patched.setattr(approvals_review, "standing_rejection", lambda ledger, candidate, **_: None)
         assert _promote(renv, renv.v1).status == "pending"
     _approve(renv, renv.v1, renv.approver2_key)
     with pytest.raises(RefusedError, match="rejected by bob \\(an earlier request\\)"):
