@@ -69,45 +69,39 @@ def _build(env):
     return build_release(env.ledger(), "digits", actor=actor)
 
 
-def test_refuses_metrics_of_another_model(released_env):
-    env = released_env
-    path = env.root / "reports" / "digits" / "metrics.json"
-    metrics = json.loads(path.read_text())
-    metrics["model"] = "sha256:" + "0" * 64
-    path.write_text(json.dumps(metrics))
+def _edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def _build_refused(env, fragment: str) -> None:
     before = snapshot(env.root)
     with pytest.raises(RefusedError) as exc:
         _build(env)
-    assert exc.value.check == "release" and "evaluate again" in str(exc.value)
+    assert exc.value.check == "release" and fragment in str(exc.value)
     assert snapshot(env.root) == before
+
+
+def test_refuses_metrics_of_another_model(released_env):
+    metrics = released_env.root / "reports" / "digits" / "metrics.json"
+    _edit_json(metrics, lambda m: m.update(model="sha256:" + "0" * 64))
+    _build_refused(released_env, "evaluate again")
 
 
 def test_refuses_metrics_not_audited(released_env):
     """Same model digest, but not the metrics the evaluate stage audited."""
-    env = released_env
-    path = env.root / "reports" / "digits" / "metrics.json"
-    metrics = json.loads(path.read_text())
-    metrics["clean_acc"] = 1.0
-    path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-    before = snapshot(env.root)
-    with pytest.raises(RefusedError) as exc:
-        _build(env)
-    assert exc.value.check == "release" and "no evaluate.done" in str(exc.value)
-    assert snapshot(env.root) == before
+    metrics = released_env.root / "reports" / "digits" / "metrics.json"
+    _edit_json(metrics, lambda m: m.update(clean_acc=1.0))
+    _build_refused(released_env, "no evaluate.done")
 
 
 def test_refuses_a_validation_result_not_audited(released_env):
     """The release signs result.json as it is: an edited one (another suite) is refused."""
-    env = released_env
-    path = env.root / "validation" / "digits" / "result.json"
-    result = json.loads(path.read_text())
-    result["suite_digest"] = "sha256:" + "0" * 64  # claims a suite that was never run
-    path.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    before = snapshot(env.root)
-    with pytest.raises(RefusedError) as exc:
-        _build(env)
-    assert exc.value.check == "release" and "not the audited validation" in str(exc.value)
-    assert snapshot(env.root) == before
+    result = released_env.root / "validation" / "digits" / "result.json"
+    # claims a suite that was never run
+    _edit_json(result, lambda r: r.update(suite_digest="sha256:" + "0" * 64))
+    _build_refused(released_env, "not the audited validation")
 
 
 def test_refuses_without_a_model(released_env):
