@@ -18,8 +18,9 @@ signature.
 What this detects, without any key: editing, deleting, reordering or
 inserting an entry, truncating the log, and appending behind the pipeline's
 back. What it cannot detect alone: someone holding the pipeline private key
-can rewrite history and re-sign the head, and an older copy of the whole
-log with its own older head is self-consistent (the ledger compares it with
+can rewrite history and re-sign the head (the copy shipped off the machine
+sees it; see :mod:`aegis.audit_ship`), and an older copy of the whole log
+with its own older head is self-consistent (the ledger compares it with
 what git recorded; see :mod:`aegis.ledger`).
 """
 

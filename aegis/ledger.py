@@ -21,7 +21,9 @@ Verification at :meth:`Ledger.load`:
    makes) is in the log with that hash. An older copy of ``.aegis/audit/``
    (with or without an older trust store) is shorter than what git saw and
    is refused. A consistent rewind of git *and* ``.aegis/`` together cannot
-   be seen from inside the workspace; an off-machine copy of the log can.
+   be seen from inside the workspace; the log's copy off the machine
+   (``audit.ship_to``, :mod:`aegis.audit_ship`) can: every append ships its
+   entry there, and refuses when that copy disagrees with the local log.
 
 Signed documents kept in entries (requests, approvals, quarantine releases)
 are verified against the trust store when they are asked for.
@@ -38,6 +40,8 @@ from typing import Any, ClassVar
 
 from aegis import vcs
 from aegis.audit import AuditEntry, VerifiedLog
+from aegis.audit_ship import Shipper
+from aegis.config import AuditParams
 from aegis.crypto.documents import SignedDocument, verify_document
 from aegis.crypto.keys import PrivateKey, load_private_key
 from aegis.crypto.truststore import TrustEntry, TrustStore
@@ -166,6 +170,8 @@ class Ledger:
         self.trust = trust
         self.log = log
         self._pipeline_key: PrivateKey | None = None
+        self._ship: Shipper | None = None
+        self._audit_params: tuple[tuple[int, ...] | None, AuditParams | None] = (None, None)
         # derived from an append-only log: each is extended with what was appended since
         self._closed: set[int] = set()
         self._closed_upto = 0
@@ -303,14 +309,63 @@ class Ledger:
         subjects: dict[str, str] | None = None,
         details: dict[str, Any] | None = None,
     ) -> AuditEntry:
-        """Appends one entry (refreshing first, so it chains onto the verified tail)."""
-        return self.log.append(
-            actor=actor,
-            action=action,
-            pipeline_key=self.pipeline_key(),
-            subjects=subjects,
-            details=details,
-        )
+        """Appends one entry (refreshing first, so it chains onto the verified tail).
+
+        Every entry is appended here. With ``audit.ship_to`` set it is also
+        shipped off the machine (:mod:`aegis.audit_ship`), under the log's lock:
+        before the local write the remote must hold the whole local log (what
+        it lacks is shipped first), then the new entry is shipped.
+
+        Raises:
+            AuditError: The log on disk is not the verified one.
+            RefusedError: ``audit-ship``: the entry could not be shipped (before
+                the local write: nothing was appended; after it: the entry stays
+                in the local log, unshipped, and the next append ships it);
+                ``audit-remote``: the shipped copy holds entries the local log
+                lacks or holds with other bytes (nothing was appended).
+            ConfigError: ``params.yaml`` is invalid (whether to ship is unknown).
+        """
+        shipper = self._shipper()
+        if shipper is None:
+            return self.log.append(
+                actor=actor,
+                action=action,
+                pipeline_key=self.pipeline_key(),
+                subjects=subjects,
+                details=details,
+            )
+        key = self.pipeline_key()
+        with self.log.log.lock():
+            self.log.refresh()
+            shipper.prepare(log=self.log)
+            entry = self.log.append(
+                actor=actor, action=action, pipeline_key=key, subjects=subjects, details=details
+            )
+            shipper.ship(log=self.log, seq=entry.seq)
+        return entry
+
+    def _shipper(self) -> Shipper | None:
+        """The shipper of ``audit.ship_to`` as ``params.yaml`` says now (None: not shipped).
+
+        ``params.yaml`` is parsed again only when its size, time or inode changed.
+        """
+        try:
+            info = self.ws.params_path.stat()
+            stamp: tuple[int, ...] | None = (info.st_ino, info.st_size, info.st_mtime_ns)
+        except OSError:
+            stamp = None  # parsing names the problem
+        if stamp is None or stamp != self._audit_params[0]:
+            self._audit_params = (stamp, self.ws.params().audit)
+        audit = self._audit_params[1]
+        if audit is None or audit.ship_to is None:
+            return None
+        shipper = self._ship
+        if shipper is None or (shipper.url, shipper.retention_days) != (
+            audit.ship_to,
+            audit.retention_days,
+        ):
+            shipper = self._ship = Shipper(url=audit.ship_to, retention_days=audit.retention_days)
+        return shipper
 
     def trailer(self) -> str:
         """The anchor line for a commit or tag made now: the last entry's seq and hash."""
@@ -322,9 +377,23 @@ class Ledger:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Ledger]:
-        """The workspace lock, with the ledger refreshed inside it (decide, then write)."""
+        """The workspace lock, with the ledger refreshed inside it (decide, then write).
+
+        With ``audit.ship_to`` set, the shipped copy is checked (and caught up)
+        here too, so a remote that cannot be written refuses the operation
+        before it changes anything (a trust store, a tag, a dataset), not only
+        at its audit entry.
+
+        Raises:
+            RefusedError: ``audit-ship``, ``audit-remote``: as :meth:`append`.
+        """
         with self.ws.lock():
             self.refresh()
+            shipper = self._shipper()
+            if shipper is not None:
+                with self.log.log.lock():
+                    self.log.refresh()
+                    shipper.prepare(log=self.log)
             yield self
 
     # -- who acts ---------------------------------------------------------------------------

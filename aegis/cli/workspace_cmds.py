@@ -147,9 +147,22 @@ def trust_retire(
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
+def audit_verify(
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="Also compare the log with its copy at audit.ship_to, entry by entry.",
+        ),
+    ] = False,
+) -> None:
     """Check every entry's hash and link, the signed head, the trust store and freshness."""
+    from aegis.errors import UsageError
+
     ws = _ws()
+    ship_to = ws.params().audit.ship_to if remote else None
+    if remote and ship_to is None:
+        raise UsageError("--remote: audit.ship_to is not set in params.yaml (nothing is shipped)")
     ledger = _ledger(ws)
     check = ws.audit().verify(pipeline_public_key=ledger.pipeline_entry().public_key)
     _console().print(
@@ -157,6 +170,19 @@ def audit_verify() -> None:
         "signed by the pipeline key; trust store matches its last audited change; "
         "no newer entry recorded in git"
     )
+    if ship_to is not None:
+        from aegis.audit_ship import verify_remote
+
+        shipped = verify_remote(url=ship_to, log=ledger.log)
+        lock = (
+            "Object Lock (COMPLIANCE) on the bucket"
+            if shipped.object_lock
+            else "no Object Lock on the bucket: shipped entries can be deleted there"
+        )
+        _console().print(
+            f"[green]remote copy OK[/green]: {shipped.entries} entries at "
+            f"{printable(shipped.url)}, byte for byte the local log; {lock}"
+        )
 
 
 @audit_app.command("show")
