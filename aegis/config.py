@@ -161,6 +161,53 @@ class PromoteParams(_Section):
     wait_timeout: str = Field(default="1h", pattern=_DURATION, description="--wait gives up")
 
 
+_CRON_FIELD = r"[0-9A-Za-z*/,\-?#LW]+"
+_S3_OR_DIR = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?|[^\s][^\x00]*)$"
+
+
+class TriggersParams(_Section):
+    """What starts a retrain by itself: a schedule, and new signed datasets in watched sources."""
+
+    # Five-field cron (minute hour day month weekday), or null for no schedule; the scheduled
+    # run re-lists the sources, so it also catches an arrival whose event was lost.
+    schedule: str | None = Field(
+        default=None, pattern=rf"^{_CRON_FIELD}( {_CRON_FIELD}){{4}}$", description="cron"
+    )
+    sources: list[Annotated[str, Field(min_length=1, max_length=1024, pattern=_S3_OR_DIR)]] = Field(
+        default=[], max_length=100, description="directories and s3:// prefixes"
+    )
+    poll_interval: float = Field(default=10.0, ge=1, le=3600, description="seconds between polls")
+    # One watch run polls for this long, then ends (the next scheduled run takes over): one
+    # process start per `watch_for` instead of per poll.
+    watch_for: str = Field(default="5m", pattern=_DURATION, description="one watch run's length")
+    within: float = Field(
+        default=60.0, ge=0, le=86400, description="events of one digest within this start one run"
+    )
+
+
+class RunParams(_Section):
+    """Where the evaluation's independent attacks and ε sweep run."""
+
+    task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = Field(
+        default=None, max_length=512, description="an existing Dask scheduler; null = local"
+    )
+    dask_workers: int = Field(default=2, ge=1, le=256, description="workers of a local cluster")
+
+
+class AuditParams(_Section):
+    """The audit log's copy off the machine."""
+
+    ship_to: str | None = Field(
+        default=None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?$",
+        description="s3://bucket/prefix that receives every entry",
+    )
+    retention_days: int = Field(
+        default=365, ge=1, le=36500, description="Object Lock retention when the bucket has it"
+    )
+
+
 class Params(_Section):
     """The whole ``params.yaml``."""
 
@@ -172,6 +219,9 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     sign: SignParams = SignParams()
     promote: PromoteParams = PromoteParams()
+    triggers: TriggersParams = TriggersParams()
+    run: RunParams = RunParams()
+    audit: AuditParams = AuditParams()
 
 
 def _find_credential_keys(node: Any, prefix: str = "") -> list[str]:

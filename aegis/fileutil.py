@@ -16,7 +16,7 @@ import os
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,12 +186,16 @@ _HELD = _HeldLocks()
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Holds an exclusive ``fcntl.flock`` on ``path`` for the ``with`` block.
 
     Re-entrant within one thread (a nested ``with`` on the same path just
     counts), so a core function may take the lock that its caller holds.
     Hold it only around short writes, never across a wait for a person.
+
+    Args:
+        path: The lock file.
+        on_wait: Called once if another process holds the lock (then it waits).
     """
     key = os.path.abspath(path)
     if _HELD.depth.get(key):
@@ -204,7 +208,12 @@ def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         _HELD.depth[key] = 1
         try:
             yield

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -35,6 +35,7 @@ GITIGNORE = """\
 /.aegis/dvc-remote/
 /.aegis/audit/
 /.aegis/*.lock
+/.aegis/watch.json
 """
 
 
@@ -117,6 +118,11 @@ class Workspace:
         """Per-run scratch directories (git-ignored): ``.aegis/scratch/<run>/``."""
         return self.aegis_dir / "scratch"
 
+    @property
+    def watch_state_path(self) -> Path:
+        """What the watch flow's last poll saw and emitted (a cache, git-ignored)."""
+        return self.aegis_dir / "watch.json"
+
     def meta(self) -> dict[str, str]:
         """``workspace.json``: the trust anchor (admin key id) and the pipeline key id."""
         try:
@@ -132,6 +138,16 @@ class Workspace:
 
     def audit(self) -> AuditLog:
         return AuditLog(self.audit_dir)
+
+    @contextlib.contextmanager
+    def run_lock(self, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """One retrain run at a time in this workspace, triggered or manual (held for the run).
+
+        Args:
+            on_wait: Called once if another run holds it (this one then waits its turn).
+        """
+        with file_lock(self.aegis_dir / "run.lock", on_wait=on_wait):
+            yield
 
     def contains(self, path: Path) -> bool:
         """Whether ``path`` (resolved) lies inside this workspace."""

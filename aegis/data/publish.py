@@ -114,3 +114,42 @@ def publish_dataset(src: Path, *, name: str, key_path: Path, out: Path) -> Datas
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def upload_dataset(directory: Path, url: str, *, retries: int = 3) -> int:
+    """Uploads a signed dataset directory to an empty ``s3://bucket/prefix``.
+
+    The signature (``dataset.sig``) goes last: a watcher that waits for it,
+    and for two listings that agree, never sees a partial delivery as ready.
+
+    Returns:
+        The number of objects written.
+
+    Raises:
+        UsageError: The prefix already holds objects, or the bucket is missing.
+        TransientIOError: S3 could not be reached.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from aegis.data.sources import parse_s3_url, s3_client
+    from aegis.errors import TransientIOError
+
+    bucket, prefix = parse_s3_url(url)
+    if not prefix:
+        raise UsageError(f"{url}: give a prefix for the delivery (s3://bucket/prefix)")
+    client = s3_client(retries)
+    files = sorted((p for p in directory.iterdir() if p.is_file()), key=lambda p: (
+        p.name == BUNDLE_NAME, p.name))  # fmt: skip
+    try:
+        if client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount"):
+            raise UsageError(f"{url}: already holds objects (a delivery goes to a new prefix)")
+        for path in files:
+            client.upload_file(str(path), bucket, prefix + path.name)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            raise UsageError(f"{url}: {code}") from None
+        raise TransientIOError(f"S3 error writing {url}: {code or exc}") from None
+    except BotoCoreError as exc:
+        raise TransientIOError(f"S3 unreachable for {url}: {exc}") from None
+    return len(files)
