@@ -144,6 +144,8 @@ class ReleaseRecord:
     time: str
     seq: int
     aborted: bool
+    actor: str = ""
+    trigger: dict[str, Any] | None = None  # what started the run that made it (if recorded)
 
 
 @dataclass(frozen=True)
@@ -505,6 +507,8 @@ class Ledger:
                 time=entry.time,
                 seq=entry.seq,
                 aborted=d.get("intent") is not None and d.get("intent") in aborted,
+                actor=entry.actor,
+                trigger=d["trigger"] if isinstance(d.get("trigger"), dict) else None,
             )
         return out
 

@@ -61,9 +61,10 @@ def copy_env(src: Path, dst: Path) -> Env:
 def snapshot(root: Path) -> dict[str, str]:
     """Digest of every file in a workspace (git and DVC internals included).
 
-    Excludes only scratch space that legitimately changes on any run.
+    Excludes only scratch space that legitimately changes on any run, and the
+    empty run lock file a run creates.
     """
-    skip = ("/.dvc/tmp/", "/.aegis/prefect/")
+    skip = ("/.dvc/tmp/", "/.aegis/prefect/", "/.aegis/run.lock/")
     out: dict[str, str] = {}
     for path in sorted(root.rglob("*")):
         rel = "/" + str(path.relative_to(root))

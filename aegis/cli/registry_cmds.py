@@ -57,6 +57,13 @@ def _stage_cell(v) -> str:
     return ", ".join(cells) or "-"
 
 
+def _trigger_cell(trigger: dict) -> str:
+    from aegis.triggers.record import Trigger
+
+    parsed = Trigger.from_dict(trigger)
+    return printable(parsed.describe()) if parsed else "-"
+
+
 def _status_table(model) -> Any:
     from rich.table import Table
 
@@ -66,7 +73,7 @@ def _status_table(model) -> Any:
     table = Table(title=title)
     for col in ("version", "stage", "clean", "robust", "ε"):
         table.add_column(col, no_wrap=True)
-    for col in ("signer", "request / approvals", "created (UTC)", "model digest"):
+    for col in ("signer", "trigger", "request / approvals", "created (UTC)", "model digest"):
         table.add_column(col, overflow="fold")
     for v in model.versions:
         table.add_row(
@@ -76,6 +83,7 @@ def _status_table(model) -> Any:
             _num(v.robust_acc),
             _num(v.epsilon, "{:.2f}"),
             printable(v.signer or "-"),
+            _trigger_cell(v.trigger),
             _approvals_cell(v.approvals),
             (v.created or "-")[:16].replace("T", " "),
             (v.model_digest or "-").removeprefix("sha256:")[:12],
@@ -103,6 +111,25 @@ def status(as_json: JsonOpt = False) -> None:
         out.print(_status_table(model))
 
 
+def _sign_rollback_request(ws, out: Path, *, key: Path, reason: str, target, model) -> None:
+    import json
+
+    from aegis.fileutil import atomic_write
+    from aegis.pipeline.layout import check_user_output
+    from aegis.registry.rollback_request import sign_request
+
+    document = sign_request(
+        _ledger(ws), operator_key_path=key, reason=reason, to=target, model=model
+    )
+    path = check_user_output(out)
+    atomic_write(path, json.dumps(document, sort_keys=True).encode() + b"\n", mode=0o600)
+    _console().print(
+        f"signed a rollback request -> {path} (valid until {document['body']['expires']}, "
+        f"once); run it on the server with:\n  prefect deployment run rollback/aegis "
+        f'--param request="$(cat {path})"'
+    )
+
+
 @app.command()
 def rollback(
     reason: Annotated[str, typer.Option("--reason", help="Why (goes to the audit log).")],
@@ -119,6 +146,14 @@ def rollback(
     use_flow: Annotated[
         bool, typer.Option("--flow", help="Run it as the `rollback` Prefect flow.")
     ] = False,
+    sign_request: Annotated[
+        Path | None,
+        typer.Option(
+            "--sign-request",
+            help="Only sign a rollback request into this file (for the `rollback` deployment "
+            "on a Prefect server, which holds no operator key); valid 15 minutes, once.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verified rollback: prod back to a re-verified earlier version; the current one marked bad."""
@@ -130,20 +165,20 @@ def rollback(
         raise UsageError("a rollback is an operator's decision: give --key OPERATOR_KEY")
     ws = _ws()
     err = _console(stderr=True)
+    if sign_request is not None:
+        _sign_rollback_request(ws, sign_request, key=key, reason=reason, target=target,
+                               model=model)  # fmt: skip
+        return
     if use_flow:
         from aegis.cli.data_cmds import _prefect_environment
 
         _prefect_environment(ws)
         with err.status("starting Prefect and running the rollback flow ..."):
+            from flows.rollback import operator_session
             from flows.rollback import rollback as rollback_flow
 
-            outcome = rollback_flow(
-                workspace=str(ws.root),
-                reason=reason,
-                operator_key=str(Path(key).resolve()),
-                to=to,
-                model=model,
-            )
+            with operator_session(Path(key).expanduser().resolve()):
+                outcome = rollback_flow(workspace=str(ws.root), reason=reason, to=to, model=model)
     else:
         from aegis.registry.rollback import rollback as do_rollback
 

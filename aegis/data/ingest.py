@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aegis import vcs
 from aegis.crypto.bundle import compare_digests, hash_directory, read_bundle_key_id
@@ -212,12 +213,19 @@ def _check_new(manifest: DatasetManifest, supplier: TrustEntry) -> None:
 
 
 def store(
-    ledger: Ledger, verified: VerifiedDataset, *, actor: str, allow_older: bool = False
+    ledger: Ledger,
+    verified: VerifiedDataset,
+    *,
+    actor: str,
+    allow_older: bool = False,
+    trigger: dict[str, Any] | None = None,
 ) -> IngestResult:
     """Moves a verified dataset to ``data/<name>/``, ``dvc add``s it, commits, audits.
 
     The replay check runs here, under the workspace lock, so two concurrent
     ingests cannot both pass it. A failure restores the previous version.
+    ``trigger`` (what started the run: :class:`aegis.triggers.record.Trigger`)
+    goes into the audit entry.
 
     Raises:
         RefusedError: ``replay``: older than the last accepted version.
@@ -274,6 +282,7 @@ def store(
                 "rows": verified.manifest.rows,
                 "source": verified.source,
                 "allowed_older": older,
+                **({"trigger": trigger} if trigger else {}),
             },
         )
     return IngestResult(

@@ -3,6 +3,13 @@
 stage (I/O) -> verify -> validate the *verified staged copy* -> store ->
 record the validation -> push -> train -> evaluate -> push -> release -> push.
 
+One run at a time per workspace (the run lock, triggered or manual). A
+delivery whose manifest digest was already accepted and released ends
+"already current" with nothing changed; one accepted but never released (a
+run that died after storing it) is completed from validation on. Every run
+records its trigger (event, schedule or person) in its audit entries and
+its release.
+
 Validation runs before the dataset is stored, so a delivery that fails a
 table-level check or the drift gate never becomes the current version: the
 workspace is left exactly as it was. The validation is recorded before any
@@ -25,6 +32,7 @@ from typing import Any
 from aegis.data import ingest as ingest_core
 from aegis.data.ingest import IngestResult
 from aegis.data.validate import ValidationResult
+from aegis.errors import RefusedError
 from aegis.ledger import Ledger
 from aegis.pipeline import evaluate as evaluate_stage
 from aegis.pipeline import train as train_stage
@@ -34,6 +42,7 @@ from aegis.pipeline.stages import push_stage, require_stage
 from aegis.pipeline.train import TrainedModel
 from aegis.registry.release import Release, build_release, push_release
 from aegis.retry import retry_io
+from aegis.triggers.record import Trigger, check_unattended
 
 
 @dataclass(frozen=True)
@@ -77,8 +86,8 @@ def _push_models(ledger: Ledger, name: str) -> None:
         push_stage(ledger.ws, stage)
 
 
-def _release(ledger: Ledger, name: str, actor: str) -> Release:
-    return build_release(ledger, name, actor=actor)
+def _release(ledger: Ledger, name: str, actor: str, trigger: dict | None) -> Release:
+    return build_release(ledger, name, actor=actor, trigger=trigger)
 
 
 def _push_release(ledger: Ledger, release: Release) -> None:
@@ -89,8 +98,15 @@ STAGE = Step("stage-dataset", _stage, io=True)
 VERIFY = Step("verify-dataset", lambda ledger, staged, name: ingest_core.verify_staged(
     ledger, staged, name=name))  # fmt: skip
 VALIDATE = Step("validate-dataset", validate_stage.check_version)
-STORE = Step("store-dataset", lambda ledger, verified, actor, allow_older: ingest_core.store(
-    ledger, verified, actor=actor, allow_older=allow_older))  # fmt: skip
+
+
+def _store(ledger: Ledger, verified, actor: str, allow_older: bool, trigger: dict | None):
+    return ingest_core.store(
+        ledger, verified, actor=actor, allow_older=allow_older, trigger=trigger
+    )
+
+
+STORE = Step("store-dataset", _store)
 RECORD_VALIDATION = Step("record-validation", _record_validation)
 PUSH_DATA = Step("push-dataset", _push_data, io=True)
 TRAIN = Step("train-model", _train)
@@ -120,13 +136,48 @@ def run_direct(step: Step, ledger: Ledger, *args: Any) -> Any:
 
 @dataclass(frozen=True)
 class RetrainResult:
-    """What one run produced, step by step."""
+    """What one run produced, step by step (``ingest`` is None when it completed a stored one)."""
 
-    ingest: IngestResult
+    ingest: IngestResult | None
     validate: ValidationResult
     train: TrainedModel
     evaluate: EvaluatedModel
     release: Release
+    trigger: Trigger
+    status: str = "released"  # released | completed (a stored version's run finished)
+
+
+@dataclass(frozen=True)
+class AlreadyCurrent:
+    """A run that changed nothing: the delivery's digest was already accepted and released."""
+
+    name: str
+    digest: str
+    release: str | None  # the tag released from it, if this version is still current
+    trigger: Trigger
+    status: str = "already-current"
+
+    def message(self) -> str:
+        """The line a person reads (and the flow run's final message)."""
+        where = f" (released as {self.release})" if self.release else " (a newer one is current)"
+        return f"already current: '{self.name}' {self.digest[:19]} was accepted before{where}"
+
+
+def _released_from(ledger: Ledger, digest: str) -> str | None:
+    """The tag of a release built from dataset ``digest``, if any (not aborted)."""
+    for record in sorted(ledger.releases().values(), key=lambda r: r.seq, reverse=True):
+        if record.dataset_digest == digest and not record.aborted:
+            return f"{record.model}@{record.version}"
+    return None
+
+
+def _check_digest(verified, expect_digest: str | None) -> None:
+    if expect_digest is not None and verified.digest != expect_digest:
+        raise RefusedError(
+            "trigger",
+            f"the delivery's manifest digest is {verified.digest[:19]}, the event named "
+            f"{expect_digest[:19]} (changed since it was reported, or a forged event)",
+        )
 
 
 def run_retrain(
@@ -136,8 +187,11 @@ def run_retrain(
     name: str,
     actor: str,
     allow_older: bool = False,
+    trigger: Trigger | None = None,
+    expect_digest: str | None = None,
     runner: Runner = run_direct,
-) -> RetrainResult:
+    on_wait: Callable[[], None] | None = None,
+) -> RetrainResult | AlreadyCurrent:
     """Verifies, validates and versions a dataset, trains and evaluates a model, releases it.
 
     Args:
@@ -145,27 +199,47 @@ def run_retrain(
         source: Dataset directory or ``s3://bucket/prefix``.
         name: Dataset name the manifest must carry.
         actor: Key id of who triggered the run (the pipeline key if unattended).
-        allow_older: Accept a dataset older than the last accepted one.
+        allow_older: Accept a dataset older than the last accepted one (manual runs only).
+        trigger: What started the run (default: a person, ``actor``).
+        expect_digest: The manifest digest the triggering event named; another is refused.
         runner: How each step runs (:func:`run_direct`, or as a Prefect task).
+        on_wait: Called once if another run of this workspace holds the run lock.
+
+    Returns:
+        The run's results, or :class:`AlreadyCurrent` when there was nothing to do.
 
     Raises:
         RefusedError: The first refusing check; nothing after it ran.
     """
     ws = ledger.ws
+    trigger = trigger or Trigger(kind="manual", person=actor)
+    check_unattended(trigger, allow_older=allow_older)
     ingest_core.check_dataset_name(name)
     require_stage(ws, name)  # before any change: the stages must be able to track it
-    with ingest_core.staging_area(ws) as staging:
-        staged = runner(STAGE, ledger, source, str(staging))
-        verified = runner(VERIFY, ledger, staged, name)
-        checked = runner(VALIDATE, ledger, verified)
-        ingested = runner(STORE, ledger, verified, actor, allow_older)
-    validated = runner(RECORD_VALIDATION, ledger, checked, actor)
-    runner(PUSH_DATA, ledger, name)
-    trained = runner(TRAIN, ledger, name, actor)
-    evaluated = runner(EVALUATE, ledger, name, actor)
-    runner(PUSH_MODELS, ledger, name)
-    released = runner(RELEASE, ledger, name, actor)
-    runner(PUSH_RELEASE, ledger, released)
+    recorded = trigger.to_dict()
+    with ws.run_lock(on_wait=on_wait):
+        ledger.refresh()  # another run may have appended while this one waited
+        ingested = None
+        with ingest_core.staging_area(ws) as staging:
+            staged = runner(STAGE, ledger, source, str(staging))
+            verified = runner(VERIFY, ledger, staged, name)
+            _check_digest(verified, expect_digest)
+            if ledger.accepted(verified.digest) is not None:
+                released = _released_from(ledger, verified.digest)
+                last = ledger.last_accepted(name)
+                if released is not None or last is None or last.digest != verified.digest:
+                    return AlreadyCurrent(name, verified.digest, released, trigger)
+            checked = runner(VALIDATE, ledger, verified)
+            if ledger.accepted(verified.digest) is None:
+                ingested = runner(STORE, ledger, verified, actor, allow_older, recorded)
+        validated = runner(RECORD_VALIDATION, ledger, checked, actor)
+        runner(PUSH_DATA, ledger, name)
+        trained = runner(TRAIN, ledger, name, actor)
+        evaluated = runner(EVALUATE, ledger, name, actor)
+        runner(PUSH_MODELS, ledger, name)
+        released = runner(RELEASE, ledger, name, actor, recorded)
+        runner(PUSH_RELEASE, ledger, released)
     return RetrainResult(
-        ingest=ingested, validate=validated, train=trained, evaluate=evaluated, release=released
-    )
+        ingest=ingested, validate=validated, train=trained, evaluate=evaluated, release=released,
+        trigger=trigger, status="released" if ingested is not None else "completed",
+    )  # fmt: skip

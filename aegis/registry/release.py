@@ -229,7 +229,9 @@ def next_number(ledger: Ledger, model_name: str) -> int:
 # -- building ----------------------------------------------------------------------------------
 
 
-def build_release(ledger: Ledger, dataset_name: str, *, actor: str) -> Release:
+def build_release(
+    ledger: Ledger, dataset_name: str, *, actor: str, trigger: dict[str, Any] | None = None
+) -> Release:
     """Builds, signs, commits and registers the release of ``models/<dataset_name>``.
 
     The release is assembled and signed in a scratch directory *before* the
@@ -244,6 +246,8 @@ def build_release(ledger: Ledger, dataset_name: str, *, actor: str) -> Release:
         ledger: The workspace's ledger.
         dataset_name: The dataset the model was trained on (``models/<name>``).
         actor: Key id of who asked for the release.
+        trigger: What started the run (:class:`aegis.triggers.record.Trigger` as a dict),
+            signed into ``release.json`` and audited; None for a release made by hand.
 
     Returns:
         The registered release (pushed separately: :func:`push_release`).
@@ -292,6 +296,7 @@ def build_release(ledger: Ledger, dataset_name: str, *, actor: str) -> Release:
             "created": utc_now(),
             "actor": actor,
             "signer": signer,
+            **({"trigger": trigger} if trigger else {}),
         }
         atomic_write(
             scratch / RELEASE_JSON, json.dumps(info, indent=1, sort_keys=True).encode() + b"\n"
@@ -318,7 +323,7 @@ def build_release(ledger: Ledger, dataset_name: str, *, actor: str) -> Release:
                     details={
                         "model_name": model_name, "version": version, "tag": tag,
                         "commit": commit, "directory": rel, "intent": change.intent.seq,
-                        "tag_commits": {tag: commit},
+                        "tag_commits": {tag: commit}, **({"trigger": trigger} if trigger else {}),
                     },
                 )  # fmt: skip
                 crash_point("release.audit")

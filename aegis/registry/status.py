@@ -23,6 +23,7 @@ from aegis.pipeline.layout import Layout
 from aegis.registry import approvals_review as review
 from aegis.registry import approvals_store as store
 from aegis.registry import tags as registry_tags
+from aegis.triggers.record import Trigger
 
 
 @dataclass
@@ -60,6 +61,9 @@ class VersionStatus:
     epsilon: float | None  # DP epsilon spent (None without DP)
     signer: str | None
     approvals: ApprovalSummary
+    # what started the run that released it (from its audit entry): kind event | schedule |
+    # manual, with the event id or the person's key id; a release made by hand is manual
+    trigger: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,6 +136,16 @@ def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _trigger(audited) -> dict[str, Any]:
+    """The audited trigger of a release; a release without one was made by hand, by its actor."""
+    if audited is None:
+        return {}
+    recorded = Trigger.from_dict(audited.trigger)
+    if recorded is not None:
+        return recorded.to_dict()
+    return Trigger(kind="manual", person=audited.actor or None).to_dict()
+
+
 def model_status(ledger: Ledger, model: str) -> ModelStatus:
     """The status of one model (see the module docstring)."""
     layout = Layout.of(ledger.ws)
@@ -163,6 +177,7 @@ def model_status(ledger: Ledger, model: str) -> ModelStatus:
                 epsilon=_float(metrics.get("epsilon_spent")),
                 signer=_signer(release),
                 approvals=approval_summary(ledger, model, info.version),
+                trigger=_trigger(audited),
             )
         )
     return ModelStatus(
