@@ -25,6 +25,7 @@ from uuid import UUID
 from prefect import flow
 from prefect.input import RunInput
 
+from aegis.approval import GateFailure
 from aegis.config import duration_seconds
 from aegis.errors import RefusedError
 from aegis.ledger import Ledger
@@ -32,7 +33,11 @@ from aegis.pipeline.layout import Layout
 from aegis.registry import approvals_store
 from aegis.registry.promotion import PromotionOutcome
 from aegis.workspace import Workspace
-from tasks.registry import promote_release
+from tasks import artifacts
+from tasks.registry import operator_session, promote_release
+from tasks.workspace import pinned_workspace
+
+__all__ = ["ApprovalSignal", "operator_session", "promote", "resume_waiting"]
 
 RESUME_PATIENCE = 600.0  # seconds `aegis approve` waits at most for a run on its way to pause
 
@@ -52,16 +57,28 @@ def _timeout_error(target: str, wait_timeout: str) -> RefusedError:
     )
 
 
+def _name(target: str) -> tuple[str, str]:
+    model, _, version = target.partition("@")
+    return model, version or target
+
+
+def _published(outcome: PromotionOutcome) -> PromotionOutcome:
+    artifacts.publish_gates(outcome.model, outcome.version, outcome.gates, outcome.status)
+    return outcome
+
+
 @flow(name="promote", log_prints=True)
 def promote(
-    workspace: str, target: str, operator_key: str, wait: bool = False, resume: bool = False
+    workspace: str, target: str, wait: bool = False, resume: bool = False
 ) -> PromotionOutcome:
     """Promotes a release to prod once it passes the gates and is approved.
 
+    The operator's key comes from ``aegis promote`` (:data:`tasks.registry.OPERATOR_KEY`);
+    a deployment run holds none and completes only a request an operator signed.
+
     Args:
-        workspace: Workspace root.
+        workspace: Workspace root (a worker refuses any other than its own).
         target: ``model@vN`` (or ``model#stage``).
-        operator_key: Path of the requesting operator's private key.
         wait: Pause until approvals arrive or ``promote.wait_timeout`` passes.
         resume: Complete an existing pending request.
 
@@ -72,9 +89,13 @@ def promote(
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
-    ws = Workspace(Path(workspace))
+    ws = Workspace(pinned_workspace(Path(workspace)))
     ledger = Ledger.load(ws)
-    outcome = promote_release(ledger, target, operator_key, resume)
+    try:
+        outcome = _published(promote_release(ledger, target, resume))
+    except GateFailure as exc:  # the UI shows which gate failed, then the run fails
+        artifacts.publish_gates(*_name(target), exc.rows, "refused by the gates")
+        raise
     if outcome.status != "pending" or not wait:
         return outcome
     layout = Layout.of(ws)
@@ -90,10 +111,10 @@ def promote(
     try:
         while True:
             # count again after marking, and after every resume (see the module docstring)
-            outcome = promote_release(ledger, target, operator_key, True)
-            remaining = math.ceil(deadline - time.monotonic())
+            outcome = promote_release(ledger, target, True)
             if outcome.status != "pending":
-                return outcome
+                return _published(outcome)
+            remaining = math.ceil(deadline - time.monotonic())
             if remaining <= 0:
                 raise _timeout_error(target, wait_timeout)
             try:

@@ -23,6 +23,7 @@ from aegis.cli import model_cmds  # noqa: F401
 from aegis.cli import release_cmds  # noqa: F401
 from aegis.cli import promote_cmds  # noqa: F401
 from aegis.cli import registry_cmds  # noqa: F401
+from aegis.cli import service_cmds  # noqa: F401
 
 
 def main() -> None:

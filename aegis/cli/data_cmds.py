@@ -45,13 +45,26 @@ def data_publish(
     src: Annotated[Path, typer.Argument(help="A CSV/Parquet file or a directory of them.")],
     name: Annotated[str, typer.Option(help="Dataset name.")],
     key: Annotated[Path, typer.Option("--key", envvar="AEGIS_KEY", help="Supplier private key.")],
-    out: Annotated[Path, typer.Option(help="Signed dataset directory to create.")],
+    out: Annotated[
+        str,
+        typer.Option(
+            help="Signed dataset directory to create, or an empty s3://bucket/prefix to upload "
+            "it to (the signature goes last, so a watcher never takes a partial delivery)."
+        ),
+    ],
 ) -> None:
     """Make a signed dataset: Parquet + manifest.json + model_signing bundle."""
-    from aegis.data.publish import publish_dataset
+    import tempfile
+
+    from aegis.data.publish import publish_dataset, upload_dataset
     from aegis.pipeline.layout import check_user_output
 
-    manifest = publish_dataset(src, name=name, key_path=key, out=check_user_output(out))
+    if out.startswith("s3://"):
+        with tempfile.TemporaryDirectory(prefix="aegis-publish-") as tmp:
+            manifest = publish_dataset(src, name=name, key_path=key, out=Path(tmp) / name)
+            upload_dataset(Path(tmp) / name, out)
+    else:
+        manifest = publish_dataset(src, name=name, key_path=key, out=check_user_output(Path(out)))
     _console().print(
         f"[green]Published[/green] '{name}': {len(manifest.files)} file(s), "
         f"{manifest.rows} rows, signed -> {out}"
@@ -149,7 +162,12 @@ def run(
     key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the retrain flow under Prefect: verify, validate, store, train, evaluate, release."""
+    """Run the retrain flow under Prefect: verify, validate, store, train, evaluate, release.
+
+    One run per workspace at a time: a run started while another (triggered or
+    manual) is under way waits for it. A dataset already accepted and released
+    ends "already current" with nothing changed.
+    """
     _require_key_for_older(allow_older, key)
     from aegis.ledger import actor_in, load_trust
 
@@ -158,19 +176,35 @@ def run(
     actor, _ = actor_in(ws, load_trust(ws), key)  # the flow verifies the whole ledger
     err = _console(stderr=True)
     with err.status("starting Prefect and running the retrain flow ..."):
-        from flows.retrain import retrain
+        from flows.retrain import manual_run, retrain
 
-        run_result = retrain(
-            workspace=str(ws.root), source=source, name=name, actor=actor, allow_older=allow_older
-        )
+        # who runs it travels in this process's context, never as a flow parameter
+        with manual_run(actor, allow_older=allow_older):
+            run_result = retrain(workspace=str(ws.root), source=source, name=name)
+    from aegis.pipeline.retrain import AlreadyCurrent
+
     if STATE.json or as_json:
         from dataclasses import asdict
 
-        _print_json({step: asdict(getattr(run_result, step)) for step in _RUN_STEPS})
+        if isinstance(run_result, AlreadyCurrent):
+            _print_json(asdict(run_result))
+            return
+        _print_json(
+            {step: asdict(getattr(run_result, step)) if getattr(run_result, step) else None
+             for step in _RUN_STEPS} | {"trigger": run_result.trigger.to_dict(),
+                                        "status": run_result.status}
+        )  # fmt: skip
+        return
+    if isinstance(run_result, AlreadyCurrent):
+        _console().print(run_result.message() + "; nothing changed")
         return
     from aegis.cli.model_cmds import model_summary
 
-    _ingest_summary(run_result.ingest, False)
+    if run_result.ingest is not None:
+        _ingest_summary(run_result.ingest, False)
+    else:
+        _console().print(f"completed the run of the stored '{name}' version (it was accepted "
+                         "before, never released)")  # fmt: skip
     _validation_summary(ws, run_result.validate, False)
     model_summary(ws, run_result.train, run_result.evaluate, False)
     _release_summary(run_result.release)

@@ -59,17 +59,16 @@ def promote(
     parsed = parse_target(target)
     ws = _ws()
     _prefect_environment(ws)
+    from flows.promote import operator_session
     from flows.promote import promote as promote_flow  # it verifies the ledger itself
 
     try:
-        with _console(stderr=True).status(f"promote flow: {parsed} ..."):
-            outcome = promote_flow(
-                workspace=str(ws.root),
-                target=str(parsed),
-                operator_key=str(key.expanduser().resolve()),
-                wait=wait,
-                resume=resume,
-            )
+        with (
+            _console(stderr=True).status(f"promote flow: {parsed} ..."),
+            operator_session(key.expanduser().resolve()),  # the key never is a flow parameter
+        ):
+            outcome = promote_flow(workspace=str(ws.root), target=str(parsed), wait=wait,
+                                   resume=resume)  # fmt: skip
     except GateFailure as exc:
         _console(stderr=True).print(gates_table(exc.rows, title=f"promotion gates of {parsed}"))
         raise

@@ -251,14 +251,16 @@ def usable_request(
 
 
 def promote(
-    ledger: Ledger, target: Target, *, operator_key_path: Path, resume: bool = False
+    ledger: Ledger, target: Target, *, operator_key_path: Path | None, resume: bool = False
 ) -> PromotionOutcome:
     """Promotes ``target`` to prod if it passes the gates and has enough approvals.
 
     Args:
         ledger: The workspace's verified ledger.
         target: ``model@vN`` (or a stage holder).
-        operator_key_path: The requesting operator's private key.
+        operator_key_path: The requesting operator's private key; None completes the
+            pending request an operator signed (a deployment run, holding no operator
+            key: it acts as that operator, who must still be an active operator).
         resume: Complete an existing pending request (refuses if there is none valid).
 
     Returns:
@@ -272,7 +274,8 @@ def promote(
             marked bad) or ``signer`` (not an operator).
     """
     notes = reconcile(ledger)
-    operator, requester = _operator(ledger, operator_key_path)
+    resume = resume or operator_key_path is None  # without a key, only a signed request runs
+    operator = _operator(ledger, operator_key_path) if operator_key_path else None
     verified = open_release(ledger, target)
     candidate = store.Candidate.of(verified)
     model, version = candidate.model, candidate.version
@@ -298,7 +301,9 @@ def promote(
                 f"{rejected.reason or 'no reason given'}; a rejected build is not requested "
                 "again (release anew)",
             )
-        request = record_request(ledger, candidate, operator, requester, gates, params)
+        assert operator is not None  # a resume without a request was refused above
+        request = record_request(ledger, candidate, *operator, gates, params)
+    actor = operator[0].key_id if operator else _requester(ledger, request)
     tally = _tally(ledger, candidate, request)
     outcome = PromotionOutcome(
         "pending", model, version, state.prod, Layout.of(ledger.ws).rel(
@@ -307,9 +312,17 @@ def promote(
     )  # fmt: skip
     if not tally.enough:
         return outcome
-    previous, rechecked, outcome.status = _assign(ledger, verified, request, operator, prod)
+    previous, rechecked, outcome.status = _assign(ledger, verified, request, actor, prod)
     outcome.previous_prod, outcome.gates = previous, rechecked or gates
     return outcome
+
+
+def _requester(ledger: Ledger, request: store.ApprovalRequest) -> str:
+    """The key id of the operator who signed ``request``, if still an active operator."""
+    entry = ledger.trust.require_signer(
+        request.requester_key, role="operator", what="the promotion request", new=True
+    )
+    return entry.key_id
 
 
 def _tally(ledger: Ledger, candidate, request) -> review.ApprovalTally:
@@ -329,7 +342,7 @@ def _tally(ledger: Ledger, candidate, request) -> review.ApprovalTally:
 
 
 def _assign(
-    ledger: Ledger, verified, request, operator, prod
+    ledger: Ledger, verified, request, actor: str, prod
 ) -> tuple[str | None, list[GateResult], str]:
     """Assigns prod under the lock, re-checking prod, release, policy, gates and approvals.
 
@@ -351,7 +364,7 @@ def _assign(
         commits = dict(zip(planned, _commits_of(state, holders), strict=True))
         try:
             with registry_change(
-                ledger, action="promote", actor=operator.key_id, tags=planned, commits=commits,
+                ledger, action="promote", actor=actor, tags=planned, commits=commits,
                 subjects={"model": candidate.model_digest, "evidence": candidate.evidence_digest,
                           "request": request.digest},
                 details={"model_name": model, "version": version, "previous_prod": previous},

@@ -23,6 +23,7 @@ from aegis.errors import RefusedError, UsageError
 from aegis.ledger import Ledger
 from aegis.registry import journal
 from aegis.registry import tags as registry_tags
+from aegis.registry.rollback_request import RollbackRequest
 from aegis.registry.targets import Target, check_model_name
 from aegis.text import check_reason
 from aegis.workspace import Workspace
@@ -37,6 +38,7 @@ class RollbackPlan:
     to_version: str
     actor: str
     reason: str
+    request: str | None = None  # digest of the operator-signed request it runs (a deployment)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ def plan_rollback(
     reason: str,
     operator_key_path: Path | None,
     model: str | None = None,
+    request: RollbackRequest | None = None,
 ) -> RollbackPlan:
     """Decides the rollback: who, from which prod version, to which version.
 
@@ -98,6 +101,8 @@ def plan_rollback(
         reason: Why (required; audited).
         operator_key_path: An active operator key (the actor).
         model: The model, when ``to`` is None and several are registered.
+        request: A verified operator-signed request (instead of a key): its
+            operator is the actor (:mod:`aegis.registry.rollback_request`).
 
     Raises:
         UsageError: No reason, no key, or a target of another model.
@@ -106,9 +111,12 @@ def plan_rollback(
     """
     if not reason or not check_reason(reason):
         raise UsageError("a rollback needs --reason (it goes to the audit log)")
-    if operator_key_path is None:
+    if request is not None:
+        actor = request.actor
+    elif operator_key_path is None:
         raise UsageError("a rollback is an operator's decision: give --key OPERATOR_KEY")
-    actor, _ = ledger.actor(operator_key_path, role="operator")
+    else:
+        actor, _ = ledger.actor(operator_key_path, role="operator")
     if to is not None and model is not None and to.model != model:
         raise UsageError(f"--to {to} names another model than --model {model}")
     name = check_model_name(to.model if to else model or _only_model(ledger))
@@ -135,8 +143,9 @@ def plan_rollback(
         if target not in state.prod_history:
             raise RefusedError("rollback", f"{name}@{target} never held prod (promote it instead)")
     return RollbackPlan(
-        model=name, from_version=state.prod, to_version=target, actor=actor, reason=reason.strip()
-    )
+        model=name, from_version=state.prod, to_version=target, actor=actor,
+        reason=reason.strip(), request=request.digest if request else None,
+    )  # fmt: skip
 
 
 def verify_target(ledger: Ledger, plan: RollbackPlan):
@@ -174,6 +183,7 @@ def apply_rollback(ledger: Ledger, plan: RollbackPlan, verified) -> RollbackOutc
         "from_version": plan.from_version,
         "to_version": plan.to_version,
         "reason": plan.reason,
+        **({"request": plan.request} if plan.request else {}),
     }
     state = registry_tags.read_registry(ledger, plan.model)
     planned = registry_tags.plan_stage_tags(

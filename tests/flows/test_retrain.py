@@ -31,7 +31,8 @@ from aegis.errors import RefusedError, TransientIOError
 from aegis.pipeline import retrain as steps
 from aegis.train.checkpoint import model_digest
 from aegis.workspace import Workspace
-from flows.retrain import retrain
+from flows.retrain import manual_run
+from flows.retrain import retrain as retrain_flow
 from tasks.steps import retry_on_io_only, task_of
 
 BIN = Path(sys.executable).parent
@@ -41,6 +42,12 @@ BIN = Path(sys.executable).parent
 def _prefect_harness():
     with prefect_test_harness(server_startup_timeout=SERVER_STARTUP_S):
         yield
+
+
+def retrain(*, actor: str, allow_older: bool = False, **kwargs):
+    """The flow as `aegis run` calls it: a person's run (their key id in the context)."""
+    with manual_run(actor, allow_older=allow_older):
+        return retrain_flow(**kwargs)
 
 
 def _tampered_copy(dataset: Path, dst: Path) -> Path:

@@ -12,7 +12,7 @@ from registry_helpers import aegis, assert_registry_consistent, promote_in_turn
 
 from aegis.errors import RefusedError
 from aegis.registry import tags
-from flows.rollback import rollback
+from flows.rollback import operator_session, rollback
 
 V1, V2 = "v1.0.0", "v2.0.0"
 
@@ -33,9 +33,8 @@ def prod_v2(released_env):
 @pytest.mark.slow
 def test_flow_rolls_back_to_verified_previous_prod(prod_v2):
     env = prod_v2
-    outcome = rollback(
-        workspace=str(env.root), reason="flow incident", operator_key=str(env.operator_key)
-    )
+    with operator_session(env.operator_key):
+        outcome = rollback(workspace=str(env.root), reason="flow incident")
     assert (outcome.from_version, outcome.to_version) == (V2, V1)
     state = assert_registry_consistent(env.ws, env.model)
     assert state.prod == V1 and state.bad == {V2}
@@ -49,13 +48,10 @@ def test_flow_refuses_tampered_target_prod_unchanged(prod_v2):
     path = env.release_dir(1) / "metrics.json"
     path.write_bytes(path.read_bytes().replace(b"0.", b"1.", 1))
     before = len(env.ws.audit().entries())
-    state = rollback(
-        workspace=str(env.root),
-        reason="r",
-        operator_key=str(env.operator_key),
-        to=f"{env.model}@v1",
-        return_state=True,
-    )
+    with operator_session(env.operator_key):
+        state = rollback(
+            workspace=str(env.root), reason="r", to=f"{env.model}@v1", return_state=True
+        )
     assert state.is_failed()
     with pytest.raises(RefusedError) as info:
         state.result()
@@ -81,3 +77,88 @@ def test_cli_rollback_flow_against_a_prefect_server(prod_v2, prefect_server):
     assert result.returncode == 0, result.stderr
     assert f"prod {V2} -> {V1}" in result.stdout
     assert tags.read_registry(env.ledger(), env.model).prod == V1
+
+
+# -- a deployment run holds no key: it runs only an operator-signed request -----------------
+
+
+def _signed(env, **kw):
+    from aegis.registry.rollback_request import sign_request
+
+    args = {"reason": "bad model in prod", "to": None, "model": None} | kw
+    return sign_request(env.ledger(), operator_key_path=env.operator_key, **args)
+
+
+@pytest.mark.slow
+def test_flow_without_key_runs_a_signed_request_once(prod_v2):
+    env = prod_v2
+    request = _signed(env)
+
+    outcome = rollback(workspace=str(env.root), request=request)
+
+    assert (outcome.from_version, outcome.to_version) == (V2, V1)
+    intent = next(e for e in env.ws.audit().entries() if e.action == "rollback.intent")
+    assert intent.actor == env.ledger().actor(env.operator_key)[0]  # the operator who signed
+    assert intent.details["reason"] == "bad model in prod"
+    assert intent.details["request"].startswith("sha256:")
+    # the same request again is a replay, whatever prod is now
+    state = rollback(workspace=str(env.root), request=request, return_state=True)
+    with pytest.raises(RefusedError) as info:
+        state.result()
+    assert info.value.check == "replay"
+
+
+def test_flow_without_key_or_request_is_refused(prod_v2):
+    env = prod_v2
+    before = len(env.ws.audit().entries())
+    state = rollback(workspace=str(env.root), reason="no key", return_state=True)
+    with pytest.raises(Exception, match="holds no operator key"):
+        state.result()
+    assert len(env.ws.audit().entries()) == before
+
+
+@pytest.mark.parametrize(
+    ("edit", "check"),
+    [
+        (lambda d: d["body"].update(reason="changed after signing"), "signature"),
+        (lambda d: d.update(key_id="0" * 64), "signature"),
+        (lambda d: d.pop("signature"), "signature"),
+        (lambda d: d["body"].update(kind="aegis-promotion-request/1"), "signature"),
+    ],
+    ids=["edited", "unknown-key", "unsigned", "other-kind"],
+)
+def test_forged_or_edited_request_changes_nothing(prod_v2, edit, check):
+    env = prod_v2
+    request = _signed(env)
+    edit(request)
+    before = len(env.ws.audit().entries())
+    state = rollback(workspace=str(env.root), request=request, return_state=True)
+    with pytest.raises(RefusedError) as info:
+        state.result()
+    assert info.value.check == check
+    assert tags.read_registry(env.ledger(), env.model).prod == V2
+    assert len(env.ws.audit().entries()) == before
+
+
+def test_request_signed_by_a_non_operator_or_expired_is_refused(prod_v2, monkeypatch):
+    from aegis.crypto.documents import sign_document
+    from aegis.crypto.keys import load_private_key
+    from aegis.registry import rollback_request
+
+    env = prod_v2
+    body = _signed(env)["body"]
+    by_approver = sign_document(load_private_key(env.approver_key), body)
+    with pytest.raises(RefusedError) as info:
+        rollback_request.verify_request(env.ledger(), by_approver)
+    assert info.value.check == "signer"
+    expired = sign_document(
+        load_private_key(env.operator_key),
+        body | {"created": "2020-01-01T00:00:00Z", "expires": "2020-01-01T00:15:00Z"},
+    )
+    with pytest.raises(RefusedError) as info:
+        rollback_request.verify_request(env.ledger(), expired)
+    assert info.value.check == "request"
+    other = sign_document(load_private_key(env.operator_key), body | {"workspace": "ab" * 32})
+    with pytest.raises(RefusedError) as info:
+        rollback_request.verify_request(env.ledger(), other)
+    assert info.value.check == "request"

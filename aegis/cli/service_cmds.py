@@ -1,0 +1,123 @@
+"""Commands that run Aegis as a service on a Prefect server: deploy, worker, watch."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aegis.cli._app import STATE, JsonOpt, _console, _print_json, _ws, app
+
+_Pool = Annotated[str, typer.Option("--pool", help="The Prefect work pool (type process).")]
+
+
+def _require_server() -> str:
+    from aegis.errors import ConfigError
+
+    url = os.environ.get("PREFECT_API_URL", "")
+    if not url:
+        raise ConfigError(
+            "PREFECT_API_URL is not set: point it at your Prefect server "
+            "(e.g. http://127.0.0.1:4200/api; `prefect server start` runs one)"
+        )
+    return url
+
+
+def _reachable(url: str) -> None:
+    import urllib.request
+
+    from aegis.errors import ConfigError
+
+    try:
+        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=10).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Prefect server unreachable at {url}: {exc}") from None
+
+
+@app.command()
+def deploy(
+    pool: _Pool = "aegis",
+    name: Annotated[str, typer.Option("--name", help="Deployment name (flow/NAME).")] = "aegis",
+    as_json: JsonOpt = False,
+) -> None:
+    """Register watch, retrain (schedule + arrival trigger), promote, rollback on the server."""
+    from aegis.cli.data_cmds import _prefect_environment
+
+    url = _require_server()
+    _reachable(url)
+    ws = _ws()
+    _prefect_environment(ws)
+    from flows.deploy import deploy_all
+
+    with _console(stderr=True).status(f"registering deployments on {url} ..."):
+        deployed = deploy_all(ws.root, pool=pool, name=name)
+    if STATE.json or as_json:
+        from dataclasses import asdict
+
+        _print_json([asdict(d) for d in deployed])
+        return
+    from rich.table import Table
+
+    table = Table(title=f"deployments on {url} (work pool '{pool}')")
+    for col in ("deployment", "schedule", "triggers", "id"):
+        table.add_column(col, overflow="fold")
+    for d in deployed:
+        table.add_row(d.name, d.schedule or "-", str(d.triggers), d.id)
+    out = _console()
+    out.print(table)
+    out.print(f"next: `aegis worker --pool {pool}` runs them (in this workspace)")
+
+
+@app.command()
+def worker(pool: _Pool = "aegis") -> None:
+    """Run a Prefect worker for this workspace's deployments (it replaces this process)."""
+    url = _require_server()
+    _reachable(url)
+    ws = _ws()
+    from aegis.ledger import Ledger
+
+    Ledger.load(ws)  # refuse to serve a workspace that does not verify
+    env = {
+        **os.environ,
+        "AEGIS_WORKER_WORKSPACE": str(ws.root.resolve()),  # runs for another one are refused
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    prefect = Path(sys.executable).parent / "prefect"
+    argv = [str(prefect), "worker", "start", "--pool", pool, "--type", "process"]
+    _console(stderr=True).print(f"worker for {ws.root} on {url}, pool '{pool}'")
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
+
+
+@app.command()
+def watch(
+    polls: Annotated[int, typer.Option("--polls", min=1, help="Polls before it ends.")] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """List triggers.sources now and report new complete deliveries to the server (the watch flow).
+
+    A delivery is reported once two polls, triggers.poll_interval apart, saw it unchanged.
+    """
+    from aegis.cli.data_cmds import _prefect_environment
+
+    url = _require_server()
+    _reachable(url)
+    ws = _ws()
+    _prefect_environment(ws)
+    from flows.watch import watch as watch_flow
+
+    with _console(stderr=True).status(f"watching {ws.root} sources ..."):
+        emitted = watch_flow(workspace=str(ws.root), polls=polls)
+    if STATE.json or as_json:
+        _print_json(emitted)
+        return
+    out = _console()
+    for e in emitted:
+        out.print(f"reported {e['location']} ('{e['dataset']}', {e['digest'][:19]}): event "
+                  f"{e['event']}")  # fmt: skip
+    if not emitted:
+        out.print("nothing new to report")
