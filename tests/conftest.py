@@ -9,15 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import services
 from helpers import SERVER_STARTUP_S, CliResult, Env, copy_env, env_at
 from release_helpers import ReleasedEnv, build_released, copy_released
 
@@ -195,29 +194,10 @@ def cli(capsys, monkeypatch):
     return run
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early ({proc.returncode}): {url}")
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"server did not answer in {timeout}s: {url}")
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     """A real S3 endpoint (moto_server) on 127.0.0.1 with test credentials in the environment."""
-    port = free_port()
+    port = services.free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -225,7 +205,7 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     )
     saved = {k: os.environ.get(k) for k in _S3_ENV}
     try:
-        _wait_http(url + "/moto-api/", proc, 30)
+        services.wait_http(url + "/moto-api/", proc, 30)
         os.environ.update({**_S3_ENV, "AWS_ENDPOINT_URL": url})
         yield url
     finally:
@@ -251,23 +231,5 @@ _S3_ENV = {
 def prefect_server(tmp_path_factory) -> Iterator[str]:
     """One Prefect server for the session; CLI subprocesses get its PREFECT_API_URL."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": ""}
-    log = open(home / "server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        _wait_http(api + "/health", proc, SERVER_STARTUP_S)
+    with services.prefect_server(home, timeout=SERVER_STARTUP_S) as (api, _):
         yield api
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()

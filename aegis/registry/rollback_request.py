@@ -56,7 +56,7 @@ def sign_request(
     body = {
         "kind": KIND, "workspace": ledger.pipeline_entry().key_id, "to": str(to) if to else None,
         "model": model, "reason": reason.strip(), "created": now,
-        "expires": (parse_utc(now) + TTL).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "expires": (parse_utc(now) + TTL).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "nonce": secrets.token_hex(16),
     }  # fmt: skip
     return sign_document(key, body)

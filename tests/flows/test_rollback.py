@@ -153,7 +153,7 @@ def test_request_signed_by_a_non_operator_or_expired_is_refused(prod_v2, monkeyp
     assert info.value.check == "signer"
     expired = sign_document(
         load_private_key(env.operator_key),
-        body | {"created": "2020-01-01T00:00:00Z", "expires": "2020-01-01T00:15:00Z"},
+        body | {"created": "2020-01-01T00:00:00.000000Z", "expires": "2020-01-01T00:15:00.000000Z"},
     )
     with pytest.raises(RefusedError) as info:
         rollback_request.verify_request(env.ledger(), expired)
