@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -170,19 +171,28 @@ def pgd_correct(
     )[1]
 
 
+# The global generators are one per process: two attacks drawing from them at once (jobs on
+# a thread pool) would interleave their draws, and their results would depend on timing.
+_GLOBAL_RNGS = threading.RLock()
+
+
 @contextmanager
 def seeded_global_rngs(seed: int) -> Iterator[None]:
-    """Seeds the global generators ART draws from (numpy, Python, torch), then restores them."""
-    np_state, py_state = np.random.get_state(), random.getstate()
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
+    """Seeds the global generators ART draws from (numpy, Python, torch), then restores them.
+
+    Holds a process-wide lock for the duration, so attacks using them run one at a time.
+    """
+    with _GLOBAL_RNGS:
+        np_state, py_state = np.random.get_state(), random.getstate()
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 class _DefinedGrad(nn.Module):

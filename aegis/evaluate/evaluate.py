@@ -22,6 +22,7 @@ from aegis.config import EvaluateParams
 from aegis.errors import ConfigError
 from aegis.evaluate.attacks import Domain, predict_logits
 from aegis.evaluate.calibration import CalibrationReport, calibration_from_probs
+from aegis.evaluate.jobs import MapJobs
 from aegis.evaluate.privacy_audit import MembershipAudit, membership_audit
 from aegis.evaluate.robustness import Flag, RobustnessReport, assess_robustness
 
@@ -176,11 +177,13 @@ def evaluate_model(
     params: EvaluateParams,
     seed: int,
     dp: dict | None = None,
+    map_jobs: MapJobs | None = None,
 ) -> EvaluationResult:
     """Evaluates a trained classifier on a held-out test split.
 
     The model runs in eval mode; its modes and parameter gradients are restored afterwards.
-    Deterministic given ``seed`` and the caller's torch thread count.
+    Deterministic given ``seed`` and the caller's torch thread count (the attack jobs
+    always run with one torch thread each, wherever ``map_jobs`` runs them).
 
     Args:
         model: A classifier returning logits.
@@ -193,6 +196,7 @@ def evaluate_model(
         params: The ``evaluate`` section of params.
         seed: Seed of every random draw (attacks, audit subsets).
         dp: ``{"epsilon_spent" (or "epsilon"): float, "delta": float}`` for a DP model.
+        map_jobs: Where the attack jobs run (see ``assess_robustness``); default serial.
 
     Raises:
         ConfigError: ``train_eps`` is not positive (robust accuracy at 0 is clean accuracy).
@@ -225,6 +229,7 @@ def evaluate_model(
             domain=domain,
             params=params,
             seed=seed,
+            map_jobs=map_jobs,
         )
         membership = (
             membership_audit(model, x_train, y_train, x, y, seed=seed) if params.mia else None

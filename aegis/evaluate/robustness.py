@@ -14,10 +14,7 @@ training eps. Flags name the symptoms of gradient masking or a weak attack:
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import torch
@@ -27,10 +24,9 @@ from aegis.config import EvaluateParams
 from aegis.evaluate import attacks
 from aegis.evaluate.attacks import Domain
 from aegis.evaluate.gradients import GradientStats, gradient_stats
+from aegis.evaluate.jobs import AttackJob, JobInputs, MapJobs, attack_seed, run_serially
 
 MIN_MARGIN = 0.02  # 2 points: below this, attack differences are noise at our sample sizes
-# Offsets of each attack's seed from the evaluation seed, so runs never share random draws.
-_SEED_OFFSETS = {"pgd": 0, "apgd-ce": 1, "apgd-t": 2, "square": 3}
 _DISPLAY = {"pgd": "PGD", "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "square": "Square"}
 
 
@@ -140,12 +136,6 @@ class RobustnessReport:
         return binomial_stderr(self.worst_case, self.n)
 
 
-def _timed(name: str, eps: float, run: Callable[[], np.ndarray]) -> AttackRun:
-    start = time.perf_counter()
-    correct = run()
-    return AttackRun(name, eps, correct, time.perf_counter() - start)
-
-
 def compare_to_pgd(pgd: AttackRun, other: AttackRun) -> Flag | None:
     """Flags ``other`` when it beats our PGD on the same samples by more than the margin.
 
@@ -171,8 +161,7 @@ def compare_to_pgd(pgd: AttackRun, other: AttackRun) -> Flag | None:
     )
 
 
-def _independent_attack(
-    name: str,
+def _jobs(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -181,16 +170,24 @@ def _independent_attack(
     domain: Domain,
     params: EvaluateParams,
     seed: int,
-) -> np.ndarray:
-    common = {"eps": eps, "domain": domain, "seed": seed + _SEED_OFFSETS[name]}
-    if name == "apgd-ce":
-        return attacks.apgd_ce_correct(model, x, y, steps=params.apgd_steps, **common)
-    if name == "apgd-t":
-        return attacks.apgd_t_correct(
-            model, x, y, steps=params.apgd_steps, targets=params.apgd_targets, **common
-        )
-    k = params.square_samples  # Square is slow: a prefix of the samples only
-    return attacks.square_correct(model, x[:k], y[:k], queries=params.square_queries, **common)
+) -> tuple[list[AttackJob], dict[str, str]]:
+    """The evaluation's jobs, and the requested attacks skipped (with the reason).
+
+    The independent attacks come first: they are the longest jobs, and a runner that
+    starts the longest first balances its workers best (results never depend on order).
+    """
+    inputs = JobInputs(model, x.numpy(), y.numpy(), domain)
+    nb_classes = attacks.predict_logits(model, x[:1]).shape[1]
+    jobs: list[AttackJob] = []
+    skipped: dict[str, str] = {}
+    for name in dict.fromkeys(params.independent):  # de-duplicated, order kept
+        if name == "apgd-t" and nb_classes < 3:
+            skipped[name] = f"needs at least 3 classes (DLR loss), the model has {nb_classes}"
+            continue
+        jobs.append(AttackJob(name, eps, attack_seed(seed, name), params, inputs))
+    for e in sorted({*params.epsilons, eps}):  # the sweep; its run at eps is our PGD's
+        jobs.append(AttackJob("pgd", e, attack_seed(seed, "pgd"), params, inputs))
+    return jobs, skipped
 
 
 def assess_robustness(
@@ -202,8 +199,13 @@ def assess_robustness(
     domain: Domain,
     params: EvaluateParams,
     seed: int,
+    map_jobs: MapJobs | None = None,
 ) -> RobustnessReport:
     """Runs our PGD (at ``eps`` and the sweep) and the independent suite, then sets flags.
+
+    Each attack, and our PGD at each eps of the sweep, is one independent job
+    (``aegis.evaluate.jobs``); ``map_jobs`` decides where they run. Results do not
+    depend on it: every job is seeded by its attack's name and runs with one torch thread.
 
     Args:
         model: A classifier returning logits, in eval mode.
@@ -213,48 +215,28 @@ def assess_robustness(
         domain: ``(min, max)`` of valid inputs, or ``None``.
         params: Attack budgets and the suite (``evaluate`` section of params).
         seed: Seed of every attack's random draws.
+        map_jobs: Runs the jobs and returns their results in order; default
+            :func:`aegis.evaluate.jobs.run_serially` (in this process).
 
     Returns:
         The report; Square's run covers the first ``params.square_samples`` samples only.
+
+    Raises:
+        RuntimeError: ``map_jobs`` returned results that do not match the jobs.
     """
     x = torch.as_tensor(x, dtype=torch.float32)[: params.max_samples]
     y = torch.as_tensor(y, dtype=torch.long)[: params.max_samples]
     clean = attacks.predict_correct(model, x, y)
-    pgd_at = partial(
-        attacks.pgd_correct,
-        model,
-        x,
-        y,
-        steps=params.pgd_steps,
-        restarts=params.pgd_restarts,
-        domain=domain,
-        seed=seed + _SEED_OFFSETS["pgd"],
-    )
-    pgd = _timed("pgd", eps, partial(pgd_at, eps=eps))
-    sweep = {
-        e: pgd if e == eps else _timed("pgd", e, partial(pgd_at, eps=e))
-        for e in sorted({*params.epsilons, eps})
-    }
-
-    nb_classes = attacks.predict_logits(model, x[:1]).shape[1]
-    independent: dict[str, AttackRun] = {}
-    skipped: dict[str, str] = {}
-    for name in dict.fromkeys(params.independent):  # de-duplicated, order kept
-        if name == "apgd-t" and nb_classes < 3:
-            skipped[name] = f"needs at least 3 classes (DLR loss), the model has {nb_classes}"
-            continue
-        run = partial(
-            _independent_attack,
-            name,
-            model,
-            x,
-            y,
-            eps=eps,
-            domain=domain,
-            params=params,
-            seed=seed,
-        )
-        independent[name] = _timed(name, eps, run)
+    jobs, skipped = _jobs(model, x, y, eps=eps, domain=domain, params=params, seed=seed)
+    results = (map_jobs or run_serially)(jobs)
+    if len(results) != len(jobs) or any(
+        (r.attack, r.eps) != (j.attack, j.eps) for r, j in zip(results, jobs, strict=False)
+    ):
+        raise RuntimeError("map_jobs: results do not match the jobs (one each, in order)")
+    runs = [AttackRun(r.attack, r.eps, r.correct, r.seconds) for r in results]
+    sweep = {run.eps: run for run in sorted(runs, key=lambda r: r.eps) if run.name == "pgd"}
+    pgd = sweep[eps]
+    independent = {run.name: run for run in runs if run.name != "pgd"}
 
     grads = gradient_stats(model, x, y)
     flags = [f for run in independent.values() if (f := compare_to_pgd(pgd, run)) is not None]

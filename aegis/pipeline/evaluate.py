@@ -5,6 +5,11 @@ and must match the test digest recorded at training time, so the test rows
 are provably ones the model never saw. Writes ``metrics.json`` (DVC
 metrics) and ``report.html`` (with the calibration and membership-inference
 curves, and the training history) and audits the metrics' digest.
+
+The attack jobs run serially in this process unless a ``map_jobs`` is given, or
+installed for the duration of a pipeline step with :func:`attack_jobs_mapped_by`
+(the retrain flow's evaluate task installs its task runner's; the core never
+imports Prefect).
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aegis.config import TrainParams
 from aegis.errors import RefusedError
@@ -23,6 +31,28 @@ from aegis.ledger import Action, Ledger
 from aegis.pipeline.layout import Layout, check_output
 from aegis.pipeline.stages import commit_stage, require_stage
 from aegis.pipeline.train import load_training_frame
+
+if TYPE_CHECKING:
+    from aegis.evaluate.jobs import MapJobs
+
+# The map_jobs of the step under way: the retrain flow's evaluate step reaches evaluate_stored
+# through aegis.pipeline.retrain, whose steps take no runner argument of their own.
+_MAP_JOBS: ContextVar[MapJobs | None] = ContextVar("aegis_evaluate_map_jobs", default=None)
+
+
+@contextmanager
+def attack_jobs_mapped_by(map_jobs: MapJobs) -> Iterator[None]:
+    """Makes every :func:`evaluate_stored` call within run its attack jobs on ``map_jobs``.
+
+    Args:
+        map_jobs: Runs a list of ``aegis.evaluate.jobs.AttackJob`` and returns their
+            results in order (e.g. as Prefect tasks on the configured task runner).
+    """
+    token = _MAP_JOBS.set(map_jobs)
+    try:
+        yield
+    finally:
+        _MAP_JOBS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -44,13 +74,16 @@ def evaluate_stored(
     model_directory: Path | None = None,
     out_dir: Path | None = None,
     loaded=None,
+    map_jobs: MapJobs | None = None,
 ) -> EvaluatedModel:
     """Evaluates ``models/<name>`` (or ``model_directory``) on the validated ``data/<name>``.
 
     ``loaded`` is a model already loaded and verified (a release's, through
     ``load_release_model``); ``model_directory`` must then be its directory.
     ``out_dir`` (another place than the stage's ``reports/<name>``) may not lie
-    in a stage output or in ``releases/``.
+    in a stage output or in ``releases/``. ``map_jobs`` runs the attack jobs
+    (default: the one installed by :func:`attack_jobs_mapped_by`, else serially);
+    the figures are the same wherever they run.
 
     Raises:
         RefusedError: ``checkpoint`` (not a valid Aegis checkpoint), ``path``
@@ -104,6 +137,7 @@ def evaluate_stored(
             params=ws.params().evaluate,
             seed=train_params.seed,
             dp=loaded.config.get("privacy"),
+            map_jobs=map_jobs or _MAP_JOBS.get(),
         )
     finally:
         torch.set_num_threads(threads)

@@ -5,6 +5,8 @@ Each test gets a copy of the session's two-release workspace (``released_env``).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from helpers import SERVER_STARTUP_S
 from prefect.testing.utilities import prefect_test_harness
@@ -162,3 +164,19 @@ def test_request_signed_by_a_non_operator_or_expired_is_refused(prod_v2, monkeyp
     with pytest.raises(RefusedError) as info:
         rollback_request.verify_request(env.ledger(), other)
     assert info.value.check == "request"
+
+
+def test_cli_signs_a_rollback_request_into_a_private_file(prod_v2, cli, tmp_path):
+    env = prod_v2
+    out = tmp_path / "request.json"
+    result = cli("--workspace", env.root, "rollback", "--reason", "incident 7", "--key",
+                 env.operator_key, "--sign-request", out)  # fmt: skip
+    assert result.code == 0, result.err
+    assert "prefect deployment run rollback/aegis" in result.out
+    assert out.stat().st_mode & 0o077 == 0
+    document = json.loads(out.read_text())
+    assert document["body"]["reason"] == "incident 7"
+    assert tags.read_registry(env.ledger(), env.model).prod == V2  # signing moved nothing
+    inside = cli("--workspace", env.root, "rollback", "--reason", "r", "--key",
+                 env.operator_key, "--sign-request", env.root / "models" / "x.json")  # fmt: skip
+    assert inside.code == 1 and "refused: path" in inside.err  # never into a stage output

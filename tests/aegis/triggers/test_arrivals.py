@@ -178,3 +178,18 @@ def test_s3_upload_is_listed_with_the_signature_last(env, s3_endpoint):
     _poll(watch)
     assert [d.location for d in _poll(watch).ready] == [delivery.location]
     assert check_source(delivery.location, [f"s3://{bucket}/incoming/"])
+
+
+@pytest.mark.integration
+def test_cli_publishes_a_signed_delivery_to_s3(env, s3_endpoint, cli):
+    import boto3
+
+    bucket = f"aegis-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    url = f"s3://{bucket}/drop/d1"
+    args = ("data", "publish", env.raw, "--name", "digits", "--key", env.supplier_key)
+    assert cli(*args, "--out", url).code == 0
+    (delivery,) = list_deliveries(f"s3://{bucket}/drop/")
+    assert delivery.name == "digits" and delivery.problem is None
+    again = cli(*args, "--out", url)
+    assert again.code == 2 and "already holds objects" in again.err
