@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 from prefect import flow
 
 from aegis.config import duration_seconds
@@ -39,7 +40,10 @@ def poll_once(ledger: Ledger, watch: Watch) -> tuple[PollResult, list[dict[str, 
     def known(digest: str) -> bool:
         nonlocal runs
         if runs is None:
-            runs = retrain_runs()
+            try:
+                runs = retrain_runs()
+            except (OSError, httpx.HTTPError):  # the server is down: the emit fails and retries
+                runs = {}
         return _known_run(runs, digest)
 
     result = watch.poll(

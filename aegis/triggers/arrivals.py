@@ -15,7 +15,8 @@ the retrain run verifies the delivery in full.
 and at worst a duplicate event, which the run turns into an "already current"
 no-op). An emitted digest that was never accepted is emitted again only when
 the server knows no run for it, after a grace period: an event the server
-lost (a restart) is recovered, a slow run is not doubled.
+lost (a restart) is recovered, a slow run is not doubled. Nor is a delivery
+reported that the server already has a run for (a lost state file).
 """
 
 from __future__ import annotations
@@ -300,10 +301,14 @@ class Watch:
         return PollResult(ready, waiting, skipped, errors)
 
     def _due(self, delivery: Delivery, known_run: Callable[[str], bool], now: float) -> bool:
-        """Not emitted yet, or emitted long enough ago that the server knows no run for it."""
+        """No run known for it, and not emitted, or emitted long enough ago (a lost event).
+
+        A delivery the server already has a run for is not reported even when
+        this watch never emitted it (a lost state file, another watcher).
+        """
         previous = self.state.emitted.get(str(delivery.digest))
         if previous is None:
-            return True
+            return not known_run(str(delivery.digest))
         grace = self.params.within + 2 * self.params.poll_interval + 30
         at = previous.get("epoch")
         if not isinstance(at, int | float) or now - at < grace:

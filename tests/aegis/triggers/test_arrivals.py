@@ -82,6 +82,7 @@ def test_emitted_and_accepted_digests_are_not_reported_again(inbox, tmp_path):
 def test_a_lost_event_is_reported_again_only_when_no_run_knows_it(inbox, tmp_path):
     watch = Watch(tmp_path / "watch.json", _params(str(inbox), within=10.0, poll_interval=1.0))
     _poll(watch)
+    assert _poll(watch, known=True).ready == []  # the server has a run for it: never emitted
     (ready,) = _poll(watch).ready
     watch.mark_emitted(ready, "event-1", now=1000.0)
     grace = 10.0 + 2 * 1.0 + 30
