@@ -129,10 +129,7 @@ def upload_dataset(directory: Path, url: str, *, retries: int = 3) -> int:
         UsageError: The prefix already holds objects, or the bucket is missing.
         TransientIOError: S3 could not be reached.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from aegis.data.sources import parse_s3_url, s3_client
-    from aegis.errors import TransientIOError
+    from aegis.data.sources import parse_s3_url, s3_client, s3_errors
 
     bucket, prefix = parse_s3_url(url)
     if not prefix:
@@ -140,16 +137,9 @@ def upload_dataset(directory: Path, url: str, *, retries: int = 3) -> int:
     client = s3_client(retries)
     files = sorted((p for p in directory.iterdir() if p.is_file()), key=lambda p: (
         p.name == BUNDLE_NAME, p.name))  # fmt: skip
-    try:
+    with s3_errors(url, doing="writing"):
         if client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount"):
             raise UsageError(f"{url}: already holds objects (a delivery goes to a new prefix)")
         for path in files:
             client.upload_file(str(path), bucket, prefix + path.name)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise UsageError(f"{url}: {code}") from None
-        raise TransientIOError(f"S3 error writing {url}: {code or exc}") from None
-    except BotoCoreError as exc:
-        raise TransientIOError(f"S3 unreachable for {url}: {exc}") from None
     return len(files)

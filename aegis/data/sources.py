@@ -9,8 +9,10 @@ copy, so what was verified is exactly what gets stored.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -129,12 +131,31 @@ def s3_client(retries: int):
     )
 
 
-def _stage_s3(url: str, staging: Path, params: IngestParams) -> int:
+_PERMANENT = ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+
+
+@contextlib.contextmanager
+def s3_errors(url: str, *, doing: str) -> Iterator[None]:
+    """Maps boto3's errors on ``url`` to Aegis's: a missing bucket or a bad credential is
+    the user's to fix (:class:`UsageError`), anything else may pass (:class:`TransientIOError`).
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
+    try:
+        yield
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _PERMANENT:
+            raise UsageError(f"{url}: {code}") from None
+        raise TransientIOError(f"S3 error {doing} {url}: {code or exc}") from None
+    except BotoCoreError as exc:
+        raise TransientIOError(f"S3 unreachable {doing} {url}: {exc}") from None
+
+
+def _stage_s3(url: str, staging: Path, params: IngestParams) -> int:
     bucket, prefix = parse_s3_url(url)
     client = s3_client(params.io_retries)
-    try:
+    with s3_errors(f"source {url}", doing="reading"):  # "source URL: NoSuchBucket"
         objects = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             objects.extend(page.get("Contents", []))
@@ -164,10 +185,3 @@ def _stage_s3(url: str, staging: Path, params: IngestParams) -> int:
             finally:
                 body.close()
         return total
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise UsageError(f"source {url}: {code}") from None
-        raise TransientIOError(f"S3 error reading {url}: {code or exc}") from None
-    except BotoCoreError as exc:
-        raise TransientIOError(f"S3 unreachable for {url}: {exc}") from None

@@ -32,8 +32,8 @@ from typing import Any
 
 from aegis.config import TriggersParams
 from aegis.data.manifest import BUNDLE_NAME, MANIFEST_NAME, DatasetManifest, dataset_digest
-from aegis.data.sources import parse_s3_url, s3_client
-from aegis.errors import ConfigError, RefusedError, TransientIOError, UnsafeFileError
+from aegis.data.sources import parse_s3_url, s3_client, s3_errors
+from aegis.errors import ConfigError, RefusedError, TransientIOError, UnsafeFileError, UsageError
 from aegis.fileutil import atomic_write, read_optional, read_regular
 from aegis.timeutil import utc_now
 
@@ -136,13 +136,12 @@ def _list_directory(source: str) -> Iterator[Delivery]:
 # -- S3 --------------------------------------------------------------------------------
 
 
-def _list_s3(source: str, retries: int) -> Iterator[Delivery]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
+def _list_s3(source: str, retries: int) -> list[Delivery]:
     bucket, prefix = parse_s3_url(source)
     client = s3_client(retries)
     groups: dict[str, list[tuple[str, int, str]]] = {}
-    try:
+    found = []
+    with s3_errors(source, doing="listing"):
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 rel = obj["Key"][len(prefix) :]
@@ -161,12 +160,8 @@ def _list_s3(source: str, retries: int) -> Iterator[Delivery]:
                     manifest = body.read(MANIFEST_LIMIT + 1)
                 finally:
                     body.close()
-            yield _claim(source, f"s3://{bucket}/{where}", entries, manifest)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        raise TransientIOError(f"S3 error listing {source}: {code or exc}") from None
-    except BotoCoreError as exc:
-        raise TransientIOError(f"S3 unreachable listing {source}: {exc}") from None
+            found.append(_claim(source, f"s3://{bucket}/{where}", entries, manifest))
+    return found
 
 
 def list_deliveries(source: str, *, retries: int = 1) -> list[Delivery]:
@@ -174,10 +169,11 @@ def list_deliveries(source: str, *, retries: int = 1) -> list[Delivery]:
 
     Raises:
         ConfigError: A directory source is missing or not a directory.
+        UsageError: The bucket is missing or the credentials are refused.
         TransientIOError: S3 could not be listed (the next poll tries again).
     """
     if source.startswith("s3://"):
-        return list(_list_s3(source, retries))
+        return _list_s3(source, retries)
     return list(_list_directory(source))
 
 
@@ -281,7 +277,7 @@ class Watch:
         for source in self.params.sources:
             try:
                 found = list_deliveries(source, retries=self.retries)
-            except (TransientIOError, ConfigError, OSError) as exc:
+            except (TransientIOError, ConfigError, UsageError, OSError) as exc:
                 errors.append(f"{source}: {exc}")
                 seen.update({k: v for k, v in self.state.seen.items() if k.startswith(source)})
                 continue
