@@ -40,10 +40,10 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlparse
 
 from aegis.audit import VerifiedLog
 from aegis.errors import RefusedError, TransientIOError, UsageError
+from aegis.s3 import parse_s3_url, s3_client
 
 SHIP_CHECK = "audit-ship"
 REMOTE_CHECK = "audit-remote"
@@ -62,35 +62,17 @@ def entry_key(*, prefix: str, seq: int) -> str:
 
 
 def split_url(url: str) -> tuple[str, str]:
-    """Splits ``s3://bucket/prefix`` into the bucket and a prefix ending in ``/`` (or empty).
-
-    Raises:
-        UsageError: Not an ``s3://`` URL with a bucket.
-    """
-    parsed = urlparse(url)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise UsageError(f"audit.ship_to {url}: expected s3://bucket/prefix")
-    prefix = parsed.path.lstrip("/")
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    return parsed.netloc, prefix
+    """Splits ``audit.ship_to`` into bucket and prefix (see :func:`aegis.s3.parse_s3_url`)."""
+    return parse_s3_url(url, what="audit.ship_to")
 
 
 def make_client() -> Any:
-    """An S3 client from the standard AWS environment (``AWS_ENDPOINT_URL`` for MinIO, moto).
+    """An S3 client with bounded timeouts and three attempts.
 
-    Bounded timeouts and three attempts: the ledger ships while it holds the
-    log's lock, so a dead endpoint must fail within a minute, not hang.
+    The ledger ships while it holds the log's lock, so a dead endpoint must
+    fail within a minute, not hang.
     """
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        config=Config(
-            retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=15
-        ),
-    )
+    return s3_client(2, connect_timeout=5, read_timeout=15)
 
 
 def object_lock_enabled(*, client: Any, bucket: str) -> bool:

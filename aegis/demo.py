@@ -198,6 +198,48 @@ def _prefect_server(ws: Path) -> Iterator[_PrefectServer]:
             os.environ["PREFECT_API_URL"] = saved
 
 
+@contextlib.contextmanager
+def _worker(ws: Path) -> Iterator[None]:
+    """``aegis worker`` in the background for one step (stopped by PID afterwards)."""
+    log_path = ws / ".aegis" / "prefect" / "demo-worker.log"
+    console.print(f"[bold cyan]$ aegis worker &[/]   (its log: {log_path})", soft_wrap=True)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aegis", "--workspace", str(ws), "worker"],
+            env={**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "2"}, stdout=log, stderr=log,
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def _wait_for_release(ws: Path, version: str, timeout: float = 600) -> None:
+    """Waits until the triggered run released ``version`` (or gives up, naming the logs)."""
+    from aegis.ledger import Ledger
+    from aegis.workspace import Workspace
+
+    deadline = time.monotonic() + timeout
+    with console.status("waiting for the triggered retrain run ..."):
+        while time.monotonic() < deadline:
+            with contextlib.suppress(AegisError):
+                record = Ledger.load(Workspace(ws)).release("digits-model", version)
+                if record is not None:
+                    with Workspace(ws).run_lock():  # the run ends (its last push) first
+                        pass
+                    console.print(f"released digits-model@{version} (trigger: "
+                                  f"{(record.trigger or {}).get('kind')} "
+                                  f"{(record.trigger or {}).get('event_id', '')})")  # fmt: skip
+                    return
+            time.sleep(1.0)
+    raise DemoFailed(f"no triggered release {version} in {timeout:.0f} s; see .aegis/prefect/")
+
+
 def _new_key(ws: Path, side: Path, role: str, name: str, owner: str) -> Path:
     out = side / f"{name}.pem"
     _aegis(
@@ -282,11 +324,24 @@ def _story(ws: Path, side: Path, server: _PrefectServer) -> None:
     _step("6. Promotion of v1: gates, a signed request by alice, approval by bob -> prod")
     _promote(ws, "v1", operator, approver)
 
-    _step("7. Next delivery has corrupted rows (quarantined); retrain with other params -> v2")
-    corrupted = _variant(side, "corrupted", _corrupt_rows)
-    dataset2 = _publish(ws, corrupted, side / "digits-v2", supplier)
-    _demo_params(ws, DEMO_PARAMS_V2)
-    _aegis(ws, "run", "--source", dataset2, "--name", "digits", "--key", operator)
+    _step("7. Aegis as a service: deploy, a worker; the next delivery retrains by itself -> v2")
+    inbox = side / "inbox"
+    inbox.mkdir()
+    _demo_params(
+        ws,
+        {
+            **DEMO_PARAMS_V2,
+            "triggers": {"sources": [str(inbox)], "poll_interval": 2, "watch_for": "1h"},
+        },
+    )
+    _aegis(ws, "deploy")
+    with _worker(ws):
+        console.print("the supplier's next delivery (3 corrupted rows) lands in the inbox:")
+        corrupted = _variant(side, "corrupted", _corrupt_rows)
+        _publish(ws, corrupted, inbox / "delivery-2", supplier)
+        _aegis(ws, "watch", "--polls", "2")  # what the watch deployment does on its interval
+        console.print("the event trigger starts `retrain` on the worker, as the pipeline key ...")
+        _wait_for_release(ws, "v2.0.0")
     _aegis(ws, "quarantine", "show", "digits")
 
     _step("8. Promotion of v2, the same way")

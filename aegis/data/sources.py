@@ -9,16 +9,17 @@ copy, so what was verified is exactly what gets stored.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from aegis.config import IngestParams
-from aegis.errors import RefusedError, TransientIOError, UsageError
+from aegis.errors import RefusedError, UsageError
+from aegis.s3 import parse_s3_url, s3_client, s3_errors
+
+__all__ = ["StagedSource", "check_file_name", "parse_s3_url", "s3_client", "s3_errors",
+           "stage_source"]  # fmt: skip
 
 _CHUNK = 1 << 20
 
@@ -108,48 +109,6 @@ def _stage_directory(src: Path, staging: Path, params: IngestParams) -> int:
         with os.fdopen(fd, "rb") as reader:
             total += _copy_bounded(reader, staging / entry.name, entry.name, params)
     return total
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """Splits ``s3://bucket/prefix`` into bucket and a prefix ending in ``/`` (or empty)."""
-    parsed = urlparse(url)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise UsageError(f"{url}: expected s3://bucket/prefix")
-    prefix = parsed.path.lstrip("/")
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    return parsed.netloc, prefix
-
-
-def s3_client(retries: int):
-    """A boto3 S3 client configured from the standard AWS environment."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3", config=Config(retries={"mode": "standard", "max_attempts": 1 + retries})
-    )
-
-
-_PERMANENT = ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")
-
-
-@contextlib.contextmanager
-def s3_errors(url: str, *, doing: str) -> Iterator[None]:
-    """Maps boto3's errors on ``url`` to Aegis's: a missing bucket or a bad credential is
-    the user's to fix (:class:`UsageError`), anything else may pass (:class:`TransientIOError`).
-    """
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in _PERMANENT:
-            raise UsageError(f"{url}: {code}") from None
-        raise TransientIOError(f"S3 error {doing} {url}: {code or exc}") from None
-    except BotoCoreError as exc:
-        raise TransientIOError(f"S3 unreachable {doing} {url}: {exc}") from None
 
 
 def _stage_s3(url: str, staging: Path, params: IngestParams) -> int:
