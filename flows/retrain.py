@@ -23,7 +23,7 @@ from aegis.pipeline.retrain import AlreadyCurrent, RetrainResult, run_retrain
 from aegis.triggers.arrivals import Delivery, list_deliveries
 from aegis.workspace import Workspace
 from tasks import artifacts
-from tasks.steps import as_task
+from tasks.steps import as_task_on_runner
 from tasks.triggers import manual_run, resolve_trigger
 from tasks.workspace import pinned_workspace
 
@@ -67,7 +67,7 @@ def _one_run(
     print(f"retrain '{name}' from {source} ({trigger.describe()})")
     result = run_retrain(
         ledger, source=source, name=name, actor=actor, allow_older=allow_older, trigger=trigger,
-        expect_digest=digest, runner=as_task,
+        expect_digest=digest, runner=as_task_on_runner,
         on_wait=lambda: print("another run of this workspace is under way: waiting for it"),
     )  # fmt: skip
     if isinstance(result, AlreadyCurrent):
@@ -94,6 +94,11 @@ def retrain(
         event_id: The triggering event (checked against the server's record).
     """
     ledger = Ledger.load(Workspace(pinned_workspace(Path(workspace))))
+    from tasks.evaluate_jobs import check_task_runner  # imports torch: not at flow import
+
+    # A cluster that cannot be reached would fail the evaluation after training: refuse now,
+    # before the run changes anything.
+    check_task_runner(ledger.ws.params().run)
     if source is not None:
         if name is None:
             from aegis.errors import UsageError

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from aegis.errors import TransientIOError
 from aegis.ledger import Ledger
+from aegis.pipeline.evaluate import attack_jobs_mapped_by
 from aegis.pipeline.retrain import Step
 
 
@@ -44,3 +45,23 @@ def task_of(step: Step, ledger: Ledger) -> Task:
 def as_task(step: Step, ledger: Ledger, *args: Any) -> Any:
     """Runs ``step`` as a Prefect task of the current flow run."""
     return task_of(step, ledger)(ledger, *args)
+
+
+def as_task_on_runner(step: Step, ledger: Ledger, *args: Any) -> Any:
+    """:func:`as_task`; the evaluate step runs its attack jobs on ``run.task_runner``.
+
+    The jobs become the tasks of a nested flow run with the configured task runner
+    (``tasks.evaluate_jobs``); every other step is exactly :func:`as_task`.
+    """
+    from aegis.pipeline.retrain import EVALUATE
+
+    if step is not EVALUATE:
+        return as_task(step, ledger, *args)
+    from tasks.evaluate_jobs import map_jobs_on  # imports torch: only when evaluating
+
+    def evaluate_on_runner(ledger: Ledger, *args: Any) -> Any:
+        # Installed inside the task, so the jobs see it in whatever thread the task runs.
+        with attack_jobs_mapped_by(map_jobs_on(ledger.ws.params().run)):
+            return step.fn(ledger, *args)
+
+    return as_task(Step(step.name, evaluate_on_runner, step.io), ledger, *args)
