@@ -124,9 +124,7 @@ def read_event(event_id: str) -> Any | None:
             time.sleep(1.0)
 
 
-def check_event(
-    ledger: Ledger, event_id: str, *, source: str, name: str, digest: str | None
-) -> Trigger:
+def check_event(ledger: Ledger, event_id: str, *, source: str, name: str, digest: str) -> Trigger:
     """The trigger of an event-started run, if the server's event matches the run's parameters.
 
     Raises:
@@ -143,7 +141,7 @@ def check_event(
             ("workspace", resource.get("aegis.workspace") == workspace_label(ledger)),
             ("location", resource.get("aegis.location") == source),
             ("dataset name", payload.get("name") == name),
-            ("digest", digest is None or payload.get("digest") == digest),
+            ("digest", payload.get("digest") == digest),
         ) if not ok
     ]  # fmt: skip
     if problems:
@@ -190,8 +188,10 @@ def resolve_trigger(
         )
     pipeline = ledger.pipeline_entry().key_id
     if event_id:
-        if source is None or name is None:
-            raise RefusedError("trigger", "an event-started run needs its source and name")
+        if source is None or name is None or not digest:
+            raise RefusedError(
+                "trigger", "an event-started run needs the source, name and digest its event named"
+            )
         trigger = check_event(ledger, event_id, source=source, name=name, digest=digest)
         return Trigger(**{**trigger.to_dict(), "flow_run": run_id}), pipeline, False
     if source is not None:

@@ -84,6 +84,19 @@ def test_cli_rollback_flow_against_a_prefect_server(prod_v2, prefect_server):
 # -- a deployment run holds no key: it runs only an operator-signed request -----------------
 
 
+def _artifact(state, key: str):
+    """The artifact ``key`` the flow run of ``state`` published, read back through the client."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    flow_run = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run]))
+        )
+    return {a.key: a for a in found}[key]
+
+
 def _signed(env, **kw):
     from aegis.registry.rollback_request import sign_request
 
@@ -96,9 +109,11 @@ def test_flow_without_key_runs_a_signed_request_once(prod_v2):
     env = prod_v2
     request = _signed(env)
 
-    outcome = rollback(workspace=str(env.root), request=request)
+    state = rollback(workspace=str(env.root), request=request, return_state=True)
+    outcome = state.result()
 
     assert (outcome.from_version, outcome.to_version) == (V2, V1)
+    assert "bad model in prod" in _artifact(state, "digits-model-rollback").data
     intent = next(e for e in env.ws.audit().entries() if e.action == "rollback.intent")
     assert intent.actor == env.ledger().actor(env.operator_key)[0]  # the operator who signed
     assert intent.details["reason"] == "bad model in prod"

@@ -197,6 +197,7 @@ def test_forged_parameters_change_nothing(watched, on_server, tmp_path):
     forged = [
         {**good, "event_id": str(uuid.uuid4())},  # no such event
         {**good, "digest": "sha256:" + "0" * 64},  # another digest than the event's
+        {**good, "digest": None},  # an event that names no digest
         {**good, "source": str(outside)},  # the event named another place
         {**good, "event_id": None, "source": str(outside)},  # not a watched source
     ]
