@@ -115,9 +115,11 @@ def watch(
     if STATE.json or as_json:
         _print_json(emitted)
         return
+    from aegis.text import printable
+
     out = _console()
-    for e in emitted:
-        out.print(f"reported {e['location']} ('{e['dataset']}', {e['digest'][:19]}): event "
-                  f"{e['event']}")  # fmt: skip
+    for e in emitted:  # names come from the source: never rich markup, never escapes
+        out.print(f"reported {printable(e['location'])} ('{printable(e['dataset'])}', "
+                  f"{e['digest'][:19]}): event {e['event']}", markup=False)  # fmt: skip
     if not emitted:
         out.print("nothing new to report")

@@ -41,6 +41,7 @@ EVENT = "aegis.dataset.arrived"
 MANIFEST_LIMIT = 16 * 1024 * 1024  # far above a real manifest; a larger one is not read
 STATE_FORMAT = "aegis-watch/1"
 STATE_LIMIT = 8 * 1024 * 1024
+LISTING_LIMIT = 100_000  # objects one S3 source may list: a larger one is not a drop folder
 _REMEMBER = 10_000  # emitted digests kept in the state file (oldest forgotten first)
 
 
@@ -142,7 +143,12 @@ def _list_s3(source: str, retries: int) -> list[Delivery]:
     groups: dict[str, list[tuple[str, int, str]]] = {}
     found = []
     with s3_errors(source, doing="listing"):
+        listed = 0
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            listed += len(page.get("Contents", []))
+            if listed > LISTING_LIMIT:
+                raise ConfigError(f"{source}: more than {LISTING_LIMIT} objects; watch a prefix "
+                                  "that holds deliveries only")  # fmt: skip
             for obj in page.get("Contents", []):
                 rel = obj["Key"][len(prefix) :]
                 group, _, name = rel.rpartition("/")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers import snapshot
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 from registry_helpers import aegis
 
 from aegis import vcs
@@ -36,7 +36,10 @@ RUN_WAIT_S = 120.0  # how long the server may take to turn an event into a run (
 
 @pytest.fixture
 def on_server(prefect_server):
-    with temporary_settings({PREFECT_API_URL: prefect_server}):
+    # logs stay local: the API log worker would flush them at exit, after the server stopped
+    with temporary_settings(
+        {PREFECT_API_URL: prefect_server, PREFECT_LOGGING_TO_API_ENABLED: False}
+    ):
         yield prefect_server
 
 
