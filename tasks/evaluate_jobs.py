@@ -30,6 +30,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from aegis.config import RunParams
 from aegis.errors import ConfigError
+from aegis.evaluate.attacks import import_art
 from aegis.evaluate.jobs import AttackJob, JobResult, MapJobs, run_job
 
 # How long a scheduler at run.dask_address has to answer before the run is refused: a
@@ -124,16 +125,32 @@ def task_runner_for(run: RunParams) -> TaskRunner:
     if run.dask_address:
         return dask_runner(address=run.dask_address)
     return dask_runner(
-        cluster_class="distributed.LocalCluster",
+        cluster_class=local_cluster,
         # Processes of one thread: the attacks are Python loops over tiny batches, which a
         # second thread of the same process would serialise on the GIL.
-        cluster_kwargs={
-            "n_workers": run.dask_workers,
-            "processes": True,
-            "threads_per_worker": 1,
-            "dashboard_address": None,  # no fixed port to collide with another run's
-        },
+        cluster_kwargs={"n_workers": run.dask_workers, "processes": True, "threads_per_worker": 1},
     )
+
+
+def local_cluster(**kwargs: Any):
+    """A ``distributed.LocalCluster`` tuned for the attack jobs (``DaskTaskRunner``'s class).
+
+    Dask spawns its workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (memory handed back to
+    the OS early, for long-lived workers); torch's many small allocations then cost the
+    attacks a third more time (APGD-T 2.85 s against 2.15 s here). A cluster that lives
+    for one evaluation has no use for it, so its workers keep glibc's default.
+
+    Args:
+        **kwargs: ``LocalCluster`` arguments.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    # Its HTTP server starts even without a dashboard: on a free port, never a fixed one
+    # (8787) that another run's cluster may hold.
+    kwargs.setdefault("dashboard_address", ":0")
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return LocalCluster(**kwargs)
 
 
 @contextmanager
@@ -184,6 +201,7 @@ def map_jobs_on(run: RunParams) -> MapJobs:
 
     def map_jobs(jobs: Sequence[AttackJob]) -> list[JobResult]:
         check_task_runner(run)
+        import_art()  # before any thread imports it (ART's circular imports race)
         subflow = evaluate_attacks.with_options(task_runner=task_runner_for(run))
         return subflow(list(jobs))
 

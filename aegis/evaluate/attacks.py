@@ -246,6 +246,17 @@ def _clip_values(x: np.ndarray, eps: float, domain: Domain) -> tuple[float, floa
     return float(x.min()) - eps, float(x.max()) + eps
 
 
+def import_art() -> None:
+    """Imports the ART modules the attacks use, in the calling thread.
+
+    ART's package imports itself circularly; two threads importing it for the
+    first time at once (attack jobs on a thread pool) deadlock or see a
+    partially initialized module. Call this once before running jobs in threads.
+    """
+    import art.attacks.evasion
+    import art.estimators.classification  # noqa: F401
+
+
 def _art_classifier(module: nn.Module, x: np.ndarray, nb_classes: int, clip: tuple[float, float]):
     from art.estimators.classification import PyTorchClassifier
 
