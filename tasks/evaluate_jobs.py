@@ -18,6 +18,7 @@ imported only when Dask is configured (``pip install 'aegis[dask]'``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -146,10 +147,20 @@ def local_cluster(**kwargs: Any):
     import dask
     from distributed import LocalCluster
 
+    # The scheduler, the nannies and the workers log every start and stop at INFO; under
+    # `aegis run` that reaches the command's stderr through Prefect's handlers. Warnings
+    # and errors still show (the workers read the level from their environment).
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     # Its HTTP server starts even without a dashboard: on a free port, never a fixed one
     # (8787) that another run's cluster may hold.
     kwargs.setdefault("dashboard_address", ":0")
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    spawn_env = "distributed.nanny.pre-spawn-environ"
+    with dask.config.set(
+        {
+            f"{spawn_env}.MALLOC_TRIM_THRESHOLD_": None,
+            f"{spawn_env}.DASK_LOGGING__DISTRIBUTED": "warning",
+        }
+    ):
         return LocalCluster(**kwargs)
 
 

@@ -23,7 +23,6 @@ value), the samples as numpy arrays. A Dask cluster is trusted like the host it 
 from __future__ import annotations
 
 import copy
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -109,36 +108,20 @@ MapJobs = Callable[[Sequence[AttackJob]], list[JobResult]]
 """Runs every job (anywhere, in any order) and returns their results in the jobs' order."""
 
 
-# The thread count of this process's running jobs: set by the first, restored after the last.
-# A plain save/restore per job would let a job finishing in one thread restore the caller's
-# count under a job still running in another.
-_threads_lock = threading.Lock()
-_jobs_running = 0
-_threads_before = 1
-
-
 @contextmanager
 def torch_threads(n: int = 1) -> Iterator[None]:
-    """Runs torch with ``n`` threads for the duration; re-entrant and safe across threads.
+    """Runs torch with ``n`` threads in the calling thread, then restores that thread's count.
 
-    Raises:
-        RuntimeError: Jobs of this process already run with another thread count.
+    Torch's thread count (OpenMP's) belongs to each thread: a job sets its own, in the
+    thread it runs in, so jobs running beside it on a thread pool are not touched, and
+    the pool's threads do not inherit the count the caller happened to have.
     """
-    global _jobs_running, _threads_before
-    with _threads_lock:
-        if _jobs_running == 0:
-            _threads_before = torch.get_num_threads()
-            torch.set_num_threads(n)
-        elif torch.get_num_threads() != n:
-            raise RuntimeError(f"jobs of this process run with {torch.get_num_threads()} threads")
-        _jobs_running += 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        with _threads_lock:
-            _jobs_running -= 1
-            if _jobs_running == 0:
-                torch.set_num_threads(_threads_before)
+        torch.set_num_threads(before)
 
 
 def _correct(job: AttackJob, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:

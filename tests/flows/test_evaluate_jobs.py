@@ -138,7 +138,7 @@ def test_a_dask_cluster_gives_the_threads_figures(digits_mlp, serial, spawned_pr
     from distributed import LocalCluster
 
     with LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
     ) as cluster:
         run = RunParams(task_runner="dask", dask_address=cluster.scheduler_address)
         on_dask = _evaluate(digits_mlp, map_jobs_on(run))
@@ -192,9 +192,8 @@ def test_task_runner_for_each_setting():
     assert isinstance(task_runner_for(RunParams()), ThreadPoolTaskRunner)
     local = task_runner_for(RunParams(task_runner="dask", dask_workers=3))
     assert isinstance(local, DaskTaskRunner) and local.address is None
-    assert local.cluster_kwargs == {
-        "n_workers": 3, "processes": True, "threads_per_worker": 1, "dashboard_address": None
-    }  # fmt: skip
+    assert local.cluster_kwargs == {"n_workers": 3, "processes": True, "threads_per_worker": 1}
+    assert local.cluster_class is evaluate_jobs.local_cluster
     remote = task_runner_for(RunParams(task_runner="dask", dask_address="tcp://10.0.0.5:8786"))
     assert remote.address == "tcp://10.0.0.5:8786" and not remote.cluster_kwargs
 

@@ -69,23 +69,23 @@ def test_mapped_jobs_give_the_serial_figures(digits, undefended, run_eval, seria
     assert sorted(r.sweep) == [0.05, 0.1, 0.2]
 
 
-def test_jobs_run_with_one_torch_thread_whatever_the_caller_uses(digits, undefended, run_eval):
+def test_jobs_run_with_one_torch_thread_whatever_the_caller_uses(
+    digits, undefended, run_eval, monkeypatch
+):
     seen: list[int] = []
+    attack = jobs_module._correct
 
-    def spy(jobs):
-        def one(job):
-            with torch_threads(1):  # re-entered by run_job: the count a job sees
-                seen.append(torch.get_num_threads())
-            return run_job(job)
+    def spy(*args):
+        seen.append(torch.get_num_threads())  # inside the job, as the attack runs
+        return attack(*args)
 
-        return [one(job) for job in jobs]
-
+    monkeypatch.setattr(jobs_module, "_correct", spy)
     figures = {}
     before = torch.get_num_threads()
     try:
         for threads in (2, 1):
             torch.set_num_threads(threads)
-            result = run_eval(undefended, digits, TINY, map_jobs=spy)
+            result = run_eval(undefended, digits, TINY, map_jobs=_on_threads)
             figures[threads] = per_sample(result.robustness)
             assert torch.get_num_threads() == threads  # the caller's count, restored
     finally:
@@ -94,15 +94,24 @@ def test_jobs_run_with_one_torch_thread_whatever_the_caller_uses(digits, undefen
     assert figures[2] == figures[1]
 
 
-def test_torch_threads_is_shared_by_concurrent_jobs_and_refuses_another_count():
+def test_each_job_sets_the_thread_count_of_the_thread_it_runs_in():
+    # Torch's count is per thread: pool threads made while the caller ran 2 keep 2 unless
+    # the job sets its own, and a job must not change the caller's.
     before = torch.get_num_threads()
-    with torch_threads(1):
-        with torch_threads(1):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 1  # the outer job still runs
-        with pytest.raises(RuntimeError, match="1 threads"), torch_threads(2):
-            pass
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            assert list(pool.map(lambda _: torch.get_num_threads(), range(2))) == [2, 2]
+
+            def in_a_job(_):
+                with torch_threads(1):
+                    return torch.get_num_threads()
+
+            assert list(pool.map(in_a_job, range(4))) == [1, 1, 1, 1]
+            assert torch.get_num_threads() == 2
+            assert list(pool.map(lambda _: torch.get_num_threads(), range(2))) == [2, 2]
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_jobs_seed_is_its_attacks_not_its_position(digits, undefended):
