@@ -107,6 +107,12 @@ class TrainParams(_Section):
     ) = "auto"
     privacy: Literal["off", "dp"] = "off"
     dp: DPParams = DPParams()
+    # Noise-robust losses: generalized CE (Zhang & Sabuncu 2018) and symmetric CE (Wang et
+    # al. 2019) bound what a wrong label can pull, at some cost in clean accuracy.
+    loss: Literal["ce", "gce", "sce"] = "ce"
+    gce_q: float = Field(default=0.7, gt=0, le=1, description="GCE's q (1 = MAE, to 0 = CE)")
+    sce_alpha: float = Field(default=0.1, ge=0, description="SCE's weight of CE")
+    sce_beta: float = Field(default=1.0, ge=0, description="SCE's weight of reverse CE")
 
 
 class EvaluateParams(_Section):
@@ -125,6 +131,65 @@ class EvaluateParams(_Section):
     square_samples: int = Field(default=100, ge=1, description="samples for Square (slow)")
     ece_bins: int = Field(default=15, ge=2, le=100)
     mia: bool = True
+    # An earlier-accepted dataset, bound by its manifest digest, that evaluation and the
+    # promotion gates also measure on: a delivery that poisons its own test rows cannot vouch
+    # for itself. Its rows (by feature hash) never train.
+    trusted_set: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@sha256:[0-9a-f]{64}$",
+        description="NAME@sha256:<manifest digest>",
+    )
+
+
+SCREENS = ("label-changed", "label-issue", "backdoor")
+
+
+class LabelDiffParams(_Section):
+    """``label-changed``: a row of the last accepted version with another label now."""
+
+    # A flip plus a one-pixel change must not escape: a row matches an earlier one when at
+    # most this many features differ (by more than `tolerance`), the rest being equal.
+    max_changed_features: int = Field(default=2, ge=0, le=1000)
+    tolerance: float = Field(default=0.0, ge=0, description="absolute, per feature")
+    neighbours: int = Field(default=8, ge=1, le=100, description="candidates checked per row")
+    max_rows: int = Field(default=2_000_000, ge=1, description="largest version indexed")
+
+
+class LabelIssueParams(_Section):
+    """``label-issue``: out-of-fold ensemble probabilities (cleanlab) and k-NN agreement."""
+
+    folds: int = Field(default=5, ge=2, le=20)
+    knn: int = Field(default=10, ge=1, le=100)
+
+
+class BackdoorParams(_Section):
+    """``backdoor``: per-class clustering and spectral scores of penultimate features."""
+
+    epochs: int = Field(default=8, ge=1, le=1000, description="preliminary model's epochs")
+
+
+class ModelScanParams(_Section):
+    """The trigger search on each trained model (flag ``backdoor``)."""
+
+    enabled: bool = True
+
+
+class ScreenParams(_Section):
+    """Poisoning screens before training, and the limits on what they flag."""
+
+    enabled: list[Literal["label-changed", "label-issue", "backdoor"]] = Field(
+        default=list(SCREENS), description="screens run on every validated version"
+    )
+    # Screens count apart from validate.max_quarantine_fraction: 5 % flips on digits is 90
+    # rows, already over the expectations' 5 %.
+    max_flagged_fraction: float = Field(default=0.15, ge=0, le=1)
+    max_supplier_flag_rate: float = Field(
+        default=0.2, ge=0, le=1, description="a supplier above this share is refused at ingest"
+    )
+    label_diff: LabelDiffParams = LabelDiffParams()
+    label_issue: LabelIssueParams = LabelIssueParams()
+    backdoor: BackdoorParams = BackdoorParams()
+    model_scan: ModelScanParams = ModelScanParams()
 
 
 _DURATION = r"^[1-9][0-9]*[smhd]$"
@@ -215,6 +280,7 @@ class Params(_Section):
     ingest: IngestParams = IngestParams()
     # `validate` is a BaseModel method name, so the attribute is `validation`.
     validation: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    screen: ScreenParams = ScreenParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     sign: SignParams = SignParams()

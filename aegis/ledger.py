@@ -60,6 +60,8 @@ class Action:
     INGEST_ACCEPTED = "ingest.accepted"
     VALIDATE_PASSED = "validate.passed"
     QUARANTINE_RELEASE = "quarantine.release"
+    SCREEN_REFUSED = "screen.refused"
+    SUPPLIER_READMITTED = "supplier.readmitted"
     TRAIN_DONE = "train.done"
     EVALUATE_DONE = "evaluate.done"
     RELEASE_CREATED = "release.created"
@@ -93,6 +95,7 @@ class Action:
 REQUEST_KIND = "aegis-promotion-request/1"
 APPROVAL_KIND = "aegis-approval/1"
 QUARANTINE_KIND = "aegis-quarantine-release/1"
+READMIT_KIND = "aegis-supplier-readmit/1"
 
 # How many full verifications this process made: the benchmark and the tests count them.
 VERIFICATIONS = 0
@@ -472,6 +475,17 @@ class Ledger:
             if signed.signer.status == "revoked" or signed.signer.key_id != entry.actor:
                 continue
             found.append(signed)
+        return found
+
+    def readmissions(self, supplier: str) -> list[SignedEntry]:
+        """Re-admissions of a supplier after its reputation blocked it, each signed by an admin."""
+        found = []
+        for entry in self.log.scan((Action.SUPPLIER_READMITTED,), supplier):
+            signed = self._signed(entry, READMIT_KIND)
+            if signed is None or signed.signer.role != "admin" or signed.signer.status == "revoked":
+                continue
+            if signed.body.get("supplier") == supplier and signed.signer.key_id == entry.actor:
+                found.append(signed)
         return found
 
     # -- models and releases -----------------------------------------------------------------

@@ -52,6 +52,16 @@ def _admin(ws: Workspace, admin_key: Path | None) -> PrivateKey:
     return load_private_key(admin_key)
 
 
+def admin_private_key(ws: Workspace, admin_key: Path | None) -> PrivateKey:
+    """The admin's key for a decision outside the trust store (kept outside the workspace).
+
+    Raises:
+        UsageError: No key given.
+        RefusedError: ``admin-key``: it lies inside the workspace.
+    """
+    return _admin(ws, admin_key)
+
+
 def check_key_out(out: Path) -> None:
     """Refuses to write a new private key inside a workspace (this one or another).
 

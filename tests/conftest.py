@@ -91,6 +91,9 @@ FAST_PARAMS = {
         "square_samples": 20,
         "square_queries": 30,
     },
+    # The label diff only: the model-based screens (a preliminary model, cross-validated
+    # ensembles) and the model scan run in their own tests, not in every validation.
+    "screen": {"enabled": ["label-changed"], "model_scan": {"enabled": False}},
 }
 
 

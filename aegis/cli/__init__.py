@@ -24,6 +24,7 @@ from aegis.cli import release_cmds  # noqa: F401
 from aegis.cli import promote_cmds  # noqa: F401
 from aegis.cli import registry_cmds  # noqa: F401
 from aegis.cli import service_cmds  # noqa: F401
+from aegis.cli import attack_cmds  # noqa: F401
 
 
 def main() -> None:
@@ -46,6 +47,11 @@ def main() -> None:
         from aegis.text import printable
 
         kind = "refused" if exc.exit_code == 1 else "error"
+        report = getattr(exc, "report", None)  # a stopped run's findings (the screens')
+        if report is not None and "--json" in sys.argv[1:]:
+            import json
+
+            print(json.dumps({"refused": exc.check, "message": str(exc), "report": report}))
         _console(stderr=True).print(f"[red]{kind}:[/red] {printable(exc)}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:

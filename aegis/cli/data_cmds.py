@@ -335,31 +335,28 @@ def quarantine_list(as_json: JsonOpt = False) -> None:
 @quarantine_app.command("show")
 def quarantine_show(
     name: str,
-    limit: Annotated[int, typer.Option(help="Rows to show.", min=1)] = 20,
+    limit: Annotated[int, typer.Option(help="Rows in the table (JSON lists all).", min=1)] = 20,
+    values: Annotated[bool, typer.Option(help="JSON: each row's values too.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """The quarantined rows of a dataset and why each failed."""
+    """The quarantined rows of a dataset and why each was quarantined.
+
+    ``--json`` lists every row as ``{"row": id, "reasons": [...], "released": bool}``
+    (ids are positions in the dataset: what `aegis attack poison --truth` records).
+    """
     from aegis.data.manifest import check_dataset_name
-    from aegis.data.quarantine import (
-        REASONS,
-        ROW,
-        read_quarantine,
-        released_rows,
-        validated_version,
-    )
+    from aegis.data.quarantine import quarantine_records, read_quarantine
     from aegis.pipeline.layout import Layout
 
     check_dataset_name(name)
     ledger = _ledger()
+    if STATE.json or as_json:
+        _print_json(quarantine_records(ledger, name, values=values))
+        return
+    from aegis.data.quarantine import REASONS, ROW, released_rows, validated_version
+
     table = read_quarantine(Layout.of(ledger.ws), name)
     released = released_rows(ledger, name, validated_version(ledger, name))
-    if STATE.json or as_json:
-        head = table.head(limit)
-        records = head.astype(object).where(head.notna(), None).to_dict(orient="records")
-        for r in records:
-            r["released"] = int(r[ROW]) in released
-        _print_json(records)
-        return
     from rich.table import Table
 
     out = Table(title=f"quarantine of '{name}' ({len(table)} rows)")

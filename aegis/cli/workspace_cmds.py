@@ -86,19 +86,22 @@ def trust_list(as_json: JsonOpt = False) -> None:
     from aegis.ledger import Ledger
 
     ws = _ws()
-    refusal = None
+    refusal, ledger = None, None
     try:
-        store = Ledger.load(ws).trust
+        ledger = Ledger.load(ws)
+        store = ledger.trust
     except RefusedError as exc:  # show what is there, then refuse: it is not the audited store
         refusal = exc
         store = TrustStore.load(ws.trust_path, anchor=ws.meta()["trust_anchor"])
+    standing = _supplier_standing(ledger, store)
     if STATE.json or as_json:
-        _print_json(store.to_json())
+        _print_json([e | ({"reputation": standing[e["name"]]} if e["name"] in standing else {})
+                     for e in store.to_json()])  # fmt: skip
     else:
         from rich.table import Table
 
         table = Table(title="trust store")
-        for col in ("name", "role", "owner", "status", "key id", "added", "changed"):
+        for col in ("name", "role", "owner", "status", "key id", "added", "flagged"):
             table.add_column(col)
         style = {"active": "green", "retired": "yellow", "revoked": "red"}
         for e in store.entries:
@@ -109,11 +112,46 @@ def trust_list(as_json: JsonOpt = False) -> None:
                 f"[{style.get(e.status, 'red')}]{e.status}[/]",
                 e.key_id[:12],
                 e.added_at[:19],
-                e.changed_at[:19],
+                _flagged_cell(standing.get(e.name)),
             )
         _console().print(table)
     if refusal is not None:
         raise refusal
+
+
+def _supplier_standing(ledger, store) -> dict[str, dict]:
+    """Per supplier, the share of its rows the screens flagged (needs the verified log)."""
+    if ledger is None:
+        return {}
+    from dataclasses import asdict
+
+    from aegis.data.reputation import reputation
+
+    return {
+        e.name: asdict(r) | {"blocked": r.blocked}
+        for e in store.entries
+        if e.role == "supplier" and (r := reputation(ledger, e.name))
+    }
+
+
+def _flagged_cell(record: dict | None) -> str:
+    if record is None:
+        return ""
+    text = f"{record['flagged']}/{record['rows']} ({record['rate']:.1%})"
+    return f"[red]{text} blocked[/]" if record["blocked"] else text
+
+
+@trust_app.command("readmit")
+def trust_readmit(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why the supplier may deliver again (audited).")],
+    admin_key: AdminKeyOpt = None,
+) -> None:
+    """Re-admit a supplier blocked by its reputation (signed by an admin; the count restarts)."""
+    from aegis.data.reputation import readmit
+
+    record = readmit(_ledger(), name, reason=reason, admin_key=admin_key)
+    _console().print(f"supplier '{printable(name)}' re-admitted ({record.rows} rows counted since)")
 
 
 def _status_change(name: str, status: str, reason: str, admin_key: Path | None) -> None:

@@ -228,7 +228,8 @@ def store(
     goes into the audit entry.
 
     Raises:
-        RefusedError: ``replay``: older than the last accepted version.
+        RefusedError: ``replay``: older than the last accepted version;
+            ``supplier-reputation``: the supplier's screened rows are over the limit.
     """
     ws = ledger.ws
     layout = Layout.of(ws)
@@ -236,6 +237,9 @@ def store(
     target = layout.data(name)
     dvc_file = layout.data_dvc(name)
     with ledger.locked():
+        from aegis.data.reputation import check_supplier
+
+        check_supplier(ledger, verified.supplier_name)
         last = ledger.last_accepted(name)
         older = last is not None and verified.manifest.created < last.created
         if older and not allow_older:

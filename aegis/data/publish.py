@@ -51,6 +51,21 @@ def _read_table(path: Path):
         raise UsageError(f"{path}: cannot read as {path.suffix[1:]} ({exc})") from None
 
 
+def read_source_frame(src: Path):
+    """The rows of a CSV or Parquet file, or of a directory of them, as one table.
+
+    Raises:
+        UsageError: Unreadable input or mismatched schemas.
+    """
+    import pyarrow as pa
+
+    tables = [_read_table(p) for p in _source_files(src)]
+    try:
+        return pa.concat_tables(tables).to_pandas()
+    except pa.ArrowInvalid:
+        raise UsageError(f"{src}: its files do not share one schema") from None
+
+
 def publish_dataset(src: Path, *, name: str, key_path: Path, out: Path) -> DatasetManifest:
     """Writes a signed dataset to ``out`` (which must not exist or be empty).
 

@@ -78,6 +78,28 @@ def read_quarantine(layout: Layout, name: str):
     return table
 
 
+def quarantine_records(ledger: Ledger, name: str, *, values: bool = False) -> list[dict]:
+    """Every quarantined row as ``{"row", "reasons", "released"}`` (and ``values``), in order.
+
+    Raises:
+        UsageError: ``name`` was never validated.
+        RefusedError: ``validation``: the quarantine or result is not the audited one.
+    """
+    table = read_quarantine(Layout.of(ledger.ws), name)
+    released = released_rows(ledger, name, validated_version(ledger, name))
+    records = []
+    features = table.drop(columns=[ROW, REASONS])
+    cells = features.astype(object).where(features.notna(), None).to_dict(orient="records")
+    for (row, reasons), cell in zip(table[[ROW, REASONS]].itertuples(index=False), cells,
+                                    strict=True):  # fmt: skip
+        record = {"row": int(row), "reasons": str(reasons).split("; "),
+                  "released": int(row) in released}  # fmt: skip
+        if values:
+            record["values"] = cell
+        records.append(record)
+    return records
+
+
 def released_rows(ledger: Ledger, name: str, dataset_digest: str) -> set[int]:
     """Rows released by signed, audited decisions for this exact dataset version."""
     rows: set[int] = set()

@@ -21,7 +21,7 @@ from aegis.config import ValidateParams
 from aegis.data.drift import profile_frame, psi_against
 from aegis.data.expectations import SuiteOutcome, read_suite, run_suite
 from aegis.data.ingest import VerifiedDataset
-from aegis.data.quarantine import build_quarantine
+from aegis.data.quarantine import REASONS, ROW, build_quarantine
 from aegis.data.report import render_report
 from aegis.errors import ConfigError, RefusedError
 
@@ -59,6 +59,8 @@ class ValidationResult:
     profile_digest: str
     # the positions training leaves out: audited with this result (the parquet is for people)
     quarantined_rows: list[int] = field(default_factory=list)
+    # the poisoning screens: per screen its flagged rows, scores and per-class counts
+    screens: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode() + b"\n"
@@ -98,6 +100,40 @@ class CheckedDataset:
     result: ValidationResult
     quarantine: Any  # pandas.DataFrame of the quarantined rows
     profile: bytes  # the version's profile: the next version's drift reference
+    rows_index: bytes | None = None  # its accepted rows: the next label diff's reference
+    supplier: str | None = None
+
+
+def with_screens(
+    checked: CheckedDataset, frame, screen_reasons: dict[int, list[str]], summary: dict[str, Any]
+) -> CheckedDataset:
+    """``checked`` with the screens' flagged rows added to its quarantine and result."""
+    from dataclasses import replace
+
+    result = checked.result
+    reasons: dict[int, list[str]] = {}
+    for _, row in checked.quarantine.iterrows():
+        reasons[int(row[ROW])] = str(row[REASONS]).split("; ")
+    for row, why in screen_reasons.items():
+        reasons.setdefault(row, []).extend(why)
+    counts = dict(result.quarantine_reasons)
+    for why in screen_reasons.values():
+        for reason in set(why):
+            counts[reason] = counts.get(reason, 0) + 1
+    rows = {
+        **result.rows,
+        "quarantined": len(reasons),
+        "failed_expectations": len(checked.quarantine),
+        "screened": len(screen_reasons),
+    }
+    merged = replace(
+        result,
+        rows=rows,
+        quarantine_reasons=dict(sorted(counts.items())),
+        quarantined_rows=sorted(reasons),
+        screens=summary,
+    )
+    return replace(checked, result=merged, quarantine=build_quarantine(frame, reasons))
 
 
 def check_dataset(

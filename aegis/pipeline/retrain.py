@@ -31,6 +31,7 @@ from typing import Any
 
 from aegis.data import ingest as ingest_core
 from aegis.data.ingest import IngestResult
+from aegis.data.reputation import check_supplier
 from aegis.data.validate import ValidationResult
 from aegis.errors import RefusedError
 from aegis.ledger import Ledger
@@ -229,6 +230,7 @@ def run_retrain(
                 last = ledger.last_accepted(name)
                 if released is not None or last is None or last.digest != verified.digest:
                     return AlreadyCurrent(name, verified.digest, released, trigger)
+            check_supplier(ledger, verified.supplier_name)  # before the screens' work
             checked = runner(VALIDATE, ledger, verified)
             if ledger.accepted(verified.digest) is None:
                 ingested = runner(STORE, ledger, verified, actor, allow_older, recorded)

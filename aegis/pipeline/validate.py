@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from dataclasses import replace
 
 from aegis import vcs
 from aegis.data.ingest import VerifiedDataset, verify_staged
@@ -21,11 +22,18 @@ from aegis.data.manifest import check_dataset_name
 from aegis.data.quarantine import write_release_copy
 from aegis.data.report import render_report
 from aegis.data.sources import StagedSource
-from aegis.data.validate import CheckedDataset, ValidationResult, check_dataset, read_frame
+from aegis.data.validate import (
+    CheckedDataset,
+    ValidationResult,
+    check_dataset,
+    read_frame,
+    with_screens,
+)
 from aegis.errors import RefusedError, UnsafeFileError, UsageError
 from aegis.fileutil import atomic_write, read_regular
 from aegis.ledger import Action, Ledger
 from aegis.pipeline.layout import Layout
+from aegis.pipeline.screen import check_limit, row_index_bytes, row_index_path, run_screens
 from aegis.pipeline.stages import commit_stage, require_stage
 
 
@@ -107,18 +115,45 @@ def check_version(ledger: Ledger, verified: VerifiedDataset) -> CheckedDataset:
     committed_digest = committed and "sha256:" + hashlib.sha256(committed).hexdigest()
     if suite.exists() and not committed_digest:
         raise _uncommitted(layout.rel(suite))
+    frame = read_frame(verified)
+    params = ws.params()
     checked = check_dataset(
-        read_frame(verified),
+        frame,
         name=name,
         digest=verified.digest,
         suite_path=suite,
-        params=ws.params().validation,
+        params=params.validation,
         reference=reference_profile(ledger, name, exclude=verified.digest),
         report=layout.rel(layout.validation_report(name)),
     )
     if checked.result.suite_digest != committed_digest:  # of the very bytes that validated
         raise _uncommitted(layout.rel(suite))
-    return checked
+    return screened(ledger, checked, frame, verified)
+
+
+def screened(ledger: Ledger, checked: CheckedDataset, frame, verified) -> CheckedDataset:
+    """Runs the poisoning screens on what the suite let through; stops a version over the limit.
+
+    Raises:
+        ScreenRefusal: Over ``screen.max_flagged_fraction`` (audited, nothing stored).
+    """
+    import numpy as np
+
+    name, digest = verified.name, verified.digest
+    outcome = run_screens(
+        ledger, frame, name=name, digest=digest,
+        excluded=set(checked.result.quarantined_rows), params=ledger.ws.params(),
+    )  # fmt: skip
+    check_limit(
+        ledger, outcome, name=name, digest=digest, rows=len(frame),
+        supplier=verified.supplier_name,
+    )  # fmt: skip
+    checked = with_screens(checked, frame, outcome.row_reasons, outcome.summary)
+    accepted = np.setdiff1d(np.arange(len(frame)), checked.result.quarantined_rows)
+    index = None
+    if len(frame) <= ledger.ws.params().screen.label_diff.max_rows:
+        index = row_index_bytes(frame, accepted)
+    return replace(checked, rows_index=index, supplier=verified.supplier_name)
 
 
 def _uncommitted(rel: str) -> RefusedError:
@@ -147,6 +182,10 @@ def write_validation(ledger: Ledger, checked: CheckedDataset, *, actor: str) -> 
         )
         atomic_write(layout.validation_result(name), result.to_json())
         atomic_write(layout.profile(name, result.dataset), checked.profile)
+        rows_digest = None
+        if checked.rows_index is not None:
+            atomic_write(row_index_path(layout, name, result.dataset), checked.rows_index)
+            rows_digest = "sha256:" + hashlib.sha256(checked.rows_index).hexdigest()
         ledger.append(
             Action.VALIDATE_PASSED,
             actor=actor,
@@ -162,6 +201,14 @@ def write_validation(ledger: Ledger, checked: CheckedDataset, *, actor: str) -> 
                 "reference": result.drift.reference,
                 "worst_psi": result.drift.worst[1] if result.drift.worst else None,
                 "profile_digest": result.profile_digest,
+                "rows_digest": rows_digest,
+                "supplier": checked.supplier,
+                "screen_flagged": result.rows.get("screened", 0),
+                "screens": {
+                    s: result.screens[s]["flagged"]
+                    for s in result.screens.get("enabled", [])
+                    if s in result.screens
+                },
             },
         )
         # the train stage depends on it: the signed releases of this version, if any
@@ -191,6 +238,9 @@ def record_validation(ledger: Ledger, result: ValidationResult) -> str:
             layout.quarantine_releases(name),
         )
     ]
+    index = row_index_path(layout, name, result.dataset)
+    if index.exists():
+        evidence.append(layout.rel(index))
     return commit_stage(
         ledger,
         f"validate@{name}",

@@ -426,11 +426,11 @@ def test_quarantine_list_and_show(cli, quarantined):
         assert re.search(rf"\b{row}\b.*\bno\b.*{re.escape(BETWEEN)}", shown.out), shown.out
 
     records = json.loads(cli("--workspace", root, "quarantine", "show", "digits", "--json").out)
-    assert [r["_aegis_row"] for r in records] == BAD_ROWS
-    assert all(r["_aegis_reasons"] == BETWEEN and r["released"] is False for r in records)
-    assert all(r[BAD_PIXEL] == 99.0 for r in records)
+    assert records == [{"row": r, "reasons": [BETWEEN], "released": False} for r in BAD_ROWS]
+    with_values = cli("--workspace", root, "quarantine", "show", "digits", "--json", "--values")
+    assert all(r["values"][BAD_PIXEL] == 99.0 for r in json.loads(with_values.out))
     limited = cli("--workspace", root, "quarantine", "show", "digits", "--limit", "1", "--json")
-    assert len(json.loads(limited.out)) == 1
+    assert len(json.loads(limited.out)) == 3  # JSON lists every row; --limit is the table's
 
 
 def test_quarantine_release_is_an_operator_decision(cli, quarantined):
@@ -453,7 +453,7 @@ def test_quarantine_release_is_an_operator_decision(cli, quarantined):
     (summary,) = json.loads(cli("--workspace", env.root, "quarantine", "list", "--json").out)
     assert summary["released"] == 2
     records = json.loads(cli("--workspace", env.root, "quarantine", "show", "digits", "--json").out)
-    assert {r["_aegis_row"]: r["released"] for r in records} == {3: True, 500: True, 1200: False}
+    assert {r["row"]: r["released"] for r in records} == {3: True, 500: True, 1200: False}
     entry = env.ws.audit().entries()[-1]
     assert entry.action == "quarantine.release"
     assert entry.actor == env.ledger().trust.get("ops").key_id
@@ -474,7 +474,8 @@ def test_quarantine_show_json_is_strict_json_with_null_values(cli, quarantined):
     table.loc[0, "pixel_2_2"] = float("nan")  # as for a row quarantined by not_null(pixel_2_2)
     table.to_parquet(path, index=False)
 
-    shown = cli("--workspace", quarantined.root, "quarantine", "show", "digits", "--json")
+    shown = cli("--workspace", quarantined.root, "quarantine", "show", "digits", "--json",
+                "--values")  # fmt: skip
 
     assert shown.code == 0, shown.err
 
@@ -482,4 +483,4 @@ def test_quarantine_show_json_is_strict_json_with_null_values(cli, quarantined):
         raise ValueError(f"{constant} is not JSON")
 
     records = json.loads(shown.out, parse_constant=refuse)
-    assert records[0]["pixel_2_2"] is None
+    assert records[0]["values"]["pixel_2_2"] is None
