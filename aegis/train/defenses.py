@@ -116,14 +116,18 @@ def trades_terms(
     steps: int,
     beta: float,
     domain: Domain,
+    loss=F.cross_entropy,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The TRADES loss and the clean logits (for accuracy), in the model's current mode."""
+    """The TRADES loss and the clean logits (for accuracy), in the model's current mode.
+
+    ``loss`` is the natural term's classification loss (``train.loss``).
+    """
     x_adv = trades_examples(model, x, eps=eps, step_size=step_size, steps=steps, domain=domain)
     logits = model(x)
     robust = F.kl_div(
         F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean"
     )
-    return F.cross_entropy(logits, y) + beta * robust, logits
+    return loss(logits, y) + beta * robust, logits
 
 
 def trades_loss(

@@ -38,6 +38,7 @@ from aegis.train.data import (
     to_tensors,
 )
 from aegis.train.defenses import fgsm_rs_examples, pgd_examples, trades_terms
+from aegis.train.losses import loss_for
 from aegis.train.models import build_model, model_config, model_from_config
 from aegis.train.privacy import accountant_state, epsilon_spent, make_private
 from aegis.train.progress import EpochCallback, Progress, progress_for
@@ -188,19 +189,20 @@ def _train_epoch(
 def _objective(params: TrainParams, domain: tuple[float, float] | None) -> Objective:
     """``(model, x, y) -> (loss, logits)`` for ``params.defense``."""
     eps, step, steps = params.epsilon, params.step_size, params.steps
+    loss = loss_for(params)
 
     def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         if params.defense == "trades":
             return trades_terms(
                 model, x, y, eps=eps, step_size=step, steps=steps, beta=params.trades_beta,
-                domain=domain,
+                domain=domain, loss=loss,
             )  # fmt: skip
         if params.defense == "fgsm_rs":
             x = fgsm_rs_examples(model, x, y, eps=eps, domain=domain)
         elif params.defense == "pgd":
             x = pgd_examples(model, x, y, eps=eps, step_size=step, steps=steps, domain=domain)
         logits = model(x)
-        return F.cross_entropy(logits, y), logits
+        return loss(logits, y), logits
 
     return objective
 
