@@ -72,6 +72,25 @@ def robust_accuracy(metrics: dict[str, Any]) -> Any:
     return (metrics.get("robust") or {}).get("worst_case")
 
 
+def _trusted_gates(
+    metrics: dict[str, Any], params: PromoteParams, trusted_set: str | None
+) -> list[GateResult]:
+    """The thresholds again on the trusted set, when one is configured or was measured."""
+    trusted = metrics.get("trusted") if isinstance(metrics.get("trusted"), dict) else None
+    if trusted_set is None and trusted is None:
+        return []
+    trusted = trusted or {}
+    rows = []
+    if trusted_set is not None:
+        measured = trusted.get("set")
+        shown = str(measured)[:40] + "..." if measured else "not measured"
+        rows.append(GateResult("trusted_set", shown, trusted_set[:40] + "...",
+                               measured == trusted_set))  # fmt: skip
+    rows.append(_at_least("trusted_clean_acc", trusted.get("clean_acc"), params.min_clean_acc))
+    rows.append(_at_least("trusted_robust_acc", trusted.get("robust_acc"), params.min_robust_acc))
+    return rows
+
+
 def evaluate_gates(
     *,
     metrics: dict[str, Any],
@@ -79,6 +98,7 @@ def evaluate_gates(
     params: PromoteParams,
     prod_metrics: dict[str, Any] | None = None,
     dp: bool | None = None,
+    trusted_set: str | None = None,
 ) -> list[GateResult]:
     """Runs every promotion gate; never raises (see :func:`require_gates`).
 
@@ -91,6 +111,8 @@ def evaluate_gates(
         prod_metrics: The current prod's ``metrics.json``, or None without a prod.
         dp: Whether the candidate was trained with DP; None infers it from
             ``metrics["epsilon_spent"]``.
+        trusted_set: ``evaluate.trusted_set``: the candidate must have been measured on
+            it, and meet the clean and robust thresholds there too.
 
     Returns:
         One row per gate, in a fixed order.
@@ -98,6 +120,7 @@ def evaluate_gates(
     rows = [
         _at_least("min_clean_acc", metrics.get("clean_acc"), params.min_clean_acc),
         _at_least("min_robust_acc", robust_accuracy(metrics), params.min_robust_acc),
+        *_trusted_gates(metrics, params, trusted_set),
     ]
     if dp is None:
         dp = metrics.get("epsilon_spent") is not None

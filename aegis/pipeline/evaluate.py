@@ -28,6 +28,7 @@ from aegis.config import TrainParams
 from aegis.errors import RefusedError
 from aegis.fileutil import atomic_write
 from aegis.ledger import Action, Ledger
+from aegis.pipeline.checks import post_training_checks
 from aegis.pipeline.layout import Layout, check_output
 from aegis.pipeline.stages import commit_stage, require_stage
 from aegis.pipeline.train import load_training_frame
@@ -108,8 +109,12 @@ def evaluate_stored(
         out = Path(os.path.abspath(out_dir.expanduser()))
     directory = model_directory or layout.model(name)
     loaded = loaded or load_checkpoint(directory)
+    trusted_ref = _trusted_ref(ws, loaded.config)
     # the model's own data may be an older accepted version, checked out to re-evaluate it
-    data = load_training_frame(ledger, name, version=str(loaded.config.get("dataset")))
+    data = load_training_frame(
+        ledger, name, version=str(loaded.config.get("dataset")),
+        trusted_set=(loaded.config.get("trusted_set") or {}).get("ref"),
+    )  # fmt: skip
     if data.dataset_digest != loaded.config.get("dataset"):
         raise RefusedError(
             "evaluate",
@@ -148,6 +153,14 @@ def evaluate_stored(
         "defense": train_params.defense,
         "train_epsilon": train_params.epsilon,
     }
+    extra = post_training_checks(
+        ledger, loaded, x_test, y_test, domain=input_domain(spec, train_params),
+        train_params=train_params, trusted_ref=trusted_ref,
+    )  # fmt: skip
+    metrics.update(extra.metrics)
+    if extra.flags:
+        metrics["flags"] = [*metrics.get("flags", []), *extra.flags]
+        metrics["flag_reasons"] = {**metrics.get("flag_reasons", {}), **extra.flags}
     metrics_bytes = json.dumps(metrics, indent=1, sort_keys=True).encode() + b"\n"
     page = render_report(
         metrics,
@@ -180,6 +193,23 @@ def evaluate_stored(
         metrics_path=str(shown / "metrics.json"),
         report_path=str(shown / "report.html"),
     )
+
+
+def _trusted_ref(ws, config: dict[str, Any]) -> str | None:
+    """The trusted set to measure on: the params', which the model must have been kept from.
+
+    Raises:
+        RefusedError: ``trusted-set``: the model was trained without leaving its rows out.
+    """
+    wanted = ws.params().evaluate.trusted_set
+    recorded = (config.get("trusted_set") or {}).get("ref")
+    if wanted is not None and recorded != wanted:
+        raise RefusedError(
+            "trusted-set",
+            f"the model was trained without leaving out the rows of {wanted[:40]} (it may "
+            "have trained on them); train again with evaluate.trusted_set set",
+        )
+    return wanted
 
 
 def record_evaluation(ledger: Ledger, evaluated: EvaluatedModel) -> str:

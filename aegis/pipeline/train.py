@@ -116,11 +116,14 @@ def audited_quarantine(result: dict[str, Any], name: str) -> set[int]:
     return set(rows)
 
 
-def load_training_frame(ledger: Ledger, name: str, *, version: str | None = None) -> TrainingData:
+def load_training_frame(
+    ledger: Ledger, name: str, *, version: str | None = None, trusted_set: str | None = None
+) -> TrainingData:
     """The stored, re-verified dataset ``name`` without its quarantined rows.
 
     Rows released from quarantine for this exact version (signed and audited) stay in.
     ``version``: see :func:`~aegis.pipeline.validate.load_stored` (evaluation only).
+    ``trusted_set``: ``NAME@digest`` whose rows (by feature hash) are left out too.
 
     Raises:
         RefusedError: ``validation``: this version has not passed validation,
@@ -145,12 +148,19 @@ def load_training_frame(ledger: Ledger, name: str, *, version: str | None = None
     released = released_rows(ledger, name, digest) & quarantined
     keep = np.ones(len(frame), dtype=bool)
     keep[sorted(quarantined - released)] = False
+    frame, trusted_excluded = frame.iloc[keep].reset_index(drop=True), 0
+    if trusted_set is not None:
+        from aegis.pipeline.trusted import load_trusted, without_trusted_rows
+
+        frame, trusted_excluded = without_trusted_rows(frame, load_trusted(ledger, trusted_set))
     return TrainingData(
         name=name,
-        frame=frame.iloc[keep].reset_index(drop=True),
+        frame=frame,
         dataset_digest=digest,
         excluded_rows=len(quarantined - released),
         released_rows=len(released),
+        trusted_set=trusted_set,
+        trusted_excluded=trusted_excluded,
     )
 
 
@@ -168,7 +178,7 @@ def train_stage(
     ws = ledger.ws
     require_stage(ws, name)
     params = ws.params().train
-    data = load_training_frame(ledger, name)
+    data = load_training_frame(ledger, name, trusted_set=ws.params().evaluate.trusted_set)
     target = Layout.of(ws).model(name)
     with scratch_dir(ws, f"train-{name}") as scratch:
         out = scratch / "model"

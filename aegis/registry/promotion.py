@@ -94,7 +94,11 @@ def _release_dp(verified: VerifiedRelease) -> bool:
 
 
 def gates_for(
-    verified: VerifiedRelease, params: PromoteParams, prod: VerifiedRelease | None
+    verified: VerifiedRelease,
+    params: PromoteParams,
+    prod: VerifiedRelease | None,
+    *,
+    trusted_set: str | None = None,
 ) -> list[GateResult]:
     """The gate rows of a verified candidate against the current prod (not raising on gates).
 
@@ -112,6 +116,7 @@ def gates_for(
         params=params,
         prod_metrics=prod.metrics if prod is not None else None,
         dp=_release_dp(verified) or verified.metrics.get("epsilon_spent") is not None,
+        trusted_set=trusted_set,
     )
 
 
@@ -291,7 +296,8 @@ def promote(
     if resume and request is None:  # before the gates: a resume under another policy is refused
         raise RefusedError("approval", f"{model}@{version}: {why}; run `aegis promote` first")
     prod = _prod_release(ledger, model, state.prod, version)
-    gates = require_gates(gates_for(verified, params, prod))
+    trusted = ledger.ws.params().evaluate.trusted_set
+    gates = require_gates(gates_for(verified, params, prod, trusted_set=trusted))
     if request is None:
         rejected = review.standing_rejection(ledger, candidate)
         if rejected is not None:
@@ -384,7 +390,8 @@ def _assign(
                         "approval",
                         "the promotion policy changed during the promotion; request again",
                     )
-                gates = require_gates(gates_for(again, params, prod))
+                trusted = ws.params().evaluate.trusted_set
+                gates = require_gates(gates_for(again, params, prod, trusted_set=trusted))
                 tally = _tally(ledger, candidate, request)
                 if not tally.enough:
                     raise RefusedError("approval", f"{tally.missing} approval(s) missing")

@@ -348,6 +348,8 @@ class TrainingData:
     dataset_digest: str
     excluded_rows: int  # quarantined and not released
     released_rows: int  # quarantined but released for this version
+    trusted_set: str | None = None  # NAME@digest whose rows were left out (evaluate.trusted_set)
+    trusted_excluded: int = 0
 
 
 def prepare(data: TrainingData | pd.DataFrame, params: TrainParams) -> PreparedData:

@@ -269,6 +269,11 @@ def train_and_save(
         "privacy": result.privacy,
         "dataset": data.dataset_digest,
         "quarantine": {"excluded": data.excluded_rows, "released": data.released_rows},
+        **(
+            {"trusted_set": {"ref": data.trusted_set, "excluded": data.trusted_excluded}}
+            if data.trusted_set
+            else {}
+        ),
     }
     metadata = {
         "dataset_name": data.name,

@@ -91,6 +91,33 @@ def test_regression_against_prod():
     assert better["max_regression_clean"].passed
 
 
+TRUSTED = "digits@sha256:" + "a" * 64
+
+
+def test_trusted_set_gates_hold_its_figures_to_the_thresholds():
+    measured = GOOD | {"trusted": {"set": TRUSTED, "clean_acc": 0.95, "robust_acc": 0.6}}
+    rows = _rows(metrics=measured, validation=PASSED, trusted_set=TRUSTED)
+    assert all(rows[g].passed for g in ("trusted_set", "trusted_clean_acc", "trusted_robust_acc"))
+    poisoned = GOOD | {"trusted": {"set": TRUSTED, "clean_acc": 0.5, "robust_acc": 0.6}}
+    rows = _rows(metrics=poisoned, validation=PASSED, trusted_set=TRUSTED)
+    assert not rows["trusted_clean_acc"].passed and rows["min_clean_acc"].passed
+
+
+def test_a_candidate_not_measured_on_the_configured_trusted_set_fails_its_gate():
+    rows = _rows(metrics=GOOD, validation=PASSED, trusted_set=TRUSTED)
+    assert not rows["trusted_set"].passed and rows["trusted_set"].value == "not measured"
+    assert not rows["trusted_clean_acc"].passed  # a value not measured never passes
+    other = GOOD | {"trusted": {"set": "digits@sha256:" + "b" * 64, "clean_acc": 1.0,
+                                "robust_acc": 1.0}}  # fmt: skip
+    assert not _rows(metrics=other, validation=PASSED, trusted_set=TRUSTED)["trusted_set"].passed
+    assert "trusted_set" not in _rows(metrics=GOOD, validation=PASSED)
+
+
+def test_a_backdoor_flag_refuses_promotion():
+    rows = _rows(metrics=GOOD | {"flags": ["backdoor"]}, validation=PASSED)
+    assert not rows["evaluation_flags"].passed and rows["evaluation_flags"].value == "backdoor"
+
+
 def test_gate_failure_pickles():
     rows = list(_rows(metrics={**GOOD, "clean_acc": 0.1}, validation=PASSED).values())
     again = pickle.loads(pickle.dumps(GateFailure(rows)))
