@@ -105,7 +105,7 @@ def test_trusted_set_gates_hold_its_figures_to_the_thresholds():
 
 def test_a_candidate_not_measured_on_the_configured_trusted_set_fails_its_gate():
     rows = _rows(metrics=GOOD, validation=PASSED, trusted_set=TRUSTED)
-    assert not rows["trusted_set"].passed and rows["trusted_set"].value == "not measured"
+    assert not rows["trusted_set"].passed and rows["trusted_set"].measured == "not measured"
     assert not rows["trusted_clean_acc"].passed  # a value not measured never passes
     other = GOOD | {"trusted": {"set": "digits@sha256:" + "b" * 64, "clean_acc": 1.0,
                                 "robust_acc": 1.0}}  # fmt: skip
@@ -115,7 +115,7 @@ def test_a_candidate_not_measured_on_the_configured_trusted_set_fails_its_gate()
 
 def test_a_backdoor_flag_refuses_promotion():
     rows = _rows(metrics=GOOD | {"flags": ["backdoor"]}, validation=PASSED)
-    assert not rows["evaluation_flags"].passed and rows["evaluation_flags"].value == "backdoor"
+    assert not rows["evaluation_flags"].passed and rows["evaluation_flags"].measured == "backdoor"
 
 
 def test_gate_failure_pickles():
