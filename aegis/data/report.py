@@ -72,6 +72,10 @@ def render_report(result, quarantine, *, max_rows: int = 50) -> str:
     else:
         parts.append("<p class='ok'>Every expectation passed.</p>")
     parts.append(_quarantine_section(r, quarantine, max_rows))
+    if r.screens:
+        from aegis.data.screen_report import screens_section
+
+        parts.append(screens_section(r.screens, quarantine))
     parts.append(_drift_section(r.drift))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -56,6 +56,9 @@ def test_relabelled_rows_of_an_accepted_version_are_quarantined_and_scored(cli, 
                              "--json").out)  # fmt: skip
     assert [r["row"] for r in records] == document["rows"]
     assert all(r["reasons"] == ["label-changed"] and not r["released"] for r in records)
+    page = (env.root / "validation" / "digits" / "report.html").read_text()
+    assert "Poisoning screens" in page and "90 row(s) flagged" in page
+    assert page.count("<figure") == 48 and f"row {document['rows'][0]}<br>" in page
     os.unlink(truth)
     truth.with_suffix(".kept").rename(truth)
     scored = cli("--workspace", env.root, "attack", "score", str(truth), "--name", "digits",
