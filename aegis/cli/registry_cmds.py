@@ -96,19 +96,29 @@ def status(as_json: JsonOpt = False) -> None:
     """The registry: versions, stages, metrics, signer, approvals, prod and bad marks."""
     from dataclasses import asdict
 
+    from aegis.data.reputation import supplier_reputations
     from aegis.registry.status import registry_status
 
-    models, reconciled = registry_status(_ledger())
+    ledger = _ledger()
+    models, reconciled = registry_status(ledger)
+    suppliers = supplier_reputations(ledger)
     _print_notes(reconciled, "reconciled")
     if STATE.json or as_json:
-        _print_json({"models": [asdict(m) for m in models]})
+        records = [asdict(r) | {"blocked": r.blocked} for r in suppliers]
+        _print_json({"models": [asdict(m) for m in models], "suppliers": records})
         return
     out = _console()
     if not models:
         out.print("no registered models yet (a retrain run makes a release)")
-        return
     for model in models:
         out.print(_status_table(model))
+    screened = [r for r in suppliers if r.versions]
+    if screened:
+        out.print("suppliers (rows the screens flagged, since re-admission):")
+        for r in screened:
+            state = " [red]blocked at ingest[/]" if r.blocked else ""
+            out.print(f"  {printable(r.supplier)}: {r.flagged} of {r.rows} ({r.rate:.1%}) over "
+                      f"{r.versions} version(s), limit {r.max_rate:.0%}{state}")  # fmt: skip
 
 
 def _sign_rollback_request(ws, out: Path, *, key: Path, reason: str, target, model) -> None:

@@ -81,6 +81,12 @@ def reputation(ledger: Ledger, supplier: str) -> Reputation:
     )
 
 
+def supplier_reputations(ledger: Ledger) -> list[Reputation]:
+    """The record of every supplier in the trust store, by name."""
+    names = sorted(e.name for e in ledger.trust.entries if e.role == "supplier")
+    return [reputation(ledger, name) for name in names]
+
+
 def check_supplier(ledger: Ledger, supplier: str) -> None:
     """Refuses a supplier whose flagged share is over the limit.
 

@@ -94,6 +94,14 @@ def test_a_run_over_the_screen_limit_stops_stores_nothing_and_counts_against_the
     listed = {e["name"]: e for e in json.loads(cli("--workspace", env.root, "--json", "trust",
                                                    "list").out)}  # fmt: skip
     assert listed["acme"]["reputation"]["blocked"] is True
+    (acme,) = json.loads(cli("--workspace", env.root, "status", "--json").out)["suppliers"]
+    assert (acme["supplier"], acme["flagged"], acme["rows"], acme["refused"]) == (
+        "acme",
+        898,
+        2 * 1797,
+        1,
+    )
+    assert "blocked at ingest" in cli("--workspace", env.root, "status").out
     again = cli("--workspace", env.root, "ingest", str(env.dataset), "--name", "digits")
     assert again.code == 1 and "supplier-reputation" in again.err
     assert "aegis trust readmit acme" in again.err

@@ -125,7 +125,7 @@ def test_status_empty_workspace(env, cli):
     result = cli("--workspace", env.root, "status")
     assert result.code == 0 and "no registered models" in result.out
     result = cli("--workspace", env.root, "status", "--json")
-    assert result.code == 0 and json.loads(result.out) == {"models": []}
+    assert result.code == 0 and json.loads(result.out)["models"] == []
 
 
 def test_cli_status_table_and_json(released_env, cli):
