@@ -18,6 +18,7 @@ from validation_helpers import git_status
 from aegis.errors import RefusedError
 from aegis.pipeline.retrain import run_retrain
 from aegis.pipeline.screen import ScreenRefusal
+from aegis.pipeline.train import load_training_frame
 
 
 def _poison(cli, env, kind: str, rate: float, *extra: str, out: str = "poisoned"):
@@ -68,6 +69,14 @@ def test_relabelled_rows_of_an_accepted_version_are_quarantined_and_scored(cli, 
     assert (figures["precision"], figures["recall"], figures["f1"]) == (1.0, 1.0, 1.0)
     assert figures["reasons"]["label-changed"]["true_positives"] == 90
     assert git_status(env.root) == ""
+
+    # flagged rows never train unless an operator releases them (signed, audited)
+    assert len(load_training_frame(env.ledger(), "digits").frame) == 1797 - 90
+    released = cli("--workspace", env.root, "quarantine", "release", "digits", "--rows",
+                   f"{document['rows'][0]}", "--reason", "checked by hand", "--key",
+                   str(env.operator_key))  # fmt: skip
+    assert released.code == 0, released.err
+    assert len(load_training_frame(env.ledger(), "digits").frame) == 1797 - 89
 
 
 def test_a_run_over_the_screen_limit_stops_stores_nothing_and_counts_against_the_supplier(
@@ -135,6 +144,17 @@ def test_a_forged_readmission_entry_counts_for_nothing(cli, validated):
                       subjects={}, details={"supplier": "acme", "reason": "forged"})  # fmt: skip
     again = cli("--workspace", env.root, "ingest", str(env.dataset), "--name", "digits")
     assert again.code == 1 and "supplier-reputation" in again.err
+
+
+def test_a_stopped_run_reports_what_it_flagged_as_json(cli, validated):
+    env = validated
+    target, _ = _poison(cli, env, "flip", 0.25)
+    assert cli("--workspace", env.root, "ingest", str(target), "--name", "digits").code == 0
+    stopped = cli("--workspace", env.root, "validate", "digits", "--json")
+    assert stopped.code == 1 and "screen: label-changed" in stopped.err
+    report = json.loads(stopped.out)
+    assert report["refused"] == "screen" and report["report"]["flagged"] == 449
+    assert len(report["report"]["screens"]["label-changed"]["rows"]) == 449
 
 
 @pytest.mark.parametrize(
