@@ -120,8 +120,9 @@ def test_a_run_over_the_screen_limit_stops_stores_nothing_and_counts_against_the
     wrong = cli("--workspace", env.root, "trust", "readmit", "acme", "--reason", "fixed",
                 "--admin-key", str(env.operator_key))  # fmt: skip
     assert wrong.code == 1 and "signer" in wrong.err
-    readmitted = cli("--workspace", env.root, "trust", "readmit", "acme", "--reason",
-                     "supplier rebuilt its labelling", "--admin-key", str(env.admin_key))  # fmt: skip
+    why = "supplier rebuilt its labelling"
+    readmitted = cli("--workspace", env.root, "trust", "readmit", "acme", "--reason", why,
+                     "--admin-key", str(env.admin_key))  # fmt: skip
     assert readmitted.code == 0, readmitted.err
     entry = env.ws.audit().entries()[-1]
     assert entry.action == "supplier.readmitted" and entry.details["signed"]["body"]["before"]
