@@ -190,3 +190,29 @@ def test_attack_poison_refuses_bad_places_and_settings(cli, validated):
         result = cli(*common, *bad, "--out", str(base / "q"), "--truth", str(base / "q.json"))
         assert result.code == 2, (bad, result.err)
         assert not (base / "q").exists() and not (base / "q.json").exists()
+
+
+def _enable(env, *screens: str) -> None:
+    from aegis import vcs
+    from aegis.config import override_params
+
+    override_params(env.root / "params.yaml", {"screen": {"enabled": list(screens)}})
+    vcs.commit_paths(env.root, "test: screens", ["params.yaml"])
+
+
+def test_the_label_issue_screen_finds_flips_in_a_first_delivery(cli, ingested):
+    """No earlier version to diff against: the model-based screen has to find them."""
+    env = ingested
+    _enable(env, "label-changed", "label-issue")
+    target, truth = _poison(cli, env, "flip", 0.05)
+    assert cli("--workspace", env.root, "ingest", str(target), "--name", "digits").code == 0
+
+    result = cli("--workspace", env.root, "validate", "digits", "--json")
+
+    assert result.code == 0, result.err
+    screens = json.loads(result.out)["screens"]
+    assert screens["skipped"] == {"label-changed": "no earlier validated version"}
+    figures = json.loads(cli("--workspace", env.root, "attack", "score", str(truth), "--name",
+                             "digits", "--json").out)  # fmt: skip
+    assert figures["precision"] >= 0.85 and figures["recall"] >= 0.8, figures
+    assert figures["clean_flagged_share"] <= 0.01
