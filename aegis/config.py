@@ -173,13 +173,33 @@ class LabelIssueParams(_Section):
 class BackdoorParams(_Section):
     """``backdoor``: per-class clustering and spectral scores of penultimate features."""
 
-    epochs: int = Field(default=8, ge=1, le=1000, description="preliminary model's epochs")
+    epochs: int = Field(default=10, ge=1, le=1000, description="preliminary model's epochs")
+    dims: int = Field(default=10, ge=1, le=256, description="PCA dimensions clustered")
+    max_share: float = Field(default=0.5, gt=0, lt=1, description="largest suspect cluster share")
+    min_rows: int = Field(default=20, ge=2)
+    min_cluster: int = Field(default=5, ge=1)
+    outlier_z: float = Field(default=3.0, gt=0)
+    refits: int = Field(default=3, ge=0, le=20)
+    # a class is poisoned only if the shift its suspects share moves >= this share of the
+    # other classes' rows to it (only a trigger does); the rest say "no poison here"
+    min_transfer: float = Field(default=0.2, gt=0, le=1)
+    min_match: float = Field(default=0.3, gt=0, le=1)
+    match_refits: int = Field(default=3, ge=0, le=20)
+    neighbours: int = Field(default=5, ge=1, le=100)
 
 
 class ModelScanParams(_Section):
     """The trigger search on each trained model (flag ``backdoor``)."""
 
     enabled: bool = True
+    samples: int = Field(default=100, ge=2, description="held-out inputs the search uses")
+    steps: int = Field(default=150, ge=1, le=10_000)
+    lr: float = Field(default=0.1, gt=0)
+    cost: float = Field(default=1.0, ge=0)
+    success: float = Field(default=0.95, gt=0, le=1)
+    min_anomaly: float = Field(default=2.0, gt=0, description="Neural Cleanse's MAD index")
+    min_ratio: float = Field(default=2.0, gt=1, description="median norm / smallest norm")
+    two_class_ratio: float = Field(default=3.0, gt=1, description="the same, with 2 classes")
 
 
 class ScreenParams(_Section):

@@ -57,7 +57,8 @@ def _scan(ledger: Ledger, loaded, x, y, *, domain, seed: int) -> tuple[dict, dic
     settings = ledger.ws.params().screen.model_scan.model_dump()
     settings.pop("enabled")
     started = time.perf_counter()
-    scan = scan_model(loaded.model, x, y, domain=domain, seed=seed, **settings)
+    threads = ledger.ws.params().train.threads
+    scan = scan_model(loaded.model, x, y, domain=domain, seed=seed, threads=threads, **settings)
     record = {
         "flagged": scan.flagged, "score": round(float(scan.score), 6),
         "threshold": scan.threshold, "target": scan.target, "details": scan.details,

@@ -150,7 +150,11 @@ def _run_one(screen: str, ledger, name, digest, part, features, params: Params):
     from aegis.screens.backdoor import backdoor_screen
 
     settings = params.screen.backdoor.model_dump()
-    return backdoor_screen(part, seed=seed, **settings), None
+    # the preliminary model has the pipeline's architecture and thread count
+    result = backdoor_screen(
+        part, seed=seed, model=params.train.model, threads=params.train.threads, **settings
+    )
+    return result, None
 
 
 def _summary(result: ScreenResult, positions: np.ndarray, seconds: float) -> dict[str, Any]:

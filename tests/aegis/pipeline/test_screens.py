@@ -216,3 +216,18 @@ def test_the_label_issue_screen_finds_flips_in_a_first_delivery(cli, ingested):
                              "digits", "--json").out)  # fmt: skip
     assert figures["precision"] >= 0.85 and figures["recall"] >= 0.8, figures
     assert figures["clean_flagged_share"] <= 0.01
+
+
+def test_the_backdoor_screen_finds_badnets_rows_in_a_first_delivery(cli, ingested):
+    env = ingested
+    _enable(env, "backdoor")
+    target, truth = _poison(cli, env, "badnets", 0.05)
+    assert cli("--workspace", env.root, "ingest", str(target), "--name", "digits").code == 0
+
+    result = cli("--workspace", env.root, "validate", "digits", "--json")
+
+    assert result.code == 0, result.err
+    figures = json.loads(cli("--workspace", env.root, "attack", "score", str(truth), "--name",
+                             "digits", "--json").out)  # fmt: skip
+    assert figures["recall"] >= 0.9 and figures["clean_flagged_share"] <= 0.02, figures
+    assert set(figures["reasons"]) == {"backdoor"}
