@@ -324,7 +324,18 @@ def _story(ws: Path, side: Path, server: _PrefectServer) -> None:
     _step("6. Promotion of v1: gates, a signed request by alice, approval by bob -> prod")
     _promote(ws, "v1", operator, approver)
 
-    _step("7. Aegis as a service: deploy, a worker; the next delivery retrains by itself -> v2")
+    _step(
+        "7. An insider: the supplier's own key signs a copy with a quarter of the labels "
+        "flipped; the screens stop the run, nothing is stored, the supplier's record counts it"
+    )
+    truth = side / "poison-truth.json"  # the attacker's notes: the pipeline never reads them
+    poisoned = side / "digits-poisoned"
+    _aegis(ws, "attack", "poison", dataset, "--name", "digits", "--kind", "flip", "--rate",
+           "0.25", "--key", supplier, "--out", poisoned, "--truth", truth)  # fmt: skip
+    _aegis(ws, "run", "--source", poisoned, "--name", "digits", "--key", operator, expect=1)
+    _aegis(ws, "trust", "list")
+
+    _step("8. Aegis as a service: deploy, a worker; the next delivery retrains by itself -> v2")
     inbox = side / "inbox"
     inbox.mkdir()
     _demo_params(
@@ -344,11 +355,11 @@ def _story(ws: Path, side: Path, server: _PrefectServer) -> None:
         _wait_for_release(ws, "v2.0.0")
     _aegis(ws, "quarantine", "show", "digits")
 
-    _step("8. Promotion of v2, the same way")
+    _step("9. Promotion of v2, the same way")
     _promote(ws, "v2", operator, approver)
     _aegis(ws, "status")
 
-    _step("9. Incident: v2 misbehaves in production; roll back to v1, re-verified first")
+    _step("10. Incident: v2 misbehaves in production; roll back to v1, re-verified first")
     _aegis(
         ws, "rollback", "--to", "digits-model@v1", "--reason",
         "demo incident: v2 misclassifies a customer's forms", "--key", operator,
@@ -356,6 +367,6 @@ def _story(ws: Path, side: Path, server: _PrefectServer) -> None:
     _aegis(ws, "verify", "digits-model#prod")
     _aegis(ws, "status")
 
-    _step("10. The audit log: every action, hash-chained, head signed by the pipeline")
+    _step("11. The audit log: every action, hash-chained, head signed by the pipeline")
     _aegis(ws, "audit", "show", "--last", "8")
     _aegis(ws, "audit", "verify")
