@@ -48,7 +48,7 @@ from aegis.attack.poison import apply_trigger, poison
 from aegis.config import TrainParams
 from aegis.screens.backdoor import backdoor_screen
 from aegis.screens.model_scan import scan_model
-from aegis.train.data import PreparedData, Split, infer_spec, prepare, split_rows, to_tensors
+from aegis.train.data import PreparedData, Split, infer_spec, prepare, to_tensors
 from aegis.train.trainer import train_model
 
 TARGET = 0
@@ -161,14 +161,7 @@ def _art(frame, seed: int, threads: int) -> dict[str, dict[str, Any]]:
 
 def _data_part(name: str, frame, seeds: list[int], threads: int) -> dict[str, Any]:
     params = TrainParams(threads=threads)
-    labels = frame["label"].to_numpy()
-    split = split_rows(
-        len(frame),
-        labels=labels,
-        seed=params.seed,
-        test_fraction=params.test_fraction,
-        val_fraction=params.val_fraction,
-    )
+    split = prepare(frame, params).split  # the pipeline's own split of these params
     clean_model, clean_spec, _ = _train(frame, split, [], threads)
     rows: dict[str, list[dict[str, Any]]] = {
         k: []

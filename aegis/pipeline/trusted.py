@@ -40,7 +40,8 @@ def load_trusted(ledger: Ledger, ref: str) -> TrustedSet:
             without a row index; its row index missing or altered.
     """
     name, digest = ref.split("@", 1)
-    if ledger.accepted(digest) is None or ledger.accepted(digest).name != name:
+    accepted = ledger.accepted(digest)
+    if accepted is None or accepted.name != name:
         raise RefusedError("trusted-set", f"{ref} is not a dataset version ingest accepted")
     entry = next(
         (
