@@ -115,6 +115,21 @@ class TrainParams(_Section):
     sce_beta: float = Field(default=1.0, ge=0, description="SCE's weight of reverse CE")
 
 
+class SqueezeParams(_Section):
+    """Feature squeezing: the gateway's adversarial-input detector, calibrated in evaluation.
+
+    Evaluation fits the detector's threshold on clean held-out inputs to
+    ``target_fpr`` and signs it into ``metrics.json``; the gateway reads it from there.
+    """
+
+    enabled: bool = True
+    bits: int = Field(default=4, ge=1, le=8, description="bit depth images are reduced to")
+    median: int = Field(default=2, ge=0, le=5, description="median filter size (0 = none)")
+    table_step: float = Field(default=0.5, gt=0, le=10, description="grid of tables, in std units")
+    target_fpr: float = Field(default=0.04, gt=0, le=0.5, description="clean inputs flagged")
+    samples: int = Field(default=1000, ge=20, description="clean inputs it is calibrated on")
+
+
 class EvaluateParams(_Section):
     """Honest evaluation: strong and independent attacks, calibration, privacy."""
 
@@ -139,6 +154,7 @@ class EvaluateParams(_Section):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@sha256:[0-9a-f]{64}$",
         description="NAME@sha256:<manifest digest>",
     )
+    squeeze: SqueezeParams = SqueezeParams()
 
 
 SCREENS = ("label-changed", "label-issue", "backdoor")
@@ -301,6 +317,36 @@ class AuditParams(_Section):
     )
 
 
+class ServeParams(_Section):
+    """How the gateway answers. Read from the *served release's* signed ``params.yaml``.
+
+    An operator who edits the workspace's ``params.yaml`` changes what the next
+    release will serve, never what the current one does.
+    """
+
+    output: Literal["label", "topk", "probs"] = Field(
+        default="label", description="what a prediction reveals besides the label"
+    )
+    topk: int = Field(default=3, ge=1, le=100, description="classes shown with output: topk")
+    round: int = Field(default=2, ge=0, le=8, description="digits probabilities are rounded to")
+    on_adversarial: Literal["off", "flag", "refuse"] = Field(
+        default="flag", description="a request the squeezing detector flags"
+    )
+    log_inputs: Literal["full", "summary", "none"] = Field(
+        default="summary", description="what the prediction log keeps of inputs"
+    )
+    max_batch: int = Field(default=256, ge=1, le=100_000, description="rows per request")
+    domain_margin: float = Field(
+        default=0.1, ge=0, le=10, description="share of a feature's training range allowed beyond"
+    )
+    log_segment_rows: int = Field(default=5000, ge=1, le=10_000_000)
+    log_flush_s: float = Field(default=2.0, gt=0, le=3600, description="a segment's longest age")
+    max_store_bytes: int = Field(
+        default=512 * 1024**2, ge=1024**2, description="size cap of .aegis/serve/ (oldest go)"
+    )
+    reload_interval: float = Field(default=0.5, gt=0, le=60, description="registry poll, seconds")
+
+
 class Params(_Section):
     """The whole ``params.yaml``."""
 
@@ -316,6 +362,7 @@ class Params(_Section):
     triggers: TriggersParams = TriggersParams()
     run: RunParams = RunParams()
     audit: AuditParams = AuditParams()
+    serve: ServeParams = ServeParams()
 
 
 def _find_credential_keys(node: Any, prefix: str = "") -> list[str]:

@@ -68,6 +68,8 @@ class Action:
     APPROVAL_REQUESTED = "approval.requested"
     APPROVAL_GRANTED = "approval.granted"
     APPROVAL_REJECTED = "approval.rejected"
+    API_CLIENTS = "api.clients"
+    SERVE_RECORDS = "serve.records"
 
     TRUST_CHANGES = (WORKSPACE_INIT, TRUST_ADD, TRUST_REVOKE, TRUST_RETIRE)
     DECISIONS: ClassVar[dict[str, str]] = {

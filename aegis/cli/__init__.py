@@ -25,6 +25,7 @@ from aegis.cli import promote_cmds  # noqa: F401
 from aegis.cli import registry_cmds  # noqa: F401
 from aegis.cli import service_cmds  # noqa: F401
 from aegis.cli import attack_cmds  # noqa: F401
+from aegis.cli import serve_cmds  # noqa: F401
 
 
 def main() -> None:

@@ -60,7 +60,7 @@ def init(
 
 @keys_app.command("new")
 def keys_new(
-    role: Annotated[str, typer.Option(help="admin | supplier | operator | approver")],
+    role: Annotated[str, typer.Option(help="admin | supplier | operator | approver | serving")],
     name: Annotated[str, typer.Option(help="Unique name of the key in the trust store.")],
     owner: Annotated[str, typer.Option(help="Person or team owning the key.")],
     out: Annotated[Path, typer.Option(help="Private key file to write (PATH and PATH.pub).")],

@@ -314,8 +314,14 @@ def fetch_release(ledger: Ledger, target: Target, directory: Path) -> None:
         )
 
 
-def open_release(ledger: Ledger, target: Target) -> VerifiedRelease:
+def open_release(ledger: Ledger, target: Target, *, fetch: bool = True) -> VerifiedRelease:
     """Resolves ``target`` in the registry, fetches its directory if needed, verifies it.
+
+    Args:
+        ledger: The verified ledger.
+        target: A version or a stage holder.
+        fetch: Restore a missing directory from DVC; False for a reader that must not
+            write to the workspace (the gateway): a missing directory is then refused.
 
     Raises:
         RefusedError: ``registry`` (no such version or stage holder), ``fetch``
@@ -323,6 +329,12 @@ def open_release(ledger: Ledger, target: Target) -> VerifiedRelease:
     """
     version, directory = resolve_directory(ledger, target)
     if not directory.is_dir():
+        if not fetch:
+            raise RefusedError(
+                "fetch",
+                f"{target.model}@{version}: {Layout.of(ledger.ws).rel(directory)} is not in the "
+                f"workspace (`aegis verify {target.model}@{version}` restores it from DVC)",
+            )
         fetch_release(ledger, target, directory)
     return verify_release(ledger, directory, expect=Target(model=target.model, version=version))
 

@@ -40,6 +40,9 @@ class DataSpec:
         scale: Images are divided by it (the training split's maximum) to lie in [0, 1].
         mean: Per-feature mean of the training split (tabular only).
         std: Per-feature standard deviation of the training split, floored (tabular only).
+        low: Per-feature minimum of the training split (tabular only; None in
+            checkpoints from before it was recorded): the gateway's input domain.
+        high: Per-feature maximum of the training split (tabular only).
     """
 
     kind: Literal["image", "tabular"]
@@ -50,6 +53,8 @@ class DataSpec:
     scale: float = 1.0
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -57,7 +62,9 @@ class DataSpec:
         return self.image_shape if self.image_shape else (len(self.feature_columns),)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        # low/high only when recorded, so checkpoints without them keep their digest
+        bounds = {"low": list(self.low), "high": list(self.high)} if self.low is not None else {}
+        return bounds | {
             "kind": self.kind,
             "feature_columns": list(self.feature_columns),
             "label_column": self.label_column,
@@ -75,7 +82,7 @@ class DataSpec:
         Raises:
             ValueError: A field is missing, unknown or of the wrong type.
         """
-        if not isinstance(data, dict) or set(data) != _SPEC_KEYS:
+        if not isinstance(data, dict) or set(data) not in (_SPEC_KEYS, _SPEC_KEYS | _BOUNDS):
             raise ValueError(f"data spec must have exactly the keys {sorted(_SPEC_KEYS)}")
         spec = cls(
             kind=data["kind"],
@@ -86,6 +93,8 @@ class DataSpec:
             scale=data["scale"],
             mean=tuple(data["mean"]) if data["mean"] is not None else None,
             std=tuple(data["std"]) if data["std"] is not None else None,
+            low=tuple(data["low"]) if "low" in data else None,
+            high=tuple(data["high"]) if "high" in data else None,
         )
         _check_spec(spec)
         return spec
@@ -95,6 +104,7 @@ _SPEC_KEYS = {"kind", "feature_columns", "label_column", "classes", "image_shape
     "mean",
     "std",
 }
+_BOUNDS = {"low", "high"}
 
 
 def _check_spec(spec: DataSpec) -> None:
@@ -135,6 +145,16 @@ def _check_spec(spec: DataSpec) -> None:
             and floats(spec.mean)
             and floats(spec.std)
             and min(spec.std) > 0
+        )
+    if ok and (spec.low is not None or spec.high is not None):
+        ok = (
+            spec.kind == "tabular"
+            and spec.low is not None
+            and spec.high is not None
+            and len(spec.low) == len(spec.high) == n
+            and floats(spec.low)
+            and floats(spec.high)
+            and all(lo <= hi for lo, hi in zip(spec.low, spec.high, strict=True))
         )
     if not ok:
         raise ValueError("data spec fields are inconsistent or of the wrong type")
@@ -200,6 +220,8 @@ def infer_spec(frame: pd.DataFrame, train_rows: np.ndarray, *, label: str = "lab
         classes=classes,
         mean=tuple(float(v) for v in train.mean(axis=0)),
         std=tuple(float(v) for v in std),
+        low=tuple(float(v) for v in train.min(axis=0)),
+        high=tuple(float(v) for v in train.max(axis=0)),
     )
 
 

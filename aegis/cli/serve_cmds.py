@@ -1,0 +1,147 @@
+"""The gateway's commands: ``aegis serve``, ``keys api ...``, ``audit import-serving``."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aegis.cli._app import (
+    STATE,
+    JsonOpt,
+    KeyOpt,
+    _console,
+    _ledger,
+    _print_json,
+    _ws,
+    app,
+    audit_app,
+    keys_app,
+)
+
+api_app = typer.Typer(help="API clients of the gateway (bearer tokens).", no_args_is_help=True)
+keys_app.add_typer(api_app, name="api")
+
+
+@app.command()
+def serve(
+    target: Annotated[
+        str | None, typer.Argument(help="NAME#prod (default: <train.model_name>#prod) or NAME@vN")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option(help="Worker processes (> 1 needs --redis).")] = 1,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key", envvar="AEGIS_SERVING_KEY", help="The gateway's serving-role private key."
+        ),
+    ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option("--redis", envvar="AEGIS_REDIS_URL", help="redis://... for shared limits."),
+    ] = None,
+) -> None:
+    """Serve the verified production model over authenticated, rate-limited HTTP."""
+    from aegis.serve.runner import plan, run
+
+    ws = _ws()
+    with _console(stderr=True).status("verifying the release to serve ..."):
+        serve_plan, _ = plan(
+            ws, target=target, host=host, port=port, workers=workers, key=key, redis=redis
+        )
+    release = serve_plan.served.release
+    print(
+        f"serving {release} ({release.model_digest[:19]}) from {serve_plan.target} on "
+        f"{serve_plan.url}: {serve_plan.workers} worker(s), limits {serve_plan.limits}, "
+        f"{serve_plan.clients} active client(s)",
+        flush=True,
+    )
+    assert key is not None  # plan() refused a missing key
+    run(ws, serve_plan, host=host, port=port, key=key, redis=redis)
+
+
+@api_app.command("new")
+def api_new(
+    name: Annotated[str, typer.Option("--name", help="The client's name (logs, metrics).")],
+    scopes: Annotated[str, typer.Option("--scopes", help="predict, admin or predict,admin")] = (
+        "predict"
+    ),
+    rate: Annotated[str, typer.Option("--rate", help="Rows per window: N/s, N/m, N/h")] = "20/s",
+    quota: Annotated[str, typer.Option("--quota", help="Rows per window, e.g. 10000/day")] = (
+        "10000/day"
+    ),
+    key: KeyOpt = None,
+) -> None:
+    """Create an API client; its bearer token is printed once, alone on the last line."""
+    from aegis.serve.client_ops import new_client
+    from aegis.serve.clients import parse_limit, parse_scopes
+
+    made = new_client(
+        _ws(), name=name, scopes=parse_scopes(scopes), rate=parse_limit(rate, what="--rate"),
+        quota=parse_limit(quota, what="--quota"), key_path=key,
+    )  # fmt: skip
+    c = made.client
+    _console(stderr=True).print(
+        f"[green]Created[/green] API client '{c.name}' ({c.id}; scopes {','.join(c.scopes)}; "
+        f"rate {c.rate}, quota {c.quota}). The token below is shown only now:"
+    )
+    sys.stdout.write(made.token + "\n")
+
+
+@api_app.command("list")
+def api_list(as_json: JsonOpt = False) -> None:
+    """List API clients: scopes, limits, status (tokens are never stored)."""
+    from aegis.serve.clients import load_clients
+
+    clients = load_clients(_ledger())
+    rows = [{k: v for k, v in c.to_json().items() if k != "token_hash"} for c in clients.clients]
+    if STATE.json or as_json:
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table()
+    for col in ("name", "id", "scopes", "rate", "quota", "status", "created"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"], r["id"], ",".join(r["scopes"]), r["rate"], r["quota"], r["status"],
+            r["created"],
+        )  # fmt: skip
+    _console().print(table)
+
+
+@api_app.command("revoke")
+def api_revoke(
+    name: Annotated[str, typer.Argument(help="The client to revoke.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (audited).")] = "",
+    key: KeyOpt = None,
+) -> None:
+    """Revoke an API client: the gateway refuses its token (403) from the next request."""
+    from aegis.serve.client_ops import revoke_client
+
+    revoked = revoke_client(_ws(), name, reason=reason, key_path=key)
+    _console().print(f"[green]Revoked[/green] API client '{revoked.name}' ({revoked.id})")
+
+
+@audit_app.command("import-serving")
+def import_serving(key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Audit the gateway's signed records (alerts, prediction-log segments) not yet imported."""
+    from aegis.serve.records import import_records
+
+    ledger = _ledger()
+    from aegis.cli._app import _actor
+
+    done = import_records(ledger, actor=_actor(ledger, key))
+    if STATE.json or as_json:
+        _print_json(asdict(done))
+        return
+    where = f" (audit entry {done.seq})" if done.seq is not None else ""
+    _console().print(
+        f"imported {done.alerts} alert(s) and {done.segments} log segment(s){where}"
+        + (f"; {done.refused} line(s) did not verify and were left out" if done.refused else "")
+    )

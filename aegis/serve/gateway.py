@@ -1,0 +1,325 @@
+"""The gateway's core: who may ask, how much, which verified model answers, what is kept.
+
+The HTTP layer (:mod:`aegis.serve.app`) only moves bytes; every decision is here, and
+raises :class:`GatewayError` with the status and the reason the metrics count.
+
+Two ledgers, two threads of change:
+
+- the request path checks the audit log's size and time on every request (a stat);
+  when it changed, it refreshes its ledger and reloads the signed client list, so a
+  revoked client is refused from the first request after ``aegis keys api revoke``;
+- a watcher thread polls the same stamp every ``serve.reload_interval`` seconds and,
+  when the registry's prod moved (``aegis promote``, ``aegis rollback``), verifies and
+  loads the new version *beside* the old one, then swaps one reference: requests in
+  flight finish on the old model, none fails. A version that fails verification is
+  never loaded; the old one keeps serving and a signed alert is written.
+
+The gateway never reconciles an interrupted registry change (it cannot write tags):
+it serves what the audited tags say, skipping tags still in flight.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from aegis.errors import AegisError
+from aegis.ledger import Ledger
+from aegis.registry.targets import Target, parse_target
+from aegis.serve.clients import EMPTY, Client, ClientList, load_clients, read_secret, token_hash
+from aegis.serve.limiter import MemoryLimiter, RedisLimiter
+from aegis.serve.metrics import GatewayMetrics
+from aegis.serve.predlog import PredictionLog
+from aegis.serve.records import Recorder, load_serving_key, serve_dir
+from aegis.serve.served import InputError, ServedModel, load_served
+from aegis.workspace import Workspace
+
+log = logging.getLogger("aegis.serve")
+MAX_BODY = 1024 * 1024  # bytes; larger bodies are 413
+
+
+class GatewayError(Exception):
+    """A refused request: HTTP status, the reason counted, a message for the client."""
+
+    def __init__(
+        self, status: int, reason: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+
+
+class PredictBody(BaseModel):
+    """``{"inputs": [[...], ...]}`` or ``{"records": [{column: value}, ...]}``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    inputs: list[list[float]] | None = None
+    records: list[dict[str, float]] | None = None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What one gateway process needs (JSON in the environment for uvicorn's workers)."""
+
+    workspace: str
+    target: str
+    key: str
+    redis: str | None = None
+
+    def to_env(self) -> str:
+        import json
+
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls, text: str) -> GatewayConfig:
+        import json
+
+        return cls(**json.loads(text))
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+class Gateway:
+    """One gateway process's state (see the module docstring)."""
+
+    def __init__(self, config: GatewayConfig, *, served: ServedModel | None = None) -> None:
+        self.ws = Workspace(Path(config.workspace))
+        self.target = parse_target(config.target)
+        self._ledger = Ledger.load(self.ws)  # the request path's
+        self._watch_ledger = Ledger.load(self.ws)  # the watcher thread's
+        key = load_serving_key(self._ledger, Path(config.key))
+        self.recorder = Recorder(self.ws, key)
+        self.served = served or load_served(self._watch_ledger, self.target)
+        self._clients_lock = threading.Lock()
+        self._set_clients(load_clients(self._ledger))
+        self._log_path = self.ws.audit().log_path
+        self._client_stamp = self._watch_stamp = _stamp(self._log_path)
+        self.metrics = GatewayMetrics()
+        self._serving_metrics()
+        store = serve_dir(self.ws)
+        store.mkdir(parents=True, exist_ok=True)
+        prefix = "aegis:" + self.ws.meta()["pipeline_key"][:16]
+        self.limiter = (
+            RedisLimiter(config.redis, prefix=prefix)
+            if config.redis
+            else MemoryLimiter(store / "counters.json")
+        )
+        self.predlog = PredictionLog(
+            store / "log", params=self.served.params, on_segment=self._segment_written
+        )
+        self._ids = itertools.count(1)
+        self._refused: set[tuple[str, str]] = set()  # (version, message) alerted already
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="aegis-reload", daemon=True)
+        self._watcher.start()
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def _set_clients(self, clients: ClientList) -> None:
+        self.clients = clients
+        self._by_hash = clients.by_hash()
+        self._secret = read_secret(self.ws) if clients.clients else None
+
+    def _sync_clients(self) -> None:
+        stamp = _stamp(self._log_path)
+        if stamp == self._client_stamp:
+            return
+        with self._clients_lock:
+            if stamp == self._client_stamp:
+                return
+            try:
+                self._ledger.refresh()
+                clients = load_clients(self._ledger)
+                if clients.digest != self.clients.digest:
+                    self._set_clients(clients)
+            except AegisError as exc:  # keep the last verified list; say so once per change
+                self.recorder.alert("api-clients", f"client list not reloaded: {exc}")
+            self._client_stamp = stamp
+
+    def authenticate(self, header: str | None, *, scope: str) -> Client:
+        """The client a bearer token names, if active and in ``scope``.
+
+        Raises:
+            GatewayError: 401 (no token, malformed, unknown), 403 (revoked, out of scope).
+        """
+        self._sync_clients()
+        if not header or not header.startswith("Bearer "):
+            raise GatewayError(401, "unauthenticated", "an Authorization: Bearer token is needed")
+        token = header[7:].strip()
+        client = self._by_hash.get(token_hash(self._secret, token)) if self._secret else None
+        if client is None:
+            raise GatewayError(401, "unauthenticated", "unknown token")
+        if client.status != "active":
+            raise GatewayError(403, "revoked", f"client '{client.name}' is revoked")
+        if scope not in client.scopes:
+            raise GatewayError(403, "scope", f"client '{client.name}' lacks the {scope} scope")
+        return client
+
+    # -- predictions -------------------------------------------------------------------------
+
+    def rows_of(self, body: bytes, served: ServedModel) -> np.ndarray:
+        """Parses and checks a predict body against the served model's input spec.
+
+        Raises:
+            GatewayError: 422, naming what is wrong.
+        """
+        try:
+            parsed = PredictBody.model_validate_json(body)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "body"
+            raise GatewayError(422, "malformed", f"{where}: {err['msg']}") from None
+        if (parsed.inputs is None) == (parsed.records is None):
+            raise GatewayError(422, "malformed", "give exactly one of 'inputs' or 'records'")
+        items = parsed.inputs if parsed.inputs is not None else parsed.records
+        if not items or len(items) > served.params.max_batch:
+            most = served.params.max_batch
+            raise GatewayError(422, "batch", f"a request holds 1 to {most} rows (serve.max_batch)")
+        try:
+            if parsed.records is not None:
+                rows = served.rows_of_records(parsed.records)
+            else:
+                width = {len(r) for r in parsed.inputs}
+                if len(width) != 1:
+                    raise InputError("every row needs the same number of features")
+                rows = np.asarray(parsed.inputs, dtype=np.float64)
+            served.check_rows(rows)
+        except InputError as exc:
+            raise GatewayError(422, "input", str(exc)) from None
+        return rows
+
+    def predict(self, client: Client, body: bytes, *, started: float) -> dict[str, Any]:
+        """Answers ``POST /v1/predict`` for an authenticated client.
+
+        In order: the body parses and fits the model's input spec (422), the rows fit
+        the client's limits (429), then the model answers; the detector's refusal
+        (``serve.on_adversarial: refuse``) counts against the limits too.
+        """
+        try:
+            return self._predict(client, body, started)
+        except GatewayError as exc:
+            self.metrics.requests.labels(client=client.name, status=str(exc.status)).inc()
+            raise
+
+    def _predict(self, client: Client, body: bytes, started: float) -> dict[str, Any]:
+        served = self.served  # one model for the whole request, whatever reloads meanwhile
+        rows = self.rows_of(body, served)
+        if len(rows) > client.rate.count or len(rows) > client.quota.count:
+            raise GatewayError(
+                422, "batch", f"{len(rows)} rows never fit client '{client.name}''s limits "
+                f"({client.rate}, {client.quota})",
+            )  # fmt: skip
+        decision = self.limiter.admit(client, len(rows))
+        if not decision.allowed:
+            from aegis.serve.clients import retry_after
+
+            raise GatewayError(
+                429, decision.limit, f"over the {decision.limit} of client '{client.name}'",
+                headers={"Retry-After": str(retry_after(decision.retry_after))},
+            )  # fmt: skip
+        prediction = served.predict(rows)
+        flagged = int(prediction.flagged.sum())
+        policy = served.params.on_adversarial
+        if flagged:
+            self.metrics.adversarial.labels(action=policy).inc(flagged)
+        request = f"{os.getpid():x}-{next(self._ids)}"
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.predlog.append(
+            client=client.id, request=request, version=served.version,
+            digest=served.release.model_digest, rows=rows, prediction=prediction,
+            latency_ms=latency_ms,
+        )  # fmt: skip
+        if flagged and policy == "refuse":
+            raise GatewayError(
+                422, "adversarial", f"{flagged} of {len(rows)} rows look adversarial (refused)"
+            )
+        self.metrics.requests.labels(client=client.name, status="200").inc()
+        self.metrics.rows.labels(client=client.name).inc(len(rows))
+        return served.shape_output(prediction) | {"request": request}
+
+    # -- reloads -----------------------------------------------------------------------------
+
+    def _serving_metrics(self) -> None:
+        release = self.served.release
+        self.metrics.serving(release.model_name, release.version, release.model_digest)
+
+    def _segment_written(self, body: dict[str, Any]) -> None:
+        self.recorder.segment(body)
+        if self.predlog.dropped:
+            self.metrics.log_dropped.inc(self.predlog.dropped)
+            self.predlog.dropped = 0
+        if isinstance(self.limiter, MemoryLimiter):
+            self.limiter.save()
+
+    def check_reload(self) -> bool:
+        """One poll: loads the registry's prod if it moved. Returns whether it switched."""
+        from aegis.registry.tags import read_registry
+
+        stamp = _stamp(self._log_path)
+        if stamp == self._watch_stamp:
+            return False
+        try:
+            self._watch_ledger.refresh()
+            version = read_registry(self._watch_ledger, self.target.model).resolve(self.target)
+        except AegisError as exc:  # mid-change or tampered: try again at the next change
+            log.info("registry not readable now: %s", exc)
+            self._watch_stamp = stamp
+            return False
+        self._watch_stamp = stamp
+        current = self.served.release
+        if version.version == current.version:
+            return False
+        target = Target(model=self.target.model, version=version.version)
+        try:
+            served = load_served(self._watch_ledger, target)
+        except AegisError as exc:
+            self.metrics.reloads.labels(result="refused").inc()
+            key = (version.version, str(exc))
+            if key not in self._refused:
+                self._refused.add(key)
+                self.recorder.alert(
+                    "reload", f"{target} is prod but was not loaded ({exc}); still serving "
+                    f"{current}", refused=str(target), serving=str(current),
+                )  # fmt: skip
+            return False
+        self.served = served
+        self.predlog.params = served.params
+        self._serving_metrics()
+        self.metrics.reloads.labels(result="loaded").inc()
+        log.warning("now serving %s (was %s)", served.release, current)
+        return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.served.params.reload_interval):
+            try:
+                self.check_reload()
+            except Exception:  # the watcher must outlive any one bad poll
+                log.exception("reload poll failed")
+
+    def close(self) -> None:
+        """Stops the watcher, writes the buffered log and the counters."""
+        self._stop.set()
+        self._watcher.join(timeout=10)
+        self.predlog.close()
+        self.limiter.close()
+
+
+__all__ = ["EMPTY", "MAX_BODY", "Gateway", "GatewayConfig", "GatewayError"]

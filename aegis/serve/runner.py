@@ -1,0 +1,116 @@
+"""``aegis serve``: check everything, then hand the socket to uvicorn.
+
+Everything that can refuse is checked in the calling process, before a port opens:
+the ledger, the serving key, the verified prod, the client list, the port. With one
+worker that process serves (limits in memory, kept across restarts in
+``.aegis/serve/counters.json``); with ``--workers N`` uvicorn starts N processes that
+each verify and load again, and the limits live in Redis (``--redis``), because a
+per-worker count would multiply every limit by N.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from aegis.errors import UsageError
+from aegis.ledger import Ledger
+from aegis.registry.targets import parse_target
+from aegis.serve.clients import load_clients
+from aegis.serve.records import load_serving_key, serve_dir
+from aegis.serve.served import ServedModel, load_served
+from aegis.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    """What ``aegis serve`` is about to do (printed before it starts)."""
+
+    target: str
+    served: ServedModel
+    url: str
+    workers: int
+    limits: str
+    clients: int
+
+
+def default_target(ws: Workspace) -> str:
+    params = ws.params()
+    names = params.pipeline.datasets
+    model = params.train.model_name or (f"{names[0]}-model" if names else None)
+    if model is None:
+        raise UsageError("no TARGET given and params.yaml names no model (train.model_name)")
+    return f"{model}#prod"
+
+
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
+def plan(
+    ws: Workspace, *, target: str | None, host: str, port: int, workers: int,
+    key: Path | None, redis: str | None,
+) -> tuple[ServePlan, Ledger]:  # fmt: skip
+    """Every check ``aegis serve`` makes before it opens a port.
+
+    Raises:
+        UsageError: Bad workers/port, ``--workers`` > 1 without ``--redis``, the port
+            is taken, no serving key.
+        RefusedError: The serving key's role, any verification check of the release,
+            the client list (``api-clients``).
+    """
+    if not 1 <= workers <= 64:
+        raise UsageError(f"--workers {workers}: 1 to 64")
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port {port}: 1 to 65535")
+    if workers > 1 and not redis:
+        raise UsageError(
+            "--workers > 1 needs --redis URL: limits counted per worker would let a client "
+            "through N times its limit"
+        )
+    text = target or default_target(ws)
+    parsed = parse_target(text)
+    ledger = Ledger.load(ws)
+    load_serving_key(ledger, key)
+    served = load_served(ledger, parsed)
+    clients = load_clients(ledger)
+    _check_port(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    return ServePlan(
+        target=text, served=served, url=f"http://{shown}:{port}", workers=workers,
+        limits=f"Redis {redis}" if redis else "in memory",
+        clients=sum(c.status == "active" for c in clients.clients),
+    ), ledger  # fmt: skip
+
+
+def run(ws: Workspace, serve_plan: ServePlan, *, host: str, port: int, key: Path,
+        redis: str | None) -> None:  # fmt: skip
+    """Serves until SIGINT/SIGTERM (uvicorn's handlers; the gateway flushes on the way out)."""
+    import uvicorn
+
+    from aegis.serve.app import CONFIG_ENV, create_app
+    from aegis.serve.gateway import Gateway, GatewayConfig
+
+    config = GatewayConfig(
+        workspace=str(ws.root), target=serve_plan.target, key=str(key.resolve()), redis=redis
+    )
+    common = {"host": host, "port": port, "log_level": "warning", "access_log": False}
+    if serve_plan.workers == 1:
+        gateway = Gateway(config, served=serve_plan.served)
+        uvicorn.Server(uvicorn.Config(create_app(gateway), **common)).run()
+        return
+    metrics_dir = serve_dir(ws) / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # a previous run's worker files
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.environ[CONFIG_ENV] = config.to_env()
+    uvicorn.run("aegis.serve.app:app_from_env", factory=True, workers=serve_plan.workers, **common)

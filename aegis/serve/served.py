@@ -1,0 +1,236 @@
+"""The model the gateway serves: a verified release, its input spec and its signed policy.
+
+:func:`load_served` is the only way the gateway gets a model: the registry resolves the
+target, :func:`aegis.registry.verify.open_release` verifies the release (signature,
+hashes, audit binding; never fetching: the gateway does not write to the workspace),
+:func:`load_release_model` loads exactly the signed bytes. Serving settings come from
+the release's signed ``params.yaml`` (``serve:``) and the adversarial-input detector's
+threshold from its signed ``metrics.json`` (``detector``), so an edit to the
+workspace's ``params.yaml`` changes nothing the gateway does until the next release.
+
+Inputs are rows in the dataset's own columns and units; the model's saved
+preprocessing (the :class:`aegis.train.data.DataSpec` of its checkpoint) turns them
+into model inputs, exactly as training did.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aegis.config import ServeParams, parse_params
+from aegis.errors import ConfigError, RefusedError
+from aegis.ledger import Ledger
+from aegis.registry.targets import Target
+from aegis.registry.verify import (
+    VerifiedRelease,
+    load_release_model,
+    open_release,
+    read_verified,
+)
+from aegis.timeutil import utc_now
+
+
+class InputError(ValueError):
+    """A request's rows do not fit the model's input spec (answered 422)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One request's answer, before the output policy shapes it."""
+
+    labels: np.ndarray  # (n,) int
+    probs: np.ndarray  # (n, classes) float32
+    scores: np.ndarray | None  # (n,) detector scores, None without a detector
+    flagged: np.ndarray  # (n,) bool
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A verified release, ready to answer."""
+
+    release: VerifiedRelease
+    loaded: Any  # aegis.train.checkpoint.LoadedModel
+    params: ServeParams
+    low: np.ndarray  # per-feature lowest accepted value (dataset units)
+    high: np.ndarray
+    detector: Any = None  # aegis.evaluate.squeeze.SqueezeDetector | None
+    since: str = field(default_factory=utc_now)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.loaded.spec.feature_columns
+
+    @property
+    def version(self) -> str:
+        return self.release.version
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/model`` answers."""
+        return {
+            "name": self.release.model_name,
+            "version": self.release.version,
+            "model_digest": self.release.model_digest,
+            "since": self.since,
+            "features": len(self.columns),
+            "classes": self.loaded.spec.classes,
+            "output": self.params.output,
+            "detector": self.detector is not None and self.params.on_adversarial != "off",
+        }
+
+    def rows_of_records(self, records: list[dict[str, float]]) -> np.ndarray:
+        """Rows in model column order from ``{column: value}`` records.
+
+        Raises:
+            InputError: A record lacks a column or has one the model does not know.
+        """
+        columns = self.columns
+        wanted = set(columns)
+        out = np.empty((len(records), len(columns)), dtype=np.float64)
+        for i, record in enumerate(records):
+            if record.keys() != wanted:
+                extra = sorted(set(record) - wanted)[:3]
+                missing = sorted(wanted - set(record))[:3]
+                what = f"unknown columns {extra}" if extra else f"missing columns {missing}"
+                raise InputError(f"records[{i}]: {what}")
+            out[i] = [record[c] for c in columns]
+        return out
+
+    def check_rows(self, rows: np.ndarray) -> None:
+        """Shape, finiteness and domain (the training range, widened by ``domain_margin``).
+
+        Raises:
+            InputError: Naming the first offending row and feature.
+        """
+        if rows.ndim != 2 or rows.shape[1] != len(self.columns):
+            width = rows.shape[1] if rows.ndim == 2 else "?"
+            raise InputError(f"each row needs {len(self.columns)} features, got {width}")
+        if not np.isfinite(rows).all():
+            i, j = np.argwhere(~np.isfinite(rows))[0]
+            raise InputError(f"inputs[{i}][{j}] is not a finite number")
+        bad = (rows < self.low) | (rows > self.high)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise InputError(
+                f"inputs[{i}][{j}] ({self.columns[j]} = {rows[i, j]:g}) is outside the accepted "
+                f"range [{self.low[j]:g}, {self.high[j]:g}]"
+            )
+
+    def predict(self, rows: np.ndarray) -> Prediction:
+        """Labels, probabilities and detector flags of checked ``rows`` (dataset units)."""
+        import torch
+
+        x = torch.from_numpy(_model_inputs(rows, self.loaded.spec))
+        with torch.no_grad():
+            probs = torch.softmax(self.loaded.model(x), dim=1).numpy()
+        scores = flagged = None
+        if self.detector is not None and self.params.on_adversarial != "off":
+            scores = self.detector.scores(self.loaded.model, x)
+            flagged = scores > self.detector.threshold
+        if flagged is None:
+            flagged = np.zeros(len(rows), dtype=bool)
+        return Prediction(probs.argmax(axis=1), probs, scores, flagged)
+
+    def shape_output(self, prediction: Prediction) -> dict[str, Any]:
+        """The answer the output policy allows (``serve.output``, ``serve.round``)."""
+        out: dict[str, Any] = {"labels": prediction.labels.tolist(), "version": self.version}
+        digits = self.params.round
+        if self.params.output == "probs":
+            out["probs"] = np.round(prediction.probs, digits).tolist()
+        elif self.params.output == "topk":
+            k = min(self.params.topk, prediction.probs.shape[1])
+            order = np.argsort(-prediction.probs, axis=1)[:, :k]
+            out["topk"] = [
+                [{"label": int(c), "p": round(float(p[c]), digits)} for c in top]
+                for top, p in zip(order, prediction.probs, strict=True)
+            ]
+        return out
+
+
+def _model_inputs(rows: np.ndarray, spec) -> np.ndarray:
+    """The checkpoint's preprocessing (as :func:`aegis.train.data.to_tensors` applies it)."""
+    if spec.kind == "image":
+        x = np.clip(rows / spec.scale, 0.0, 1.0).reshape(len(rows), *spec.image_shape)
+    else:
+        x = (rows - np.asarray(spec.mean)) / np.asarray(spec.std)
+    return x.astype(np.float32)
+
+
+def input_domain(spec, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature accepted range in dataset units: the training range, widened.
+
+    Images share one range, ``[0, scale]`` (``scale`` is the training maximum);
+    tables use each feature's training minimum and maximum, widened by ``margin``
+    times its range (or its standard deviation, for a constant feature). A checkpoint
+    from before the range was recorded falls back to mean +- 10 standard deviations.
+    """
+    n = len(spec.feature_columns)
+    if spec.kind == "image":
+        pad = margin * spec.scale
+        return np.full(n, -pad), np.full(n, spec.scale + pad)
+    mean, std = np.asarray(spec.mean), np.asarray(spec.std)
+    if spec.low is None:
+        return mean - 10 * std, mean + 10 * std
+    low, high = np.asarray(spec.low), np.asarray(spec.high)
+    width = np.where(high > low, high - low, std)
+    return low - margin * width, high + margin * width
+
+
+def release_serve_params(verified: VerifiedRelease) -> ServeParams:
+    """The ``serve:`` section of the release's signed ``params.yaml``.
+
+    Raises:
+        ConfigError: The signed params do not parse under this version of Aegis.
+    """
+    from aegis.yamlio import YamlRefused, load_yaml
+
+    raw = read_verified(verified, "params.yaml")
+    try:
+        data = load_yaml(raw.decode("utf-8"))
+    except (YamlRefused, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{verified}: its signed params.yaml does not parse ({exc})") from None
+    return parse_params(data, source=f"{verified} params.yaml").serve
+
+
+def _detector(verified: VerifiedRelease):
+    record = verified.metrics.get("detector")
+    if record is None:
+        return None
+    from aegis.evaluate.squeeze import SqueezeDetector
+
+    try:
+        fields = {k: v for k, v in record.items() if k in SqueezeDetector.__dataclass_fields__}
+        detector = SqueezeDetector.from_json(fields)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise RefusedError("detector", f"{verified}: metrics.json's detector: {exc}") from None
+    if not math.isfinite(detector.threshold):
+        raise RefusedError("detector", f"{verified}: the detector's threshold is not finite")
+    return detector
+
+
+def load_served(ledger: Ledger, target: Target) -> ServedModel:
+    """Verifies and loads the release ``target`` names, with its serving policy.
+
+    Raises:
+        RefusedError: Any verification check (``registry``, ``fetch``, ``signature``,
+            ``integrity``, ...), or ``detector``: its signed detector is malformed.
+        ConfigError: Its signed ``params.yaml`` does not parse.
+    """
+    import torch
+
+    torch.set_num_threads(1)  # one request is small: threads cost more than they give
+    verified = open_release(ledger, target, fetch=False)
+    loaded = load_release_model(verified)
+    params = release_serve_params(verified)
+    low, high = input_domain(loaded.spec, params.domain_margin)
+    return ServedModel(
+        release=verified,
+        loaded=loaded,
+        params=params,
+        low=low,
+        high=high,
+        detector=_detector(verified),
+    )
