@@ -23,6 +23,7 @@ from services import free_port, stop, wait_http
 
 BIN = Path(sys.executable).parent
 MODEL = "digits-model"
+ROW_OF_ZEROS = {"inputs": [[0.0] * 64]}
 # name -> (scopes, rate, quota)
 CLIENTS = {
     "app": ("predict", "100000/s", "100000000/day"),
