@@ -83,7 +83,7 @@ class Gateway:
         args += ["--workers", str(workers), "--key", str(served.serving_key)]
         args += [target] if target else []
         args += ["--redis", redis] if redis else []
-        self.stderr = tempfile.TemporaryFile()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             args, cwd=served.root, stdout=subprocess.PIPE, stderr=self.stderr, text=True
         )
@@ -94,6 +94,8 @@ class Gateway:
             raise RuntimeError(f"gateway did not start: {self.errors()}") from None
 
     def errors(self) -> str:
+        if self.stderr.closed:
+            return ""
         self.stderr.seek(0)
         return self.stderr.read().decode(errors="replace")
 
@@ -101,6 +103,7 @@ class Gateway:
         stop(self.proc)
         if self.proc.stdout:
             self.proc.stdout.close()
+        self.stderr.close()
 
 
 def call(url: str, path: str, *, token: str | None = None, body=None, raw: bytes | None = None,

@@ -179,5 +179,6 @@ def test_the_response_is_json(gateway, served_base):
     got, body, headers = call(
         gateway.url, "/v1/predict", token=served_base.tokens["app"], body={"inputs": ROWS[:1]}
     )
+    assert got == 200
     assert headers["content-type"] == "application/json"
     json.dumps(body)
