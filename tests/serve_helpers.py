@@ -90,8 +90,9 @@ class Gateway:
         try:
             wait_http(self.url + "/readyz", self.proc, timeout)
         except RuntimeError:
+            errors = self.errors()
             self.stop()
-            raise RuntimeError(f"gateway did not start: {self.errors()}") from None
+            raise RuntimeError(f"gateway did not start: {errors}") from None
 
     def errors(self) -> str:
         if self.stderr.closed:
