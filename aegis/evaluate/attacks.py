@@ -5,6 +5,7 @@
 the independent suite. Every function takes a torch model in eval mode and tensors, and
 returns a bool array over the same samples: ``True`` where the model still predicts the
 true label after the attack. A sample misclassified without attack never counts as correct.
+``pgd_examples`` and ``apgd_ce_examples`` also return the adversarial inputs themselves.
 
 ART's output is never trusted blindly: adversarial examples are projected back into the
 eps-ball (and the input domain) and re-scored with the model itself.
@@ -309,6 +310,49 @@ def _apgd(
     )
 
 
+def apgd_ce_examples(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    domain: Domain = None,
+    steps: int = APGD_STEPS,
+    restarts: int = 1,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """ART's APGD with cross-entropy loss (Croce & Hein 2020): its examples and correctness.
+
+    Args:
+        model: A classifier returning logits, in eval mode.
+        x: Inputs, float.
+        y: True labels.
+        eps: L-inf radius; ``0`` returns the clean inputs and clean correctness.
+        domain: ``(min, max)`` of valid inputs, or ``None`` (data range widened by eps).
+        steps: Iterations per restart.
+        restarts: Random initialisations (ART's ``nb_random_init``).
+        seed: Seed of ART's random draws.
+        batch_size: Samples attacked at once.
+
+    Returns:
+        ART's adversarial inputs projected into the eps-ball and the domain (the full
+        budget's best-loss point, not the first misclassified one), and per-sample
+        correctness on them (clean-correct samples only).
+    """
+    x, y = _float(x), _long(y)
+    if eps <= 0:
+        return x.clone(), predict_correct(model, x, y)
+    x_np = x.numpy()
+    nb_classes = predict_logits(model, x[:1]).shape[1]
+    clf = _art_classifier(_DefinedGrad(model), x_np, nb_classes, _clip_values(x_np, eps, domain))
+    with seeded_global_rngs(seed):  # ART draws from the global RNGs, even when building
+        attack = _apgd(clf, eps, steps, "cross_entropy", restarts=restarts, batch_size=batch_size)
+        x_adv = attack.generate(x_np, y=y.numpy())
+    adv = _project(_float(x_adv).reshape(x.shape), x, eps, domain)
+    return adv, _rescore(model, x, y, x_adv, eps, domain)
+
+
 def apgd_ce_correct(
     model: nn.Module,
     x: torch.Tensor,
@@ -321,29 +365,18 @@ def apgd_ce_correct(
     seed: int = 0,
     batch_size: int = 128,
 ) -> np.ndarray:
-    """Per-sample correctness under ART's APGD with cross-entropy loss (Croce & Hein 2020).
-
-    Args:
-        model: A classifier returning logits, in eval mode.
-        x: Inputs, float.
-        y: True labels.
-        eps: L-inf radius; ``0`` returns clean correctness.
-        domain: ``(min, max)`` of valid inputs, or ``None`` (data range widened by eps).
-        steps: Iterations per restart.
-        restarts: Random initialisations (ART's ``nb_random_init``).
-        seed: Seed of ART's random draws.
-        batch_size: Samples attacked at once.
-    """
-    x, y = _float(x), _long(y)
-    if eps <= 0:
-        return predict_correct(model, x, y)
-    x_np = x.numpy()
-    nb_classes = predict_logits(model, x[:1]).shape[1]
-    clf = _art_classifier(_DefinedGrad(model), x_np, nb_classes, _clip_values(x_np, eps, domain))
-    with seeded_global_rngs(seed):  # ART draws from the global RNGs, even when building
-        attack = _apgd(clf, eps, steps, "cross_entropy", restarts=restarts, batch_size=batch_size)
-        x_adv = attack.generate(x_np, y=y.numpy())
-    return _rescore(model, x, y, x_adv, eps, domain)
+    """Per-sample correctness under ART's APGD-CE; see ``apgd_ce_examples`` for the arguments."""
+    return apgd_ce_examples(
+        model,
+        x,
+        y,
+        eps=eps,
+        domain=domain,
+        steps=steps,
+        restarts=restarts,
+        seed=seed,
+        batch_size=batch_size,
+    )[1]
 
 
 def apgd_t_correct(
