@@ -123,9 +123,13 @@ class SqueezeParams(_Section):
     """
 
     enabled: bool = True
-    bits: int = Field(default=4, ge=1, le=8, description="bit depth images are reduced to")
-    median: int = Field(default=2, ge=0, le=5, description="median filter size (0 = none)")
-    table_step: float = Field(default=0.5, gt=0, le=10, description="grid of tables, in std units")
+    # Chosen on benchmark seeds 100-102 (benchmarks/_serve_detector.py): on 8x8 digits a 2x2
+    # median changes the answer on most clean inputs, so it detects nothing; 3 bits detected
+    # the most PGD/APGD examples at <= 5 % FPR, and a grid of 1 sd was the only table grid
+    # that kept the FPR of breast_cancer's PGD-trained models under 5 %.
+    bits: int = Field(default=3, ge=1, le=8, description="bit depth images are reduced to")
+    median: int = Field(default=0, ge=0, le=5, description="median filter size (0 = none)")
+    table_step: float = Field(default=1.0, gt=0, le=10, description="grid of tables, in std units")
     target_fpr: float = Field(default=0.04, gt=0, le=0.5, description="clean inputs flagged")
     samples: int = Field(default=1000, ge=20, description="clean inputs it is calibrated on")
 
