@@ -244,6 +244,14 @@ def _headline(metrics: dict) -> str:
         _row(["membership inference AUC", mia.get("auc"), ""]),
         _row(["membership inference TPR at 1 % FPR", mia.get("tpr_at_1fpr"), ""]),
     ]
+    detector = metrics.get("detector")
+    if isinstance(detector, dict):  # the gateway's feature-squeezing detector
+        d = {k: _fmt(detector.get(k)) for k in ("threshold", "calibration_rows", "calibrated_on")}
+        label = (
+            f"adversarial-input detector: clean test inputs flagged (threshold "
+            f"{d['threshold']}, fitted on {d['calibration_rows']} {d['calibrated_on']} inputs)"
+        )
+        rows.append(_row([label, detector.get("test_fpr"), ""]))
     samples = metrics.get("samples")
     if isinstance(samples, dict):
         rows += [_row([f"samples: {k}", v, ""]) for k, v in samples.items()]

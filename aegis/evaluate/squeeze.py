@@ -114,9 +114,9 @@ class SqueezeDetector:
     """
 
     kind: str
-    bits: int = 4
-    median: int = 2
-    table_step: float = 0.5
+    bits: int = 3
+    median: int = 0
+    table_step: float = 1.0
     threshold: float
 
     def __post_init__(self) -> None:
@@ -143,7 +143,9 @@ class SqueezeDetector:
             out.append(lambda x: median_filter(x, self.median))
         return out
 
-    def scores(self, model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    def scores(
+        self, model: nn.Module, x: torch.Tensor, *, probs: torch.Tensor | np.ndarray | None = None
+    ) -> np.ndarray:
         """Per row: the largest L1 distance between the softmax on ``x`` and on a squeezed ``x``.
 
         The input and all its squeezed copies go through the model in one forward pass (per
@@ -152,26 +154,38 @@ class SqueezeDetector:
         Args:
             model: The classifier (logits out), as the gateway serves it.
             x: Model inputs, ``(N, C, H, W)`` in [0, 1] or ``(N, D)`` standardized.
+            probs: The model's softmax on ``x`` when the caller has it already (the
+                gateway's prediction): only the squeezed copies are then run, which
+                saves one of the ``1 + len(squeezers)`` rows per input.
 
         Returns:
             ``(N,)`` float64 scores in [0, 2].
         """
         x = torch.as_tensor(x, dtype=torch.float32)
+        given = None if probs is None else torch.as_tensor(probs, dtype=torch.float32)
+        if given is not None and given.shape[0] != len(x):
+            raise ValueError(f"probs has {given.shape[0]} rows for {len(x)} inputs")
         squeezers = self.squeezers()
         parts = []
         with torch.no_grad():
             for start in range(0, len(x), _BATCH_ROWS):
                 rows = x[start : start + _BATCH_ROWS]
-                views = torch.cat([rows, *(squeeze(rows) for squeeze in squeezers)])
-                probs = torch.softmax(model(views), dim=1).view(len(squeezers) + 1, len(rows), -1)
-                parts.append((probs[1:] - probs[0]).abs().sum(dim=2).amax(dim=0))
+                views = [squeeze(rows) for squeeze in squeezers]
+                if given is None:
+                    views.insert(0, rows)
+                out = torch.softmax(model(torch.cat(views)), dim=1).view(len(views), len(rows), -1)
+                base = out[0] if given is None else given[start : start + _BATCH_ROWS]
+                squeezed = out[1:] if given is None else out
+                parts.append((squeezed - base).abs().sum(dim=2).amax(dim=0))
         if not parts:
             return np.zeros(0, dtype=np.float64)
         return torch.cat(parts).numpy().astype(np.float64)
 
-    def flags(self, model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    def flags(
+        self, model: nn.Module, x: torch.Tensor, *, probs: torch.Tensor | np.ndarray | None = None
+    ) -> np.ndarray:
         """Per row: whether its score is strictly above the threshold (bool array)."""
-        return self.scores(model, x) > self.threshold
+        return self.scores(model, x, probs=probs) > self.threshold
 
     def to_json(self) -> dict[str, Any]:
         """The fields as JSON values; :meth:`from_json` reads them back exactly."""

@@ -1,4 +1,5 @@
-"""What evaluation measures beyond the test split: the trusted set and the backdoor scan.
+"""What evaluation measures beyond the test split: the trusted set, the backdoor scan, the
+adversarial-input detector.
 
 - The **trusted set** (``evaluate.trusted_set``): clean accuracy and our PGD's robust
   accuracy at the training ε on its rows, which the model was kept from; the
@@ -6,6 +7,11 @@
 - The **model scan** (``screen.model_scan``): a trigger search on the trained model
   (:mod:`aegis.screens.model_scan`); a flagged model gets the evaluation flag
   ``backdoor``, which the ``evaluation_flags`` gate turns into a refused promotion.
+- The **detector** (``evaluate.squeeze``): feature squeezing
+  (:mod:`aegis.evaluate.squeeze`) calibrated on the validation split's clean inputs
+  (half the test split when there is none), its false-positive rate measured on the
+  test inputs it was not calibrated on; the gateway reads it from the signed
+  ``metrics.json`` (``detector``).
 """
 
 from __future__ import annotations
@@ -73,10 +79,38 @@ def _scan(ledger: Ledger, loaded, x, y, *, domain, seed: int) -> tuple[dict, dic
     return record, {"backdoor": reason}
 
 
+def _detector(ledger: Ledger, loaded, x_val, x_test, *, train_params) -> dict[str, Any]:
+    import torch
+
+    from aegis.evaluate.squeeze import held_out_detector
+
+    # the training's thread count: the scores (and so the threshold) are then the same
+    # floats on every re-evaluation, whatever the process's default
+    threads = torch.get_num_threads()
+    torch.set_num_threads(train_params.threads)
+    try:
+        return held_out_detector(
+            loaded.model, kind=loaded.spec.kind, params=ledger.ws.params().evaluate.squeeze,
+            x_val=x_val, x_test=x_test, seed=train_params.seed,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+
+
 def post_training_checks(
-    ledger: Ledger, loaded, x_test, y_test, *, domain, train_params, trusted_ref: str | None
+    ledger: Ledger,
+    loaded,
+    x_test,
+    y_test,
+    *,
+    x_val,
+    domain,
+    train_params,
+    trusted_ref: str | None,
 ) -> ExtraChecks:
-    """The trusted-set figures and the model scan of one evaluation (as configured).
+    """The trusted-set figures, the model scan and the detector of one evaluation (as configured).
+
+    ``x_val`` are the validation split's inputs (possibly none): the detector's calibration set.
 
     Raises:
         RefusedError: ``trusted-set``: the trusted set is not an accepted, validated version.
@@ -92,4 +126,6 @@ def post_training_checks(
         metrics["model_scan"], flags = _scan(
             ledger, loaded, x_test, y_test, domain=domain, seed=train_params.seed
         )
+    if ledger.ws.params().evaluate.squeeze.enabled:
+        metrics["detector"] = _detector(ledger, loaded, x_val, x_test, train_params=train_params)
     return ExtraChecks(metrics, flags)

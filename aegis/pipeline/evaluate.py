@@ -128,6 +128,7 @@ def evaluate_stored(
     spec = loaded.spec
     x_test, y_test = to_tensors(prepared.frame, prepared.split.test, spec)
     x_train, y_train = to_tensors(prepared.frame, prepared.split.train, spec)
+    x_val, _ = to_tensors(prepared.frame, prepared.split.val, spec)  # the detector's calibration
     threads = torch.get_num_threads()
     torch.set_num_threads(train_params.threads)
     try:
@@ -154,7 +155,7 @@ def evaluate_stored(
         "train_epsilon": train_params.epsilon,
     }
     extra = post_training_checks(
-        ledger, loaded, x_test, y_test, domain=input_domain(spec, train_params),
+        ledger, loaded, x_test, y_test, x_val=x_val, domain=input_domain(spec, train_params),
         train_params=train_params, trusted_ref=trusted_ref,
     )  # fmt: skip
     metrics.update(extra.metrics)

@@ -77,6 +77,8 @@ def model_rows(trained: TrainedModel | None, evaluated: EvaluatedModel) -> Rows:
         {"metric": "robust accuracy, PGD", "value": _fmt(robust.get("pgd"))},
         {"metric": "DP ε spent", "value": _fmt(m.get("epsilon_spent"), 2)},
         {"metric": "membership-inference AUC", "value": _fmt(mia.get("auc"))},
+        {"metric": "adversarial-input detector, clean test inputs flagged",
+         "value": _fmt((m.get("detector") or {}).get("test_fpr"))},
         {"metric": "flags", "value": ", ".join(m.get("flags") or []) or "none"},
         {"metric": "model digest", "value": evaluated.model_digest},
     ]  # fmt: skip

@@ -18,6 +18,7 @@ from helpers import Env, copy_env, snapshot
 from validation_helpers import digits_frame, publish_frame, resample, sha256_file
 
 from aegis.data.ingest import ingest
+from aegis.evaluate.squeeze import SqueezeDetector
 from aegis.pipeline.train import train_stage
 from aegis.pipeline.validate import record_validation, validate_dataset
 from aegis.train.checkpoint import CONFIG, WEIGHTS, canonical_json, model_digest
@@ -104,6 +105,15 @@ def test_evaluate_a_stored_model_again(cli, trained, tmp_path):
     validation = json.loads((env.root / "validation" / "digits" / "result.json").read_text())
     assert metrics["model"] == digest and metrics["dataset"] == validation["dataset"]
     assert {"clean_acc", "robust", "flags"} <= set(metrics)
+    # the gateway's detector, calibrated on the validation split, measured on the test split
+    sizes = json.loads((_model(env) / CONFIG).read_text())["split"]["sizes"]
+    detector = metrics["detector"]
+    assert detector["calibrated_on"] == "validation"
+    assert (detector["calibration_rows"], detector["test_rows"]) == (sizes["val"], sizes["test"])
+    assert 0 <= detector["test_fpr"] <= 0.1  # target 4 % (template params)
+    fields = {k: detector[k] for k in SqueezeDetector.__dataclass_fields__}
+    assert SqueezeDetector.from_json(fields).to_json() == fields
+    assert (fields["kind"], fields["bits"], fields["median"]) == ("image", 3, 0)
     assert f"model 'digits' ({digest[:19]})" in result.out
     assert "robust (worst case)" in result.out
     assert f"report: {out / 'report.html'}" in result.out
@@ -111,6 +121,7 @@ def test_evaluate_a_stored_model_again(cli, trained, tmp_path):
     assert "Evaluation of digits" in page
     # the stage renders the evaluation's details: every plot but the DP point is drawn
     assert page.count("data:image/png;base64,") == 4, page[:2000]
+    assert "adversarial-input detector: clean test inputs flagged" in page
     for missing in ("no calibration data", "audit not run", "no training history"):
         assert missing not in page
     entry = env.ws.audit().entries()[-1]
