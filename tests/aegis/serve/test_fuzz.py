@@ -10,8 +10,7 @@ from serve_helpers import call
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=12), inner,
-                                                                 max_size=6),  # fmt: skip
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=12), inner),
     max_leaves=40,
 )
 NUMBER = st.integers(-(10**30), 10**30) | st.floats(allow_nan=False, allow_infinity=False)
