@@ -359,14 +359,41 @@ def _story(ws: Path, side: Path, server: _PrefectServer) -> None:
     _promote(ws, "v2", operator, approver)
     _aegis(ws, "status")
 
-    _step("10. Incident: v2 misbehaves in production; roll back to v1, re-verified first")
-    _aegis(
-        ws, "rollback", "--to", "digits-model@v1", "--reason",
-        "demo incident: v2 misclassifies a customer's forms", "--key", operator,
-    )  # fmt: skip
-    _aegis(ws, "verify", "digits-model#prod")
-    _aegis(ws, "status")
+    _serve_and_roll_back(ws, side, operator)
 
-    _step("11. The audit log: every action, hash-chained, head signed by the pipeline")
+    _step("12. The audit log: every action, hash-chained, head signed by the pipeline")
     _aegis(ws, "audit", "show", "--last", "8")
     _aegis(ws, "audit", "verify")
+
+
+def _serve_and_roll_back(ws: Path, side: Path, operator: Path) -> None:
+    from aegis import demo_gateway as gw
+
+    _step("10. The gateway serves prod: a serving key, an API client, authenticated answers")
+    serving = _new_key(ws, side, "serving", "gateway", "platform")
+    token = _aegis(ws, "keys", "api", "new", "--name", "forms-app", "--rate", "100/s",
+                   "--key", operator).strip().splitlines()[-1]  # fmt: skip
+    rows = gw.sample_rows(side)
+    with gw.gateway(ws, serving, say=console.print) as url:
+        status, answer = gw.call(url + "/v1/predict", token, {"inputs": rows})
+        console.print(f"POST /v1/predict (4 rows) -> {status} {answer}")
+        status, answer = gw.call(url + "/v1/predict", "aegis_" + "x" * 43, {"inputs": rows})
+        console.print(f"the same with a wrong token -> {status} {answer}")
+        status, answer = gw.call(url + "/v1/predict", token, {"inputs": [[99.0] * 64]})
+        console.print(f"pixels far outside the training range -> {status} {answer}")
+
+        _step("11. Incident: v2 misbehaves; roll back to v1 while serving, then revoke a leak")
+        _aegis(
+            ws, "rollback", "--to", "digits-model@v1", "--reason",
+            "demo incident: v2 misclassifies a customer's forms", "--key", operator,
+        )  # fmt: skip
+        took = gw.wait_for_version(url, token, "v1.0.0")
+        console.print(f"the gateway serves v1.0.0 {took:.1f} s after the rollback, no failed call")
+        _aegis(ws, "keys", "api", "revoke", "forms-app", "--reason", "token leaked in a ticket",
+               "--key", operator)  # fmt: skip
+        status, answer = gw.call(url + "/v1/predict", token, {"inputs": rows})
+        console.print(f"the revoked token, next request -> {status} {answer}")
+        if status != 403:
+            raise DemoFailed(f"a revoked token answered {status}")
+    _aegis(ws, "audit", "import-serving", "--key", operator)
+    _aegis(ws, "status")

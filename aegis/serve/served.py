@@ -125,10 +125,12 @@ class ServedModel:
 
         x = torch.from_numpy(_model_inputs(rows, self.loaded.spec))
         with torch.no_grad():
-            probs = torch.softmax(self.loaded.model(x), dim=1).numpy()
+            soft = torch.softmax(self.loaded.model(x), dim=1)
+        probs = soft.numpy()
         scores = flagged = None
         if self.detector is not None and self.params.on_adversarial != "off":
-            scores = self.detector.scores(self.loaded.model, x)
+            # the squeezed copies only: the prediction's own softmax is reused
+            scores = self.detector.scores(self.loaded.model, x, probs=soft)
             flagged = scores > self.detector.threshold
         if flagged is None:
             flagged = np.zeros(len(rows), dtype=bool)
