@@ -141,7 +141,7 @@ class ServedModel:
         out: dict[str, Any] = {"labels": prediction.labels.tolist(), "version": self.version}
         digits = self.params.round
         if self.params.output == "probs":
-            out["probs"] = np.round(prediction.probs, digits).tolist()
+            out["probs"] = np.round(prediction.probs.astype(np.float64), digits).tolist()
         elif self.params.output == "topk":
             k = min(self.params.topk, prediction.probs.shape[1])
             order = np.argsort(-prediction.probs, axis=1)[:, :k]
