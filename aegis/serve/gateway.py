@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from aegis.errors import AegisError
+from aegis.fileutil import ensure_dir
 from aegis.ledger import Ledger
 from aegis.registry.targets import Target, parse_target
 from aegis.serve.clients import EMPTY, Client, ClientList, load_clients, read_secret, token_hash
@@ -114,8 +115,9 @@ class Gateway:
         self._client_stamp = self._watch_stamp = _stamp(self._log_path)
         self.metrics = GatewayMetrics()
         self._serving_metrics()
-        store = serve_dir(self.ws)
-        store.mkdir(parents=True, exist_ok=True)
+        # one component at a time, following no planted symlink out of the workspace
+        store = ensure_dir(self.ws.root, serve_dir(self.ws))
+        ensure_dir(self.ws.root, store / "log")
         prefix = "aegis:" + self.ws.meta()["pipeline_key"][:16]
         self.limiter = (
             RedisLimiter(config.redis, prefix=prefix)

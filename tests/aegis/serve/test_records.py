@@ -141,3 +141,14 @@ def test_the_adversarial_policy_refuses_flagged_rows(served):
         gw.close()
     frame = read_log(serve_dir(served.env.ws) / "log")
     assert frame["flagged"].all() and np.isfinite(frame["score"]).all()
+
+
+def test_a_planted_symlink_for_the_serve_directory_is_refused(served, tmp_path):
+    from aegis.errors import UnsafeFileError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    serve_dir(served.env.ws).symlink_to(elsewhere)
+    with pytest.raises(UnsafeFileError, match="symlink"):
+        _gateway(served)
+    assert not list(elsewhere.iterdir())
