@@ -85,6 +85,11 @@ def median_filter(x: torch.Tensor, size: int) -> torch.Tensor:
     return median.view(n, c, h, w)
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def grid(x: torch.Tensor, step: float) -> torch.Tensor:
     """Rounds standardized features to the nearest multiple of ``step`` (standard deviations)."""
     return torch.round(x / step) * step
@@ -161,25 +166,49 @@ class SqueezeDetector:
         Returns:
             ``(N,)`` float64 scores in [0, 2].
         """
+        parts = [score for _, score in self._passes(model, x, probs)]
+        if not parts:
+            return np.zeros(0, dtype=np.float64)
+        return np.concatenate(parts).astype(np.float64)
+
+    def predict(self, model: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The model's softmax on ``x`` and the scores, from one forward pass per 512 rows.
+
+        What the gateway runs: ``x`` and its squeezed copies go through the model
+        together, so the prediction costs no separate pass. Returns ``((N, classes)
+        float32 probabilities, (N,) float64 scores)``.
+        """
+        parts = self._passes(model, x, None)
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float64)
+        probs = np.concatenate([base for base, _ in parts])
+        return probs, np.concatenate([score for _, score in parts]).astype(np.float64)
+
+    def _passes(self, model: nn.Module, x, probs) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per 512 rows: (softmax on the rows, scores), the softmax from ``probs`` if given.
+
+        Everything after the forward pass is numpy: on the gateway's one-row requests
+        each torch call costs microseconds of dispatch, a dozen of them as much as the
+        detector's share of the forward pass.
+        """
         x = torch.as_tensor(x, dtype=torch.float32)
-        given = None if probs is None else torch.as_tensor(probs, dtype=torch.float32)
+        given = None if probs is None else np.asarray(probs, dtype=np.float32)
         if given is not None and given.shape[0] != len(x):
             raise ValueError(f"probs has {given.shape[0]} rows for {len(x)} inputs")
         squeezers = self.squeezers()
         parts = []
-        with torch.no_grad():
-            for start in range(0, len(x), _BATCH_ROWS):
-                rows = x[start : start + _BATCH_ROWS]
-                views = [squeeze(rows) for squeeze in squeezers]
-                if given is None:
-                    views.insert(0, rows)
-                out = torch.softmax(model(torch.cat(views)), dim=1).view(len(views), len(rows), -1)
-                base = out[0] if given is None else given[start : start + _BATCH_ROWS]
-                squeezed = out[1:] if given is None else out
-                parts.append((squeezed - base).abs().sum(dim=2).amax(dim=0))
-        if not parts:
-            return np.zeros(0, dtype=np.float64)
-        return torch.cat(parts).numpy().astype(np.float64)
+        for start in range(0, len(x), _BATCH_ROWS):
+            rows = x[start : start + _BATCH_ROWS]
+            views = [squeeze(rows) for squeeze in squeezers]
+            if given is None:
+                views.insert(0, rows)
+            with torch.no_grad():
+                logits = model(torch.cat(views)).numpy()
+            out = _softmax(logits).reshape(len(views), len(rows), -1)
+            base = out[0] if given is None else given[start : start + _BATCH_ROWS]
+            squeezed = out[1:] if given is None else out
+            parts.append((base, np.abs(squeezed - base).sum(axis=2).max(axis=0)))
+        return parts
 
     def flags(
         self, model: nn.Module, x: torch.Tensor, *, probs: torch.Tensor | np.ndarray | None = None
