@@ -39,7 +39,7 @@ from aegis.registry.targets import Target, parse_target
 from aegis.serve.clients import EMPTY, Client, ClientList, load_clients, read_secret, token_hash
 from aegis.serve.limiter import MemoryLimiter, RedisLimiter
 from aegis.serve.metrics import GatewayMetrics
-from aegis.serve.predlog import PredictionLog
+from aegis.serve.predlog import Chunk, PredictionLog
 from aegis.serve.records import Recorder, load_serving_key, serve_dir
 from aegis.serve.served import InputError, ServedModel, load_served
 from aegis.workspace import Workspace
@@ -125,8 +125,9 @@ class Gateway:
             else MemoryLimiter(store / "counters.json")
         )
         self.predlog = PredictionLog(
-            store / "log", params=self.served.params, on_segment=self._segment_written
-        )
+            store / "log", params=self.served.params, on_segment=self._segment_written,
+            before_write=self._score_deferred,
+        )  # fmt: skip
         self._ids = itertools.count(1)
         self._refused: set[tuple[str, str]] = set()  # (version, message) alerted already
         self._stop = threading.Event()
@@ -243,12 +244,14 @@ class Gateway:
         if flagged:
             self.metrics.adversarial.labels(action=policy).inc(flagged)
         request = f"{os.getpid():x}-{next(self._ids)}"
-        latency_ms = (time.perf_counter() - started) * 1000
-        self.predlog.append(
-            client=client.id, request=request, version=served.version,
-            digest=served.release.model_digest, rows=rows, prediction=prediction,
-            latency_ms=latency_ms,
-        )  # fmt: skip
+        self.predlog.append(Chunk(
+            time=time.time(), request=request, client=client.id, version=served.version,
+            digest=served.release.model_digest, latency_ms=(time.perf_counter() - started) * 1000,
+            mode=served.params.log_inputs, rows=rows, labels=prediction.labels,
+            probs=prediction.probs, scores=prediction.scores,
+            flagged=None if prediction.deferred else prediction.flagged,
+            pending=served if prediction.deferred else None,
+        ))  # fmt: skip
         if flagged and policy == "refuse":
             raise GatewayError(
                 422, "adversarial", f"{flagged} of {len(rows)} rows look adversarial (refused)"
@@ -256,6 +259,25 @@ class Gateway:
         self.metrics.requests.labels(client=client.name, status="200").inc()
         self.metrics.rows.labels(client=client.name).inc(len(rows))
         return served.shape_output(prediction) | {"request": request}
+
+    def _score_deferred(self, chunks: list[Chunk]) -> None:
+        """Scores, in one batch per served model, the rows answered under ``flag``."""
+        groups: dict[int, list[Chunk]] = {}
+        for chunk in chunks:
+            if chunk.pending is not None:
+                groups.setdefault(id(chunk.pending), []).append(chunk)
+        for group in groups.values():
+            served: ServedModel = group[0].pending
+            rows = np.concatenate([c.rows for c in group])
+            scores = served.scores_of(rows, np.concatenate([c.probs for c in group]))
+            ends = np.cumsum([len(c) for c in group])
+            for chunk, end in zip(group, ends, strict=True):
+                chunk.scores = scores[end - len(chunk) : end]
+                chunk.flagged = chunk.scores > served.detector.threshold
+                chunk.pending = None
+            flagged = int((scores > served.detector.threshold).sum())
+            if flagged:
+                self.metrics.adversarial.labels(action="flag").inc(flagged)
 
     # -- reloads -----------------------------------------------------------------------------
 

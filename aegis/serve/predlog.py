@@ -1,15 +1,19 @@
 """The prediction log the monitor reads: one row per answered input, in Parquet segments.
 
-Requests append rows to an in-memory buffer (a lock and a list: nothing slow on the
-request path); a flusher thread writes a segment when ``serve.log_segment_rows`` rows
-are waiting or the oldest is ``serve.log_flush_s`` old, and at shutdown. A segment is
-written to a temporary name, fsynced, then renamed: a crash loses at most the buffered
-rows, never a written segment. Each segment is signed into ``segments.jsonl``
+Requests append one :class:`Chunk` each (their arrays, as they are: nothing is copied
+row by row or hashed on the request path); a flusher thread writes a segment when
+``serve.log_segment_rows`` rows are waiting or the oldest is ``serve.log_flush_s`` old,
+and at shutdown. Before writing it calls ``before_write`` with the chunks (the gateway
+scores the rows its detector has not scored yet, in one batch), then builds the Arrow
+columns from the concatenated arrays. A segment holds one model version, is written to
+a temporary name, fsynced, then renamed: a crash loses at most the buffered rows, never
+a written segment. Each segment is signed into ``segments.jsonl``
 (:class:`aegis.serve.records.Recorder`). The directory is capped at
 ``serve.max_store_bytes``: the oldest segments go first.
 
-Never logged: the token. ``serve.log_inputs``: ``full`` keeps the rows, ``summary`` a
-SHA-256 of each row and its mean, minimum and maximum, ``none`` nothing of the input.
+Never logged: the token. ``serve.log_inputs`` (as it was when the request came):
+``full`` keeps the rows, ``summary`` a SHA-256 of each row and its mean, minimum and
+maximum, ``none`` nothing of the input.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,17 +33,48 @@ import numpy as np
 log = logging.getLogger("aegis.serve")
 
 
+@dataclass
+class Chunk:
+    """One answered request's rows, buffered until the next segment.
+
+    ``scores``/``flagged`` are None until scored; ``pending`` is what the gateway needs
+    to score them later (its served model), dropped once scored.
+    """
+
+    time: float
+    request: str
+    client: str
+    version: str
+    digest: str
+    latency_ms: float
+    mode: str  # serve.log_inputs when it was answered
+    rows: np.ndarray  # (n, features) float64, dataset units
+    labels: np.ndarray  # (n,)
+    probs: np.ndarray  # (n, classes)
+    scores: np.ndarray | None = None
+    flagged: np.ndarray | None = None
+    pending: Any = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 class PredictionLog:
     """Buffered, segment-rotating Parquet writer for one process."""
 
-    def __init__(self, directory: Path, *, params, on_segment=None, name: str = "pred") -> None:
+    def __init__(
+        self, directory: Path, *, params, on_segment=None, before_write=None, name: str = "pred"
+    ) -> None:
         self.directory = directory
         self.params = params  # ServeParams of the served release (log_* and the cap)
         self.on_segment = on_segment  # called with each written segment's description
+        self.before_write = before_write  # called with the chunks of a flush, before writing
         self._name = f"{name}-{os.getpid()}"
-        self._rows: list[dict[str, Any]] = []
+        self._chunks: list[Chunk] = []
+        self._rows = 0
         self._oldest = 0.0
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one flush at a time (flusher, close, tests)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._count = 0
@@ -48,43 +84,18 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="aegis-predlog", daemon=True)
         self._thread.start()
 
-    def append(
-        self, *, client: str, request: str, version: str, digest: str, rows: np.ndarray,
-        prediction, latency_ms: float,
-    ) -> None:  # fmt: skip
-        """Buffers one request's rows (called on the request path: no I/O here)."""
-        now = time.time()
-        mode = self.params.log_inputs
-        records = []
-        scores = prediction.scores
-        for i in range(len(rows)):
-            record: dict[str, Any] = {
-                "time": now, "request": request, "client": client, "version": version,
-                "model_digest": digest, "label": int(prediction.labels[i]),
-                "probs": prediction.probs[i].tolist(),
-                "flagged": bool(prediction.flagged[i]),
-                "score": float(scores[i]) if scores is not None else None,
-                "latency_ms": latency_ms,
-            }  # fmt: skip
-            if mode == "full":
-                record["inputs"] = rows[i].tolist()
-            elif mode == "summary":
-                row = np.ascontiguousarray(rows[i], dtype=np.float64)
-                record["input_sha256"] = hashlib.sha256(row.tobytes()).hexdigest()
-                record["input_mean"] = float(row.mean())
-                record["input_min"] = float(row.min())
-                record["input_max"] = float(row.max())
-            records.append(record)
+    def append(self, chunk: Chunk) -> None:
+        """Buffers one request's rows (called on the request path: no I/O, no copies)."""
         with self._lock:
-            if not self._rows:
-                self._oldest = now
+            if not self._chunks:
+                self._oldest = chunk.time
             # a flusher that cannot write must not grow memory without bound
-            room = 4 * self.params.log_segment_rows - len(self._rows)
-            if room < len(records):
-                self.dropped += len(records) - max(room, 0)
-                records = records[: max(room, 0)]
-            self._rows.extend(records)
-            if len(self._rows) >= self.params.log_segment_rows:
+            if self._rows + len(chunk) > 4 * self.params.log_segment_rows:
+                self.dropped += len(chunk)
+                return
+            self._chunks.append(chunk)
+            self._rows += len(chunk)
+            if self._rows >= self.params.log_segment_rows:
                 self._wake.set()
 
     def _run(self) -> None:
@@ -92,49 +103,60 @@ class PredictionLog:
             self._wake.wait(timeout=min(self.params.log_flush_s, 1.0))
             self._wake.clear()
             with self._lock:
-                due = self._rows and (
-                    len(self._rows) >= self.params.log_segment_rows
+                due = self._chunks and (
+                    self._rows >= self.params.log_segment_rows
                     or time.time() - self._oldest >= self.params.log_flush_s
                 )
             if due:
                 self.flush()
 
     def flush(self) -> Path | None:
-        """Writes the buffered rows as one segment (None when there were none)."""
-        with self._lock:
-            rows, self._rows = self._rows, []
-        if not rows:
-            return None
-        try:
-            return self._write(rows)
-        except OSError as exc:
-            self.dropped += len(rows)
-            log.error("prediction log: cannot write a segment (%s); %d rows lost", exc, len(rows))
-            return None
+        """Writes the buffered rows, one segment per model version; the last one's path.
 
-    def _write(self, rows: list[dict[str, Any]]) -> Path:
-        import pyarrow as pa
+        None when nothing was buffered or nothing could be written.
+        """
+        with self._write_lock:
+            with self._lock:
+                chunks, self._chunks, self._rows = self._chunks, [], 0
+            if not chunks:
+                return None
+            if self.before_write is not None:
+                try:
+                    self.before_write(chunks)
+                except Exception:  # a failed scoring pass must not cost the rows
+                    log.exception("prediction log: scoring before a segment failed")
+            last = None
+            for group in _by_version(chunks):
+                try:
+                    last = self._write(group)
+                except OSError as exc:
+                    rows = sum(len(c) for c in group)
+                    self.dropped += rows
+                    log.error("prediction log: cannot write a segment (%s); %d rows lost",
+                              exc, rows)  # fmt: skip
+            return last
+
+    def _write(self, chunks: list[Chunk]) -> Path:
         import pyarrow.parquet as pq
 
         self._count += 1
-        first = datetime.fromtimestamp(rows[0]["time"], UTC)
+        first = datetime.fromtimestamp(chunks[0].time, UTC)
+        last = datetime.fromtimestamp(chunks[-1].time, UTC)
         stamp = first.strftime("%Y%m%dT%H%M%S")
         path = self.directory / f"{self._name}-{stamp}-{self._count:06d}.parquet"
         tmp = path.with_name("." + path.name + ".tmp")
-        columns = {key: [r.get(key) for r in rows] for key in rows[0]}
-        columns["time"] = [datetime.fromtimestamp(t, UTC) for t in columns["time"]]
-        table = pa.table(columns)
-        pq.write_table(table, tmp)
+        pq.write_table(_table(chunks), tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
         os.replace(tmp, path)
-        self.written += len(rows)
+        rows = sum(len(c) for c in chunks)
+        self.written += rows
         if self.on_segment is not None:
             self.on_segment({
-                "file": path.name, "sha256": digest, "rows": len(rows),
-                "first": first.isoformat(), "last": columns["time"][-1].isoformat(),
-                "versions": sorted({r["version"] for r in rows}),
+                "file": path.name, "sha256": digest, "rows": rows,
+                "first": first.isoformat(), "last": last.isoformat(),
+                "versions": [chunks[0].version],
             })  # fmt: skip
         self._enforce_cap()
         return path
@@ -153,6 +175,66 @@ class PredictionLog:
         self._wake.set()
         self._thread.join(timeout=10)
         self.flush()
+
+
+def _by_version(chunks: list[Chunk]) -> list[list[Chunk]]:
+    """Consecutive runs of one version (a reload mid-buffer starts a new segment)."""
+    groups: list[list[Chunk]] = []
+    for chunk in chunks:
+        if groups and groups[-1][0].version == chunk.version:
+            groups[-1].append(chunk)
+        else:
+            groups.append([chunk])
+    return groups
+
+
+def _per_row(chunks: list[Chunk], values: list[Any], type_) -> Any:
+    """A request-level value repeated for each of its rows, as an Arrow array."""
+    import pyarrow as pa
+
+    counts = [len(c) for c in chunks]
+    return pa.array(np.repeat(np.asarray(values, dtype=object), counts), type=type_)
+
+
+def _fixed_lists(blocks: list[np.ndarray]) -> Any:
+    import pyarrow as pa
+
+    flat = np.concatenate(blocks).astype(np.float64)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
+
+
+def _table(chunks: list[Chunk]) -> Any:
+    """The Arrow table of one version's chunks, from whole arrays (no per-row Python)."""
+    import pyarrow as pa
+
+    n = sum(len(c) for c in chunks)
+    times = np.repeat([int(c.time * 1_000_000) for c in chunks], [len(c) for c in chunks])
+    flagged = [c.flagged if c.flagged is not None else np.zeros(len(c), bool) for c in chunks]
+    scored = all(c.scores is not None for c in chunks)
+    scores = np.concatenate([c.scores for c in chunks]) if scored else [None] * n
+    columns: dict[str, Any] = {
+        "time": pa.array(times, type=pa.timestamp("us", tz="UTC")),
+        "request": _per_row(chunks, [c.request for c in chunks], pa.string()),
+        "client": _per_row(chunks, [c.client for c in chunks], pa.string()),
+        "version": _per_row(chunks, [c.version for c in chunks], pa.string()),
+        "model_digest": _per_row(chunks, [c.digest for c in chunks], pa.string()),
+        "label": pa.array(np.concatenate([c.labels for c in chunks]).astype(np.int64)),
+        "probs": _fixed_lists([c.probs for c in chunks]),
+        "flagged": pa.array(np.concatenate(flagged)),
+        "score": pa.array(scores, type=pa.float64()),
+        "latency_ms": _per_row(chunks, [c.latency_ms for c in chunks], pa.float64()),
+        "log_inputs": _per_row(chunks, [c.mode for c in chunks], pa.string()),
+    }
+    modes = {c.mode for c in chunks}  # one per version: the release's signed params
+    if modes == {"full"}:
+        columns["inputs"] = _fixed_lists([c.rows for c in chunks])
+    elif modes == {"summary"}:
+        rows = np.ascontiguousarray(np.concatenate([c.rows for c in chunks]), dtype=np.float64)
+        columns["input_sha256"] = pa.array([hashlib.sha256(r.tobytes()).hexdigest() for r in rows])
+        columns["input_mean"] = pa.array(rows.mean(axis=1))
+        columns["input_min"] = pa.array(rows.min(axis=1))
+        columns["input_max"] = pa.array(rows.max(axis=1))
+    return pa.table(columns)
 
 
 def read_log(directory: Path):

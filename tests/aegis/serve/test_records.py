@@ -70,13 +70,19 @@ def test_full_and_none_input_logging(served):
     gw = _gateway(served)
     try:
         for mode, expect in (("full", "inputs"), ("none", None)):
-            gw.predlog.params = gw.served.params.model_copy(update={"log_inputs": mode})
+            # the policy is the served release's (signed params), as it was per request
+            params = gw.served.params.model_copy(update={"log_inputs": mode})
+            gw.served = replace(gw.served, params=params)
             _predict(gw, served.tokens["app"])
             path = gw.predlog.flush()
             import pandas as pd
 
-            columns = set(pd.read_parquet(path).columns)
+            frame = pd.read_parquet(path)
+            columns = set(frame.columns)
             assert (expect in columns) if expect else not columns & {"inputs", "input_sha256"}
+            assert set(frame["log_inputs"]) == {mode}
+            if mode == "full":
+                assert frame["inputs"][1].tolist() == [16.0] * 64
     finally:
         gw.close()
 
@@ -136,11 +142,17 @@ def test_the_adversarial_policy_refuses_flagged_rows(served):
         assert (refused.value.status, refused.value.reason) == (422, "adversarial")
         flag = gw.served.params.model_copy(update={"on_adversarial": "flag"})
         gw.served = replace(gw.served, params=flag)
-        assert _predict(gw, served.tokens["app"], DIGITS)["labels"]  # answered, counted, logged
+        assert _predict(gw, served.tokens["app"], DIGITS)["labels"]  # answered, logged
+        # under flag the rows are scored off the request path, when the segment is written
+        counted = gw.metrics.registry.get_sample_value
+        gw.predlog.flush()
+        assert counted("aegis_adversarial_flags_total", {"action": "flag"}) == 4
     finally:
         gw.close()
     frame = read_log(serve_dir(served.env.ws) / "log")
-    assert frame["flagged"].all() and np.isfinite(frame["score"]).all()
+    assert len(frame) == 8 and frame["flagged"].all() and np.isfinite(frame["score"]).all()
+    # the same rows scored inline (refuse) and deferred in a batch (flag) score the same
+    np.testing.assert_allclose(frame["score"][:4], frame["score"][4:], atol=1e-5)
 
 
 def test_a_planted_symlink_for_the_serve_directory_is_refused(served, tmp_path):
