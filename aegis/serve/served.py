@@ -16,7 +16,6 @@ into model inputs, exactly as training did.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +114,9 @@ class ServedModel:
         if rows.ndim != 2 or rows.shape[1] != len(self.columns):
             width = rows.shape[1] if rows.ndim == 2 else "?"
             raise InputError(f"each row needs {len(self.columns)} features, got {width}")
+        # one pass when all is well: NaN fails both comparisons, infinities the range
+        if ((rows >= self.low) & (rows <= self.high)).all():
+            return
         if not np.isfinite(rows).all():
             i, j = np.argwhere(~np.isfinite(rows))[0]
             raise InputError(f"inputs[{i}][{j}] is not a finite number")
@@ -144,23 +146,23 @@ class ServedModel:
 
         x = torch.from_numpy(model_inputs(rows, self.loaded.spec))
         model = self.loaded.model
-        inline = self.detects and self.params.on_adversarial == "refuse"
-        views = 1 + (len(self.detector.squeezers()) if inline else 0)
-        with _conv_backend(len(rows) * views):
-            if inline:
-                probs, scores = self.detector.predict(model, x)
-                return Prediction(probs.argmax(axis=1), probs, scores,
-                                  scores > self.detector.threshold)  # fmt: skip
-            with torch.no_grad():
-                probs = torch.softmax(model(x), dim=1).numpy()
+        detects = self.detects
+        if detects and self.params.on_adversarial == "refuse":
+            views = len(rows) * (1 + len(self.detector.squeezers()))
+            probs, scores = _on_kernels(views, self.detector.predict, model, x)
+            return Prediction(probs.argmax(axis=1), probs, scores,
+                              scores > self.detector.threshold)  # fmt: skip
+        with torch.no_grad():
+            logits = _on_kernels(len(rows), model, x)
+        probs = torch.softmax(logits, dim=1).numpy()
         none = np.zeros(len(rows), dtype=bool)
-        return Prediction(probs.argmax(axis=1), probs, None, none, deferred=self.detects)
+        return Prediction(probs.argmax(axis=1), probs, None, none, deferred=detects)
 
     def scores_of(self, rows: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Detector scores of rows this model answered with ``probs`` (deferred scoring)."""
         x = model_inputs(rows, self.loaded.spec)
-        with _conv_backend(len(rows) * len(self.detector.squeezers())):
-            return self.detector.scores(self.loaded.model, x, probs=probs)
+        views = len(rows) * len(self.detector.squeezers())
+        return _on_kernels(views, self.detector.scores, self.loaded.model, x, probs=probs)
 
     def shape_output(self, prediction: Prediction) -> dict[str, Any]:
         """The answer the output policy allows (``serve.output``, ``serve.round``)."""
@@ -178,20 +180,21 @@ class ServedModel:
         return out
 
 
-@contextmanager
-def _conv_backend(batch: int):
-    """ATen's kernels instead of oneDNN's for batches of 2 to :data:`ATEN_BELOW_ROWS` rows.
+def _on_kernels(batch: int, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on ATen's kernels instead of oneDNN's for 2 to 11 rows.
 
     The switch is process-wide and set back to torch's default (on) afterwards, never to
     a value read before (two threads restoring each other's could leave it off); a
     deferred scoring pass that overlaps a small request may run on the other kernels:
-    slower, the same results.
+    slower, the same results. One row and large batches (most calls) touch nothing.
     """
+    if not 2 <= batch < ATEN_BELOW_ROWS:
+        return fn(*args, **kwargs)
     import torch
 
-    torch.backends.mkldnn.enabled = not 2 <= batch < ATEN_BELOW_ROWS
+    torch.backends.mkldnn.enabled = False
     try:
-        yield
+        return fn(*args, **kwargs)
     finally:
         torch.backends.mkldnn.enabled = True
 
@@ -270,6 +273,11 @@ def load_served(ledger: Ledger, target: Target) -> ServedModel:
     torch.set_num_threads(1)  # one request is small: threads cost more than they give
     verified = open_release(ledger, target, fetch=False)
     loaded = load_release_model(verified)
+    if loaded.spec.kind == "image":
+        # channels-last convolutions and pooling run about twice as fast on a batch (the
+        # detector's deferred pass, large requests) and no slower on one row; the same
+        # weights, results equal to ~1e-7
+        loaded.model.to(memory_format=torch.channels_last)
     params = release_serve_params(verified)
     low, high = input_domain(loaded.spec, params.domain_margin)
     return ServedModel(
