@@ -81,6 +81,7 @@ class PredictionLog:
         self.written = 0  # rows in written segments (the metrics read it)
         self.dropped = 0
         directory.mkdir(parents=True, exist_ok=True)
+        _warm_arrow()
         self._thread = threading.Thread(target=self._run, name="aegis-predlog", daemon=True)
         self._thread.start()
 
@@ -177,6 +178,18 @@ class PredictionLog:
         self.flush()
 
 
+def _warm_arrow() -> None:
+    """Pays pyarrow's first-use imports now, before the gateway takes requests.
+
+    Arrow's first array from numpy imports pandas (about a second, holding the GIL):
+    in the flusher's first flush that stalled every request in flight.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet  # the writer's module, imported once here too
+
+    pa.array(np.zeros(1))
+
+
 def _by_version(chunks: list[Chunk]) -> list[list[Chunk]]:
     """Consecutive runs of one version (a reload mid-buffer starts a new segment)."""
     groups: list[list[Chunk]] = []
@@ -193,7 +206,8 @@ def _per_row(chunks: list[Chunk], values: list[Any], type_) -> Any:
     import pyarrow as pa
 
     counts = [len(c) for c in chunks]
-    return pa.array(np.repeat(np.asarray(values, dtype=object), counts), type=type_)
+    # one value per request, taken per row by Arrow (no per-row Python objects)
+    return pa.array(values, type=type_).take(np.repeat(np.arange(len(chunks)), counts))
 
 
 def _fixed_lists(blocks: list[np.ndarray]) -> Any:
