@@ -66,7 +66,7 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
 
     def _answer(endpoint: str, started: float, response: Response) -> Response:
         gw: Gateway = app.state.gateway
-        gw.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        gw.metrics.observe(endpoint, time.perf_counter() - started)
         return response
 
     @app.post("/v1/predict")

@@ -239,7 +239,7 @@ class Gateway:
                 headers={"Retry-After": str(retry_after(decision.retry_after))},
             )  # fmt: skip
         prediction = served.predict(rows)
-        flagged = int(prediction.flagged.sum())
+        flagged = 0 if prediction.deferred else int(prediction.flagged.sum())
         policy = served.params.on_adversarial
         if flagged:
             self.metrics.adversarial.labels(action=policy).inc(flagged)
@@ -256,8 +256,7 @@ class Gateway:
             raise GatewayError(
                 422, "adversarial", f"{flagged} of {len(rows)} rows look adversarial (refused)"
             )
-        self.metrics.requests.labels(client=client.name, status="200").inc()
-        self.metrics.rows.labels(client=client.name).inc(len(rows))
+        self.metrics.answered(client.name, len(rows))
         return served.shape_output(prediction) | {"request": request}
 
     def _score_deferred(self, chunks: list[Chunk]) -> None:
