@@ -41,7 +41,8 @@ def _aegis(ws: Path, *args: str | Path, expect: int = 0) -> str:
         text=True,
         env={**os.environ, "COLUMNS": str(console.width)},
     )
-    output = (proc.stdout + proc.stderr).rstrip()
+    # stderr first: commands report there (progress, "Created ...") before their result
+    output = "\n".join(part for part in (proc.stderr.rstrip(), proc.stdout.rstrip()) if part)
     if output:
         console.print(output, markup=False, soft_wrap=True)
     if proc.returncode != expect:
