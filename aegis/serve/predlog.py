@@ -18,9 +18,12 @@ maximum, ``none`` nothing of the input.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +34,9 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger("aegis.serve")
+# what this module names its segments (pred-PID-STAMP-COUNT.parquet): nothing else in
+# the directory is counted or removed by the cap
+_SEGMENT = re.compile(r"[a-z]+-\d+-\d{8}T\d{6}-\d{6}\.parquet")
 
 
 @dataclass
@@ -63,12 +69,14 @@ class PredictionLog:
     """Buffered, segment-rotating Parquet writer for one process."""
 
     def __init__(
-        self, directory: Path, *, params, on_segment=None, before_write=None, name: str = "pred"
-    ) -> None:
+        self, directory: Path, *, params, on_segment=None, before_write=None, on_drop=None,
+        name: str = "pred",
+    ) -> None:  # fmt: skip
         self.directory = directory
         self.params = params  # ServeParams of the served release (log_* and the cap)
         self.on_segment = on_segment  # called with each written segment's description
         self.before_write = before_write  # called with the chunks of a flush, before writing
+        self.on_drop = on_drop  # called with the number of rows each time rows are lost
         self._name = f"{name}-{os.getpid()}"
         self._chunks: list[Chunk] = []
         self._rows = 0
@@ -79,7 +87,7 @@ class PredictionLog:
         self._stop = threading.Event()
         self._count = 0
         self.written = 0  # rows in written segments (the metrics read it)
-        self.dropped = 0
+        self.dropped = 0  # rows lost since start (a full buffer, a failed write)
         directory.mkdir(parents=True, exist_ok=True)
         _warm_arrow()
         self._thread = threading.Thread(target=self._run, name="aegis-predlog", daemon=True)
@@ -92,12 +100,17 @@ class PredictionLog:
                 self._oldest = chunk.time
             # a flusher that cannot write must not grow memory without bound
             if self._rows + len(chunk) > 4 * self.params.log_segment_rows:
-                self.dropped += len(chunk)
+                self._drop(len(chunk))
                 return
             self._chunks.append(chunk)
             self._rows += len(chunk)
             if self._rows >= self.params.log_segment_rows:
                 self._wake.set()
+
+    def _drop(self, rows: int) -> None:
+        self.dropped += rows
+        if self.on_drop is not None:
+            self.on_drop(rows)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -109,7 +122,10 @@ class PredictionLog:
                     or time.time() - self._oldest >= self.params.log_flush_s
                 )
             if due:
-                self.flush()
+                try:
+                    self.flush()
+                except Exception:  # the flusher must outlive any one bad flush
+                    log.exception("prediction log: flush failed")
 
     def flush(self) -> Path | None:
         """Writes the buffered rows, one segment per model version; the last one's path.
@@ -129,15 +145,32 @@ class PredictionLog:
             last = None
             for group in _by_version(chunks):
                 try:
-                    last = self._write(group)
-                except OSError as exc:
+                    last, segment = self._write(group)
+                except Exception as exc:  # OSError, or Arrow refusing a value: rows lost
                     rows = sum(len(c) for c in group)
-                    self.dropped += rows
+                    self._drop(rows)
                     log.error("prediction log: cannot write a segment (%s); %d rows lost",
                               exc, rows)  # fmt: skip
+                    continue
+                # the segment is on disk: a failure from here on loses no rows
+                try:
+                    if self.on_segment is not None:
+                        self.on_segment(segment)
+                except Exception as exc:
+                    log.error("prediction log: %s written but not recorded (%s)",
+                              last.name, exc)  # fmt: skip
+                try:
+                    self._enforce_cap()
+                except OSError as exc:
+                    log.error("prediction log: cap not enforced (%s)", exc)
             return last
 
-    def _write(self, chunks: list[Chunk]) -> Path:
+    def _write(self, chunks: list[Chunk]) -> tuple[Path, dict[str, Any]]:
+        """Writes one segment; returns its path and description (for ``on_segment``).
+
+        Through a fresh temporary file (``mkstemp``: a random name, created exclusively,
+        never through a planted symlink), fsynced, renamed, the directory fsynced.
+        """
         import pyarrow.parquet as pq
 
         self._count += 1
@@ -145,29 +178,55 @@ class PredictionLog:
         last = datetime.fromtimestamp(chunks[-1].time, UTC)
         stamp = first.strftime("%Y%m%dT%H%M%S")
         path = self.directory / f"{self._name}-{stamp}-{self._count:06d}.parquet"
-        tmp = path.with_name("." + path.name + ".tmp")
-        pq.write_table(_table(chunks), tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        os.replace(tmp, path)
+        table = _table(chunks)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w+b") as fh:
+                pq.write_table(table, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+                fh.seek(0)
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self.directory)
         rows = sum(len(c) for c in chunks)
         self.written += rows
-        if self.on_segment is not None:
-            self.on_segment({
-                "file": path.name, "sha256": digest, "rows": rows,
-                "first": first.isoformat(), "last": last.isoformat(),
-                "versions": [chunks[0].version],
-            })  # fmt: skip
-        self._enforce_cap()
-        return path
+        return path, {
+            "file": path.name, "sha256": digest, "rows": rows,
+            "first": first.isoformat(), "last": last.isoformat(),
+            "versions": [chunks[0].version],
+        }  # fmt: skip
+
+    def _segments(self) -> list[tuple[int, int, Path]]:
+        """``(mtime_ns, size, path)`` of this directory's segments: regular files only.
+
+        A planted symlink or directory is not a segment (neither counted nor deleted);
+        a file another worker removed meanwhile is skipped.
+        """
+        found = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if not _SEGMENT.fullmatch(entry.name):
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                found.append((info.st_mtime_ns, info.st_size, Path(entry.path)))
+        return sorted(found)
 
     def _enforce_cap(self) -> None:
-        segments = sorted(self.directory.glob("*.parquet"), key=lambda p: p.stat().st_mtime_ns)
-        total = sum(p.stat().st_size for p in segments)
+        segments = self._segments()
+        total = sum(size for _, size, _ in segments)
         while segments and total > self.params.max_store_bytes:
-            oldest = segments.pop(0)
-            total -= oldest.stat().st_size
+            _, size, oldest = segments.pop(0)
+            total -= size
             oldest.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -188,6 +247,15 @@ def _warm_arrow() -> None:
     import pyarrow.parquet  # the writer's module, imported once here too
 
     pa.array(np.zeros(1))
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Makes a rename in ``directory`` durable (the entry, not only the file's bytes)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _by_version(chunks: list[Chunk]) -> list[list[Chunk]]:
@@ -223,7 +291,12 @@ def _table(chunks: list[Chunk]) -> Any:
 
     n = sum(len(c) for c in chunks)
     times = np.repeat([int(c.time * 1_000_000) for c in chunks], [len(c) for c in chunks])
-    flagged = [c.flagged if c.flagged is not None else np.zeros(len(c), bool) for c in chunks]
+    # rows never scored (no detector, or its pass failed) are null, not "not flagged"
+    flagged = pa.array(
+        np.concatenate([c.flagged if c.flagged is not None else np.zeros(len(c), bool)
+                        for c in chunks]),
+        mask=np.concatenate([np.full(len(c), c.flagged is None) for c in chunks]),
+    )  # fmt: skip
     scored = all(c.scores is not None for c in chunks)
     scores = np.concatenate([c.scores for c in chunks]) if scored else [None] * n
     columns: dict[str, Any] = {
@@ -234,7 +307,7 @@ def _table(chunks: list[Chunk]) -> Any:
         "model_digest": _per_row(chunks, [c.digest for c in chunks], pa.string()),
         "label": pa.array(np.concatenate([c.labels for c in chunks]).astype(np.int64)),
         "probs": _fixed_lists([c.probs for c in chunks]),
-        "flagged": pa.array(np.concatenate(flagged)),
+        "flagged": flagged,
         "score": pa.array(scores, type=pa.float64()),
         "latency_ms": _per_row(chunks, [c.latency_ms for c in chunks], pa.float64()),
         "log_inputs": _per_row(chunks, [c.mode for c in chunks], pa.string()),
