@@ -37,7 +37,9 @@ def _refused(gateway: Gateway, exc: GatewayError) -> Response:
 async def _body(request: Request) -> bytes:
     """The request body, refused (413) past :data:`MAX_BODY` without reading it all."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+    if length is not None and not (length.isascii() and length.isdigit()):
+        raise GatewayError(400, "malformed", "Content-Length is not a number")
+    if length is not None and int(length) > MAX_BODY:
         raise GatewayError(413, "too-large", f"bodies are at most {MAX_BODY} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():

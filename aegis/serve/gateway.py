@@ -37,7 +37,7 @@ from aegis.fileutil import ensure_dir
 from aegis.ledger import Ledger
 from aegis.registry.targets import Target, parse_target
 from aegis.serve.clients import EMPTY, Client, ClientList, load_clients, read_secret, token_hash
-from aegis.serve.limiter import MemoryLimiter, RedisLimiter
+from aegis.serve.limiter import LimitsUnavailable, MemoryLimiter, RedisLimiter
 from aegis.serve.metrics import GatewayMetrics
 from aegis.serve.predlog import Chunk, PredictionLog
 from aegis.serve.records import Recorder, load_serving_key, serve_dir
@@ -126,7 +126,7 @@ class Gateway:
         )
         self.predlog = PredictionLog(
             store / "log", params=self.served.params, on_segment=self._segment_written,
-            before_write=self._score_deferred,
+            before_write=self._score_deferred, on_drop=self.metrics.log_dropped.inc,
         )  # fmt: skip
         self._ids = itertools.count(1)
         self._refused: set[tuple[str, str]] = set()  # (version, message) alerted already
@@ -137,9 +137,11 @@ class Gateway:
     # -- clients -----------------------------------------------------------------------------
 
     def _set_clients(self, clients: ClientList) -> None:
-        self.clients = clients
-        self._by_hash = clients.by_hash()
-        self._secret = read_secret(self.ws) if clients.clients else None
+        # everything read before anything is assigned: a failure keeps the old state whole
+        secret = read_secret(self.ws) if clients.clients else None
+        by_hash = clients.by_hash()
+        self.clients, self._by_hash, self._secret = clients, by_hash, secret
+        self._clients_refused = None
 
     def _sync_clients(self) -> None:
         stamp = _stamp(self._log_path)
@@ -151,10 +153,16 @@ class Gateway:
             try:
                 self._ledger.refresh()
                 clients = load_clients(self._ledger)
-                if clients.digest != self.clients.digest:
+                if clients.digest != self.clients.digest or self._clients_refused:
                     self._set_clients(clients)
-            except AegisError as exc:  # keep the last verified list; say so once per change
-                self.recorder.alert("api-clients", f"client list not reloaded: {exc}")
+            except AegisError as exc:
+                # fail closed: a list that no longer verifies (its operator revoked, the
+                # log tampered with) admits no one until an operator signs a good one
+                if self._clients_refused is None:
+                    self.recorder.alert(
+                        "api-clients", f"client list refused, no client admitted: {exc}"
+                    )
+                self._clients_refused = str(exc)
             self._client_stamp = stamp
 
     def authenticate(self, header: str | None, *, scope: str) -> Client:
@@ -164,6 +172,11 @@ class Gateway:
             GatewayError: 401 (no token, malformed, unknown), 403 (revoked, out of scope).
         """
         self._sync_clients()
+        if self._clients_refused is not None:
+            raise GatewayError(
+                503, "api-clients", "the gateway's client list does not verify; no client is "
+                "admitted until an operator re-signs it (operators are alerted)",
+            )  # fmt: skip
         if not header or not header.startswith("Bearer "):
             raise GatewayError(401, "unauthenticated", "an Authorization: Bearer token is needed")
         token = header[7:].strip()
@@ -218,13 +231,22 @@ class Gateway:
         """
         try:
             return self._predict(client, body, started)
+        except LimitsUnavailable as exc:
+            log.error("limits unavailable: %s", exc)
+            self.metrics.requests.labels(client=client.name, status="503").inc()
+            raise GatewayError(503, "limits", "limits cannot be counted now; retry") from None
         except GatewayError as exc:
             self.metrics.requests.labels(client=client.name, status=str(exc.status)).inc()
             raise
 
     def _predict(self, client: Client, body: bytes, started: float) -> dict[str, Any]:
         served = self.served  # one model for the whole request, whatever reloads meanwhile
-        rows = self.rows_of(body, served)
+        try:
+            rows = self.rows_of(body, served)
+        except GatewayError:
+            # a refused body costs one row (when it fits): probing the checks is not free
+            self.limiter.admit(client, 1)
+            raise
         if len(rows) > client.rate.count or len(rows) > client.quota.count:
             raise GatewayError(
                 422, "batch", f"{len(rows)} rows never fit client '{client.name}''s limits "
@@ -313,8 +335,10 @@ class Gateway:
         target = Target(model=self.target.model, version=version.version)
         try:
             served = load_served(self._watch_ledger, target)
-        except AegisError as exc:
+        except Exception as exc:  # refused (AegisError) or unloadable: never served
             self.metrics.reloads.labels(result="refused").inc()
+            if not isinstance(exc, AegisError):
+                self._watch_stamp = None  # perhaps transient (I/O): poll again
             key = (version.version, str(exc))
             if key not in self._refused:
                 self._refused.add(key)

@@ -38,6 +38,10 @@ class Decision:
 ALLOWED = Decision(allowed=True)
 
 
+class LimitsUnavailable(Exception):
+    """The shared counters cannot be reached (the gateway answers 503, admits no one)."""
+
+
 class Limiter(Protocol):
     def admit(self, client: Client, rows: int) -> Decision: ...
 
@@ -88,7 +92,11 @@ class MemoryLimiter:
         with self._lock:
             data = {k: list(v) for k, v in self._quota.items()}
             self._dirty = False
-        atomic_write(self._path, json.dumps(data, sort_keys=True).encode() + b"\n")
+        try:
+            atomic_write(self._path, json.dumps(data, sort_keys=True).encode() + b"\n")
+        except BaseException:
+            self._dirty = True  # not written: the next save tries again
+            raise
 
     def close(self) -> None:
         self.save()
@@ -150,7 +158,10 @@ class RedisLimiter:
         ]
         args = [rows, client.rate.count, client.quota.count]
         args += [client.rate.seconds + 1, client.quota.seconds + 1]
-        result = int(self._script(keys=keys, args=args))
+        try:
+            result = int(self._script(keys=keys, args=args))
+        except self.error as exc:  # limits that cannot be counted admit no one
+            raise LimitsUnavailable(f"Redis: {exc}") from None
         if result == 1:
             return Decision(False, "rate", _wait(rate_w, client.rate.seconds, now))
         if result == 2:

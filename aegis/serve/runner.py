@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aegis.errors import UsageError
+from aegis.fileutil import ensure_dir
 from aegis.ledger import Ledger
 from aegis.registry.targets import parse_target
 from aegis.serve.clients import load_clients
@@ -108,9 +109,11 @@ def run(ws: Workspace, serve_plan: ServePlan, *, host: str, port: int, key: Path
         gateway = Gateway(config, served=serve_plan.served)
         uvicorn.Server(uvicorn.Config(create_app(gateway), **common)).run()
         return
-    metrics_dir = serve_dir(ws) / "metrics"
-    shutil.rmtree(metrics_dir, ignore_errors=True)  # a previous run's worker files
-    metrics_dir.mkdir(parents=True)
+    # checked one component at a time first: rmtree under a planted symlink would delete
+    # whatever it points to
+    metrics_dir = ensure_dir(ws.root, serve_dir(ws) / "metrics")
+    shutil.rmtree(metrics_dir)  # a previous run's worker files
+    metrics_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.environ[CONFIG_ENV] = config.to_env()
     uvicorn.run("aegis.serve.app:app_from_env", factory=True, workers=serve_plan.workers, **common)

@@ -123,9 +123,10 @@ class ServedModel:
         bad = (rows < self.low) | (rows > self.high)
         if bad.any():
             i, j = np.argwhere(bad)[0]
+            # the bounds themselves are not said: they are the training data's extremes
             raise InputError(
                 f"inputs[{i}][{j}] ({self.columns[j]} = {rows[i, j]:g}) is outside the accepted "
-                f"range [{self.low[j]:g}, {self.high[j]:g}]"
+                "range (the training data's, widened by serve.domain_margin)"
             )
 
     @property
@@ -244,7 +245,7 @@ def release_serve_params(verified: VerifiedRelease) -> ServeParams:
     return parse_params(data, source=f"{verified} params.yaml").serve
 
 
-def _detector(verified: VerifiedRelease):
+def _detector(verified: VerifiedRelease, kind: str):
     record = verified.metrics.get("detector")
     if record is None:
         return None
@@ -257,6 +258,10 @@ def _detector(verified: VerifiedRelease):
         raise RefusedError("detector", f"{verified}: metrics.json's detector: {exc}") from None
     if not math.isfinite(detector.threshold):
         raise RefusedError("detector", f"{verified}: the detector's threshold is not finite")
+    if detector.kind != kind:
+        raise RefusedError(
+            "detector", f"{verified}: a detector for {detector.kind} inputs on a {kind} model"
+        )
     return detector
 
 
@@ -286,5 +291,5 @@ def load_served(ledger: Ledger, target: Target) -> ServedModel:
         params=params,
         low=low,
         high=high,
-        detector=_detector(verified),
+        detector=_detector(verified, loaded.spec.kind),
     )
