@@ -128,6 +128,22 @@ def api_revoke(
     _console().print(f"[green]Revoked[/green] API client '{revoked.name}' ({revoked.id})")
 
 
+@api_app.command("resign")
+def api_resign(
+    reason: Annotated[str, typer.Option("--reason", help="Why (audited).")] = "",
+    key: KeyOpt = None,
+) -> None:
+    """Re-sign a client list whose operator was revoked (the gateway admits no one until then)."""
+    from aegis.serve.client_ops import resign_clients
+
+    adopted = resign_clients(_ws(), reason=reason, key_path=key)
+    active = [c.name for c in adopted.clients if c.status == "active"]
+    _console().print(
+        f"[green]Re-signed[/green] the client list of revoked operator '{adopted.signer}': "
+        f"{len(active)} active client(s) now on your signature: {', '.join(active) or '-'}"
+    )
+
+
 @audit_app.command("import-serving")
 def import_serving(key: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """Audit the gateway's signed records (alerts, prediction-log segments) not yet imported."""

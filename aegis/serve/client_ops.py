@@ -110,7 +110,7 @@ def revoke_client(
         raise UsageError("an operator key signs the client list: --key (or AEGIS_KEY)")
     ledger = ledger or Ledger.load(ws)
     with ledger.locked():
-        current = load_clients(ledger)
+        current = load_clients(ledger, adopt=True)  # revoking only narrows a list
         client = current.get(name)
         if client is None:
             raise UsageError(f"no API client named '{name}'")
@@ -120,3 +120,30 @@ def revoke_client(
         clients = [revoked if c.name == name else c for c in current.clients]
         _change(ledger, key_path, clients, current, op="revoke", name=name, reason=reason)
     return revoked
+
+
+def resign_clients(
+    ws: Workspace, *, reason: str, key_path: Path | None, ledger: Ledger | None = None
+) -> ClientList:
+    """Signs the current client list again, unchanged, with an operator in good standing.
+
+    The way back after the operator who signed the list is revoked: the gateway then
+    admits no one (it refuses the list), and whoever re-signs takes responsibility for
+    every client on it (revoke the ones that operator should not have added first).
+    Returns the list as it was.
+
+    Raises:
+        UsageError: No operator key; the list is already signed by an operator in
+            good standing (nothing to do).
+    """
+    reason = check_reason(reason)
+    if key_path is None:
+        raise UsageError("an operator key signs the client list: --key (or AEGIS_KEY)")
+    ledger = ledger or Ledger.load(ws)
+    with ledger.locked():
+        current = load_clients(ledger, adopt=True)
+        if not current.signer_revoked:
+            raise UsageError("the client list is signed by an operator in good standing already")
+        _change(ledger, key_path, list(current.clients), current, op="resign",
+                name=current.signer or "", reason=reason)  # fmt: skip
+    return current

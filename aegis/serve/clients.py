@@ -155,6 +155,7 @@ class ClientList:
     digest: str | None  # None: no list yet
     serial: int
     signer: str | None
+    signer_revoked: bool = False  # only from load_clients(adopt=True)
 
     def by_hash(self) -> dict[str, Client]:
         return {c.token_hash: c for c in self.clients}
@@ -210,11 +211,14 @@ def read_secret(ws: Workspace, *, create: bool = False) -> bytes:
     return bytes.fromhex(text)
 
 
-def load_clients(ledger: Ledger) -> ClientList:
+def load_clients(ledger: Ledger, *, adopt: bool = False) -> ClientList:
     """The verified client list: the signed document of the last ``api.clients`` entry.
 
     Empty when no client was ever made. The file ``.aegis/api-clients.json`` is a copy
-    for people and git history; it is never read to decide.
+    for people and git history; it is never read to decide. With ``adopt``, a list whose
+    operator was revoked since is returned (its signature still verified), so that an
+    operator in good standing can revoke clients from it or re-sign it: nothing else
+    may read it.
 
     Raises:
         RefusedError: ``api-clients``: the recorded list does not verify, is malformed,
@@ -229,11 +233,12 @@ def load_clients(ledger: Ledger) -> ClientList:
         signed = verify_document(entry.details.get("signed"), kind=KIND, trust=ledger.trust)
     except RefusedError as exc:
         raise RefusedError("api-clients", f"audit entry {entry.seq}: {exc.detail}") from None
-    if signed.signer.role != "operator" or signed.signer.status == "revoked":
+    revoked = signed.signer.status == "revoked"
+    if signed.signer.role != "operator" or (revoked and not adopt):
         raise RefusedError(
             "api-clients",
             f"the client list is signed by '{signed.signer.name}', not an operator in good "
-            "standing",
+            "standing; an operator reviews and re-signs it: aegis keys api resign",
         )
     try:
         clients = tuple(Client.from_json(c) for c in signed.body["clients"])
@@ -241,7 +246,10 @@ def load_clients(ledger: Ledger) -> ClientList:
     except (KeyError, TypeError, ValueError) as exc:
         raise RefusedError("api-clients", f"audit entry {entry.seq}: {exc}") from None
     signer = signed.signer.name
-    return ClientList(clients=clients, digest=signed.digest, serial=serial, signer=signer)
+    return ClientList(
+        clients=clients, digest=signed.digest, serial=serial, signer=signer,
+        signer_revoked=revoked,
+    )  # fmt: skip
 
 
 def list_body(clients: list[Client], *, serial: int, previous: str | None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from serve_helpers import MODEL
 
 from aegis.errors import RefusedError
 from aegis.ledger import Ledger
@@ -93,3 +94,51 @@ def test_a_readable_secret_is_refused(served):
     secret_path(served.env.ws).chmod(0o644)
     with pytest.raises(RefusedError, match="key-permissions"):
         read_secret(served.env.ws)
+
+
+def _revoke_ops_and_add_an_operator(served, cli, tmp_path):
+    from aegis.trust_ops import new_key
+
+    result = cli("trust", "revoke", "ops", "--reason", "left", "--admin-key",
+                 str(served.env.admin_key), cwd=served.root)  # fmt: skip
+    assert result.code == 0, result.err
+    ops2 = tmp_path / "ops2.pem"
+    new_key(served.env.ws, role="operator", name="ops2", owner="platform", out=ops2,
+            admin_key=served.env.admin_key)  # fmt: skip
+    return ops2
+
+
+def test_a_running_gateway_fails_closed_until_an_operator_resigns(served, cli, tmp_path):
+    from aegis.serve.gateway import Gateway, GatewayConfig, GatewayError
+
+    config = GatewayConfig(workspace=str(served.root), target=f"{MODEL}#prod",
+                           key=str(served.serving_key))  # fmt: skip
+    gw = Gateway(config)
+    try:
+        header = f"Bearer {served.tokens['app']}"
+        assert gw.authenticate(header, scope="predict").name == "app"
+        ops2 = _revoke_ops_and_add_an_operator(served, cli, tmp_path)
+        with pytest.raises(GatewayError) as refused:
+            gw.authenticate(header, scope="predict")
+        assert refused.value.status == 503 and refused.value.reason == "api-clients"
+        new = cli("keys", "api", "new", "--name", "late", "--key", str(ops2), cwd=served.root)
+        assert new.code == 1 and "aegis keys api resign" in new.err
+        done = cli("keys", "api", "resign", "--reason", "reviewed", "--key", str(ops2),
+                   cwd=served.root)  # fmt: skip
+        assert done.code == 0, done.err
+        assert gw.authenticate(header, scope="predict").name == "app"
+        again = cli("keys", "api", "resign", "--reason", "again", "--key", str(ops2),
+                    cwd=served.root)  # fmt: skip
+        assert again.code == 2 and "good standing already" in again.err
+    finally:
+        gw.close()
+    assert load_clients(Ledger.load(served.env.ws)).signer == "ops2"
+
+
+def test_an_adopted_list_can_be_narrowed(served, cli, tmp_path):
+    ops2 = _revoke_ops_and_add_an_operator(served, cli, tmp_path)
+    result = cli("keys", "api", "revoke", "gone", "--reason", "added by ops", "--key",
+                 str(ops2), cwd=served.root)  # fmt: skip
+    assert result.code == 0, result.err
+    clients = load_clients(Ledger.load(served.env.ws))
+    assert clients.signer == "ops2" and clients.get("gone").status == "revoked"
