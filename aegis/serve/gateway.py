@@ -308,9 +308,6 @@ class Gateway:
 
     def _segment_written(self, body: dict[str, Any]) -> None:
         self.recorder.segment(body)
-        if self.predlog.dropped:
-            self.metrics.log_dropped.inc(self.predlog.dropped)
-            self.predlog.dropped = 0
         if isinstance(self.limiter, MemoryLimiter):
             self.limiter.save()
 
