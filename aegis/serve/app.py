@@ -124,4 +124,7 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """uvicorn's factory for ``--workers N``: each worker builds its own gateway."""
+    from aegis.serve.tuning import tune_memory
+
+    tune_memory()
     return create_app()

@@ -106,6 +106,9 @@ def run(ws: Workspace, serve_plan: ServePlan, *, host: str, port: int, key: Path
     )
     common = {"host": host, "port": port, "log_level": "warning", "access_log": False}
     if serve_plan.workers == 1:
+        from aegis.serve.tuning import tune_memory
+
+        tune_memory()
         gateway = Gateway(config, served=serve_plan.served)
         uvicorn.Server(uvicorn.Config(create_app(gateway), **common)).run()
         return
