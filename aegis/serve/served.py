@@ -150,11 +150,11 @@ class ServedModel:
         detects = self.detects
         if detects and self.params.on_adversarial == "refuse":
             views = len(rows) * (1 + len(self.detector.squeezers()))
-            probs, scores = _on_kernels(views, self.detector.predict, model, x)
+            probs, scores = on_kernels(views, self.detector.predict, model, x)
             return Prediction(probs.argmax(axis=1), probs, scores,
                               scores > self.detector.threshold)  # fmt: skip
         with torch.no_grad():
-            logits = _on_kernels(len(rows), model, x)
+            logits = on_kernels(len(rows), model, x)
         probs = torch.softmax(logits, dim=1).numpy()
         none = np.zeros(len(rows), dtype=bool)
         return Prediction(probs.argmax(axis=1), probs, None, none, deferred=detects)
@@ -163,7 +163,7 @@ class ServedModel:
         """Detector scores of rows this model answered with ``probs`` (deferred scoring)."""
         x = model_inputs(rows, self.loaded.spec)
         views = len(rows) * len(self.detector.squeezers())
-        return _on_kernels(views, self.detector.scores, self.loaded.model, x, probs=probs)
+        return on_kernels(views, self.detector.scores, self.loaded.model, x, probs=probs)
 
     def shape_output(self, prediction: Prediction) -> dict[str, Any]:
         """The answer the output policy allows (``serve.output``, ``serve.round``)."""
@@ -181,7 +181,7 @@ class ServedModel:
         return out
 
 
-def _on_kernels(batch: int, fn, *args, **kwargs):
+def on_kernels(batch: int, fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` on ATen's kernels instead of oneDNN's for 2 to 11 rows.
 
     The switch is process-wide and set back to torch's default (on) afterwards, never to

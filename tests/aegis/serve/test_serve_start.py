@@ -60,17 +60,19 @@ def test_a_revoked_serving_key_is_refused(served, cli):
     assert _serve(served).returncode == 1
 
 
-def test_usage_errors_are_exit_2(served):
-    assert _serve(served, "--workers", "2").returncode == 2  # no --redis
-    assert "--redis" in _serve(served, "--workers", "2").stderr
-    assert _serve(served, "nothing@v9").returncode == 1  # no such version: registry
-    assert _serve(served, "not a target").returncode == 2
+def test_usage_errors_are_exit_2(served, cli):
+    # in-process: each of these is refused before a port opens
+    key = ("--key", str(served.serving_key))
+    no_redis = cli("serve", "--workers", "2", *key, cwd=served.root)
+    assert no_redis.code == 2 and "--redis" in no_redis.err
+    assert cli("serve", "nothing@v9", *key, cwd=served.root).code == 1  # registry
+    assert cli("serve", "not a target", *key, cwd=served.root).code == 2
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = aegis(served.root, "serve", "--port", str(port), "--key", str(served.serving_key))
-    assert result.returncode == 2 and "cannot listen" in result.stderr
+        result = cli("serve", "--port", str(port), *key, cwd=served.root)
+    assert result.code == 2 and "cannot listen" in result.err
 
 
 def test_no_prod_is_refused(served, tmp_path):
