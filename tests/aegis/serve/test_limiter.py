@@ -94,3 +94,33 @@ def test_an_unreachable_redis_is_a_configuration_error():
 
     with pytest.raises(ConfigError, match="cannot reach Redis"):
         RedisLimiter(f"redis://127.0.0.1:{free_port()}/0")
+
+
+def test_limits_that_cannot_be_counted_admit_no_one(tmp_path):
+    from serve_helpers import start_redis
+    from services import stop
+
+    from aegis.serve.limiter import LimitsUnavailable
+
+    proc, url = start_redis(tmp_path)
+    try:
+        limiter = RedisLimiter(url, prefix="gone")
+        assert limiter.admit(_client(name="g"), 1).allowed
+    finally:
+        stop(proc)
+    with pytest.raises(LimitsUnavailable, match="Redis"):
+        limiter.admit(_client(name="g"), 1)
+    limiter.close()
+
+
+def test_a_failed_save_is_tried_again(tmp_path):
+    path = tmp_path / "counters.json"
+    limiter = MemoryLimiter(path)
+    client = _client(quota="5/day")
+    assert limiter.admit(client, 2).allowed
+    path.mkdir()  # the rename onto it fails
+    with pytest.raises(OSError):
+        limiter.save()
+    path.rmdir()
+    limiter.save()  # still dirty: written now
+    assert not MemoryLimiter(path).admit(client, 4).allowed
