@@ -169,7 +169,8 @@ class Gateway:
         """The client a bearer token names, if active and in ``scope``.
 
         Raises:
-            GatewayError: 401 (no token, malformed, unknown), 403 (revoked, out of scope).
+            GatewayError: 401 (no token, malformed, unknown), 403 (revoked, out of scope),
+                503 (the client list no longer verifies: no one is admitted).
         """
         self._sync_clients()
         if self._clients_refused is not None:
@@ -333,9 +334,9 @@ class Gateway:
         try:
             served = load_served(self._watch_ledger, target)
         except Exception as exc:  # refused (AegisError) or unloadable: never served
+            # tried again at the next audit change, not every poll: a release that will
+            # not load would otherwise be re-verified twice a second
             self.metrics.reloads.labels(result="refused").inc()
-            if not isinstance(exc, AegisError):
-                self._watch_stamp = None  # perhaps transient (I/O): poll again
             key = (version.version, str(exc))
             if key not in self._refused:
                 self._refused.add(key)

@@ -83,6 +83,7 @@ class PredictionLog:
         self._oldest = 0.0
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one flush at a time (flusher, close, tests)
+        self._drop_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._count = 0
@@ -108,7 +109,8 @@ class PredictionLog:
                 self._wake.set()
 
     def _drop(self, rows: int) -> None:
-        self.dropped += rows
+        with self._drop_lock:  # from the request path and the flusher
+            self.dropped += rows
         if self.on_drop is not None:
             self.on_drop(rows)
 
