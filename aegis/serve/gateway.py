@@ -292,13 +292,14 @@ class Gateway:
             served: ServedModel = group[0].pending
             rows = np.concatenate([c.rows for c in group])
             scores = served.scores_of(rows, np.concatenate([c.probs for c in group]))
-            ends = np.cumsum([len(c) for c in group])
-            for chunk, end in zip(group, ends, strict=True):
-                chunk.scores = scores[end - len(chunk) : end]
-                chunk.flagged = chunk.scores > served.detector.threshold
+            flags = scores > served.detector.threshold
+            start = 0
+            for chunk in group:
+                end = start + len(chunk)
+                chunk.scores, chunk.flagged = scores[start:end], flags[start:end]
                 chunk.pending = None
-            flagged = int((scores > served.detector.threshold).sum())
-            if flagged:
+                start = end
+            if flagged := int(flags.sum()):
                 self.metrics.adversarial.labels(action="flag").inc(flagged)
 
     # -- reloads -----------------------------------------------------------------------------

@@ -271,13 +271,14 @@ def _by_version(chunks: list[Chunk]) -> list[list[Chunk]]:
     return groups
 
 
-def _per_row(chunks: list[Chunk], values: list[Any], type_) -> Any:
-    """A request-level value repeated for each of its rows, as an Arrow array."""
+def _per_row(values: list[Any], type_, index: np.ndarray) -> Any:
+    """A request-level value repeated for each of its rows, as an Arrow array.
+
+    ``index`` maps each row to its request; Arrow takes the values (no per-row Python).
+    """
     import pyarrow as pa
 
-    counts = [len(c) for c in chunks]
-    # one value per request, taken per row by Arrow (no per-row Python objects)
-    return pa.array(values, type=type_).take(np.repeat(np.arange(len(chunks)), counts))
+    return pa.array(values, type=type_).take(index)
 
 
 def _fixed_lists(blocks: list[np.ndarray]) -> Any:
@@ -291,28 +292,30 @@ def _table(chunks: list[Chunk]) -> Any:
     """The Arrow table of one version's chunks, from whole arrays (no per-row Python)."""
     import pyarrow as pa
 
-    n = sum(len(c) for c in chunks)
-    times = np.repeat([int(c.time * 1_000_000) for c in chunks], [len(c) for c in chunks])
+    counts = np.array([len(c) for c in chunks])
+    index = np.repeat(np.arange(len(chunks)), counts)  # row -> its request
+    n = int(counts.sum())
+    times = np.array([int(c.time * 1_000_000) for c in chunks])[index]
     # rows never scored (no detector, or its pass failed) are null, not "not flagged"
     flagged = pa.array(
         np.concatenate([c.flagged if c.flagged is not None else np.zeros(len(c), bool)
                         for c in chunks]),
-        mask=np.concatenate([np.full(len(c), c.flagged is None) for c in chunks]),
+        mask=np.array([c.flagged is None for c in chunks])[index],
     )  # fmt: skip
     scored = all(c.scores is not None for c in chunks)
     scores = np.concatenate([c.scores for c in chunks]) if scored else [None] * n
     columns: dict[str, Any] = {
         "time": pa.array(times, type=pa.timestamp("us", tz="UTC")),
-        "request": _per_row(chunks, [c.request for c in chunks], pa.string()),
-        "client": _per_row(chunks, [c.client for c in chunks], pa.string()),
-        "version": _per_row(chunks, [c.version for c in chunks], pa.string()),
-        "model_digest": _per_row(chunks, [c.digest for c in chunks], pa.string()),
+        "request": _per_row([c.request for c in chunks], pa.string(), index),
+        "client": _per_row([c.client for c in chunks], pa.string(), index),
+        "version": _per_row([c.version for c in chunks], pa.string(), index),
+        "model_digest": _per_row([c.digest for c in chunks], pa.string(), index),
         "label": pa.array(np.concatenate([c.labels for c in chunks]).astype(np.int64)),
         "probs": _fixed_lists([c.probs for c in chunks]),
         "flagged": flagged,
         "score": pa.array(scores, type=pa.float64()),
-        "latency_ms": _per_row(chunks, [c.latency_ms for c in chunks], pa.float64()),
-        "log_inputs": _per_row(chunks, [c.mode for c in chunks], pa.string()),
+        "latency_ms": _per_row([c.latency_ms for c in chunks], pa.float64(), index),
+        "log_inputs": _per_row([c.mode for c in chunks], pa.string(), index),
     }
     modes = {c.mode for c in chunks}  # one per version: the release's signed params
     if modes == {"full"}:
