@@ -43,6 +43,11 @@ class NewClient:
     token: str
 
 
+def _require_key(key_path: Path | None) -> None:
+    if key_path is None:
+        raise UsageError("an operator key signs the client list: --key (or AEGIS_KEY)")
+
+
 def _change(ledger: Ledger, key_path: Path, clients: list[Client], current: ClientList, **what):
     operator = load_private_key(key_path)
     ledger.trust.require_signer(operator.key_id, role="operator", what=str(key_path), new=True)
@@ -79,8 +84,7 @@ def new_client(
             the current list does not verify.
     """
     check_name(name)
-    if key_path is None:
-        raise UsageError("an operator key signs the client list: --key (or AEGIS_KEY)")
+    _require_key(key_path)
     ledger = ledger or Ledger.load(ws)
     with ledger.locked():
         current = load_clients(ledger)
@@ -106,8 +110,7 @@ def revoke_client(
         UsageError: No operator key, an unknown name, or a client already revoked.
     """
     reason = check_reason(reason)
-    if key_path is None:
-        raise UsageError("an operator key signs the client list: --key (or AEGIS_KEY)")
+    _require_key(key_path)
     ledger = ledger or Ledger.load(ws)
     with ledger.locked():
         current = load_clients(ledger, adopt=True)  # revoking only narrows a list
@@ -137,8 +140,7 @@ def resign_clients(
             good standing (nothing to do).
     """
     reason = check_reason(reason)
-    if key_path is None:
-        raise UsageError("an operator key signs the client list: --key (or AEGIS_KEY)")
+    _require_key(key_path)
     ledger = ledger or Ledger.load(ws)
     with ledger.locked():
         current = load_clients(ledger, adopt=True)
