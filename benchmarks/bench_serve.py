@@ -270,9 +270,10 @@ def run_load(
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         answered = max(1, result["totals"]["answered"])
         loadgen = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        server = _cpu_s(server_pid) - before
         result["cpu"] = {
-            "server_s": round(_cpu_s(server_pid) - before, 2),
-            "server_us_per_request": round((_cpu_s(server_pid) - before) / answered * 1e6, 1),
+            "server_s": round(server, 2),
+            "server_us_per_request": round(server / answered * 1e6, 1),
             "load_generator_us_per_request": round(loadgen / answered * 1e6, 1),
         }
     return result if extra is None else {**result, "during": extra}
