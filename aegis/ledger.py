@@ -70,6 +70,7 @@ class Action:
     APPROVAL_REJECTED = "approval.rejected"
     API_CLIENTS = "api.clients"
     SERVE_RECORDS = "serve.records"
+    SEAL_RESEALED = "seal.resealed"
 
     TRUST_CHANGES = (WORKSPACE_INIT, TRUST_ADD, TRUST_REVOKE, TRUST_RETIRE)
     DECISIONS: ClassVar[dict[str, str]] = {

@@ -14,7 +14,8 @@ import contextlib
 from pathlib import Path
 
 from aegis.crypto.keys import PrivateKey, generate_key, load_private_key
-from aegis.crypto.truststore import TrustEntry
+from aegis.crypto.sealing import ServingIdentity, generate_identity
+from aegis.crypto.truststore import KEY_TYPES, P256, X25519, TrustEntry
 from aegis.errors import RefusedError, UsageError
 from aegis.ledger import Action, Ledger
 from aegis.text import check_reason
@@ -97,16 +98,25 @@ def new_key(
     out: Path,
     admin_key: Path | None,
     ledger: Ledger | None = None,
+    key_type: str = P256,
 ) -> TrustEntry:
     """Creates a key pair at ``out`` and registers it, signed by an admin key.
 
+    ``key_type`` ``x25519`` makes a serving identity (role ``serving`` only): an age
+    identity at ``out`` and its recipient at ``out.pub``; it opens sealed exports and
+    signs nothing.
+
     Raises:
-        UsageError: Unknown role, taken name, no admin key, or ``out`` exists.
+        UsageError: Unknown role or key type, taken name, no admin key, or ``out`` exists.
         RefusedError: The admin key is not an active admin, lives in the
             workspace, or ``out`` is inside the workspace.
     """
     if role not in CREATABLE_ROLES:
         raise UsageError(f"role '{role}': one of {', '.join(CREATABLE_ROLES)}")
+    if key_type not in KEY_TYPES:
+        raise UsageError(f"key type '{key_type}': one of {', '.join(KEY_TYPES)}")
+    if key_type == X25519 and role != "serving":
+        raise UsageError("an x25519 key is a serving identity: --role serving")
     check_key_out(out)
     admin = _admin(ws, admin_key)
     ledger = ledger or Ledger.load(ws)
@@ -114,9 +124,12 @@ def new_key(
         store = ledger.trust
         if any(e.name == name for e in store.entries):
             raise UsageError(f"a trust entry named '{name}' already exists")
-        key = generate_key(out)
+        key = generate_identity(out) if key_type == X25519 else generate_key(out)
         try:
-            store.add(name=name, role=role, owner=owner, public_pem=key.public_pem, admin=admin)
+            if isinstance(key, ServingIdentity):
+                store.add_identity(name=name, owner=owner, recipient=key.recipient, admin=admin)
+            else:
+                store.add(name=name, role=role, owner=owner, public_pem=key.public_pem, admin=admin)
         except BaseException:
             for p in (out, out.with_name(out.name + ".pub")):
                 with contextlib.suppress(FileNotFoundError):
@@ -125,6 +138,7 @@ def new_key(
         _record(
             ledger, admin, Action.TRUST_ADD, f"trust: add {role} key '{name}' ({owner})",
             name=name, role=role, owner=owner, key_id=key.key_id,
+            **({"key_type": X25519} if key_type == X25519 else {}),
         )  # fmt: skip
     return store.get(name)
 

@@ -60,12 +60,24 @@ def verify(
 def export_cmd(
     release: Annotated[str, typer.Argument(help="NAME@vN, NAME#STAGE or a release directory.")],
     out_dir: Annotated[Path, typer.Argument(help="A new or empty directory.")],
+    seal_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--seal-to",
+            help="Seal the release to this serving identity (its .pub file, its age1... "
+            "recipient or its trust-store name; repeatable): only its key opens the export.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify a release, then copy it with its public key and a VERIFY.md for downstream users."""
+    """Verify a release, then copy it with its public key and a VERIFY.md for downstream users.
+
+    With --seal-to, the whole release is encrypted instead (release.tar.age) to active
+    X25519 serving identities of the trust store; `aegis serve DIR --identity` opens it.
+    """
     from aegis.registry.export import export_release
 
-    result = export_release(_ledger(), release, out_dir)
+    result = export_release(_ledger(), release, out_dir, seal_to=seal_to or ())
     _print_notes(list(result.reconciled), "reconciled")
     if STATE.json or as_json:
         _print_json(
@@ -73,9 +85,15 @@ def export_cmd(
                 "release": result.release,
                 "directory": str(result.directory),
                 "command": result.command,
+                "sealed_to": list(result.sealed_to),
             }
         )
         return
     out = _console()
+    if result.sealed_to:
+        names = ", ".join(printable(n) for n in result.sealed_to)
+        out.print(f"exported {result.release} to {result.directory}, sealed to {names}")
+        out.print(f"serve it with: aegis serve {result.directory} --identity IDENTITY --key KEY")
+        return
     out.print(f"exported {result.release} to {result.directory}")
     out.print(f"verify there with:\n  {result.command}", soft_wrap=True)

@@ -29,7 +29,11 @@ keys_app.add_typer(api_app, name="api")
 @app.command()
 def serve(
     target: Annotated[
-        str | None, typer.Argument(help="NAME#prod (default: <train.model_name>#prod) or NAME@vN")
+        str | None,
+        typer.Argument(
+            help="NAME#prod (default: <train.model_name>#prod) or NAME@vN; with --identity, "
+            "a sealed export's directory"
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
@@ -44,20 +48,34 @@ def serve(
         str | None,
         typer.Option("--redis", envvar="AEGIS_REDIS_URL", help="redis://... for shared limits."),
     ] = None,
+    identity: Annotated[
+        Path | None,
+        typer.Option(
+            "--identity",
+            envvar="AEGIS_SERVING_IDENTITY",
+            help="Serve the sealed export TARGET, decrypted in memory with this X25519 serving "
+            "identity (one worker; no hot reload: it serves what it decrypted until restarted).",
+        ),
+    ] = None,
 ) -> None:
-    """Serve the verified production model over authenticated, rate-limited HTTP."""
+    """Serve the verified production model over authenticated, rate-limited HTTP.
+
+    A registry target is hot-reloaded when prod moves; a sealed export (--identity) is not.
+    """
     from aegis.serve.runner import plan, run
 
     ws = _ws()
     with _console(stderr=True).status("verifying the release to serve ..."):
         serve_plan, _ = plan(
-            ws, target=target, host=host, port=port, workers=workers, key=key, redis=redis
-        )
+            ws, target=target, host=host, port=port, workers=workers, key=key, redis=redis,
+            identity=identity,
+        )  # fmt: skip
     release = serve_plan.served.release
     print(
         f"serving {release} ({release.model_digest[:19]}) from {serve_plan.target} on "
         f"{serve_plan.url}: {serve_plan.workers} worker(s), limits {serve_plan.limits}, "
-        f"{serve_plan.clients} active client(s)",
+        f"{serve_plan.clients} active client(s)"
+        + (" (sealed export: no hot reload)" if serve_plan.sealed else ""),
         flush=True,
     )
     assert key is not None  # plan() refused a missing key

@@ -64,18 +64,64 @@ def keys_new(
     name: Annotated[str, typer.Option(help="Unique name of the key in the trust store.")],
     owner: Annotated[str, typer.Option(help="Person or team owning the key.")],
     out: Annotated[Path, typer.Option(help="Private key file to write (PATH and PATH.pub).")],
+    key_type: Annotated[
+        str,
+        typer.Option(
+            "--type",
+            help="p256 (signs) or x25519: a serving identity that opens sealed exports "
+            "(--role serving; PATH is an age identity, PATH.pub its recipient).",
+        ),
+    ] = "p256",
     admin_key: AdminKeyOpt = None,
 ) -> None:
     """Create a key pair and register it in the trust store."""
     from aegis.trust_ops import new_key
 
     ws = _ws()
-    entry = new_key(ws, role=role, name=name, owner=owner, out=out, admin_key=admin_key)
+    entry = new_key(
+        ws, role=role, name=name, owner=owner, out=out, admin_key=admin_key, key_type=key_type
+    )
     name, owner = printable(name), printable(owner)
+    what = "serving identity" if entry.key_type == "x25519" else f"{role} key"
     _console().print(
-        f"[green]Created[/green] {role} key '{name}' (owner {owner}, id {entry.key_id[:12]}) "
+        f"[green]Created[/green] {what} '{name}' (owner {owner}, id {entry.key_id[:12]}) "
         f"-> {out} (0600) and {out}.pub"
     )
+    if entry.key_type == "x25519":
+        print(entry.public_key)  # the recipient, alone on the last line (for --seal-to)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    name: Annotated[str, typer.Argument(help="The serving identity to rotate out.")],
+    out: Annotated[Path, typer.Option(help="Where to write the new identity (PATH, PATH.pub).")],
+    new_name: Annotated[
+        str | None, typer.Option(help="Trust-store name of the new identity (default NAME.2, ...).")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why (audited).")] = "rotated",
+    admin_key: AdminKeyOpt = None,
+) -> None:
+    """Rotate an X25519 serving identity: new identity, prod and known-good re-sealed, old retired.
+
+    The re-sealed exports land in .aegis/sealed/<new name>/<model>@<version>/ (git-ignored):
+    copy them to the serving host.
+    """
+    from aegis.registry.reseal import rotate_identity
+
+    done = rotate_identity(
+        _ws(), name, out=out, new_name=new_name, reason=reason, admin_key=admin_key
+    )
+    out_ = _console()
+    out_.print(
+        f"[green]Rotated[/green] serving identity '{printable(name)}' -> "
+        f"'{printable(done.new.name)}' (id {done.new.key_id[:12]}) -> {out} (0600) and {out}.pub; "
+        f"'{printable(name)}' is now retired"
+    )
+    for release, directory in done.resealed:
+        out_.print(f"  re-sealed {release} -> {directory}")
+    if not done.resealed:
+        out_.print("  no prod or known-good version to re-seal")
+    print(done.new.public_key)
 
 
 @trust_app.command("list")
@@ -107,7 +153,7 @@ def trust_list(as_json: JsonOpt = False) -> None:
         for e in store.entries:
             table.add_row(
                 printable(e.name),
-                e.role,
+                e.role + (" (x25519)" if e.key_type == "x25519" else ""),
                 printable(e.owner),
                 f"[{style.get(e.status, 'red')}]{e.status}[/]",
                 e.key_id[:12],

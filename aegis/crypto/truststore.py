@@ -12,6 +12,13 @@ the hash chain and are refused on every load.
 time. ``retire`` means rotated out: it signs nothing new, but what it
 signed before still verifies. Past changes to the store itself stay valid
 after their signer is revoked, because later admins signed on top of them.
+
+Two key types: ``p256`` (ECDSA P-256, every signing role; the public key is its PEM)
+and ``x25519`` (a serving identity that opens sealed exports and signs nothing; the
+public key is its age recipient ``age1...``). The key id is the SHA-256 of the public
+key's text either way. An ``add`` of a P-256 key records no ``key_type`` (its bytes are
+those of stores made before X25519 identities existed); an X25519 one records
+``"key_type": "x25519"``, which an older Aegis refuses as malformed (closed, not open).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ ROLES: tuple[str, ...] = ("admin", "supplier", "operator", "approver", "pipeline
 OWNER_LIMIT = 128
 Status = Literal["active", "retired", "revoked"]
 FORMAT = "aegis-trust/1"
+P256 = "p256"
+X25519 = "x25519"
+KEY_TYPES = (P256, X25519)
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class TrustEntry:
     added_at: str = ""
     changed_at: str = ""
     reason: str = ""
+    key_type: str = P256  # "x25519": a serving identity; public_key is its age recipient
 
 
 def _record_hash(record: dict[str, Any]) -> str:
@@ -200,6 +211,10 @@ class TrustStore:
         entry = self.by_key_id(key_id)
         if entry is None:
             raise RefusedError("signer", f"{what}: signed by an unknown key ({key_id[:12]})")
+        if entry.key_type != P256:
+            raise RefusedError(
+                "signer", f"{what}: '{entry.name}' is an X25519 serving identity, which never signs"
+            )
         if entry.status == "revoked":
             raise RefusedError("signer", f"{what}: signer '{entry.name}' is revoked")
         if new and entry.status == "retired":
@@ -222,6 +237,18 @@ class TrustStore:
         if self.by_key_id(key_id_of_pem(public_pem)) is not None:
             raise UsageError("this public key is already in the trust store")
         self._append({"op": "add", "entry": _new_entry(name, role, owner, public_pem)}, admin)
+
+    def add_identity(self, *, name: str, owner: str, recipient: str, admin: PrivateKey) -> None:
+        """Adds an X25519 serving identity (its age recipient), signed by ``admin``."""
+        from aegis.crypto.sealing import normalized_recipient
+
+        if name in self._entries:
+            raise UsageError(f"a trust entry named '{name}' already exists")
+        recipient = normalized_recipient(recipient)
+        if self.by_key_id(key_id_of_pem(recipient)) is not None:
+            raise UsageError("this recipient is already in the trust store")
+        entry = _new_entry(name, "serving", owner, recipient) | {"key_type": X25519}
+        self._append({"op": "add", "entry": entry}, admin)
 
     def set_status(self, name: str, status: str, *, reason: str, admin: PrivateKey) -> None:
         """Revokes or retires the key called ``name``, signed by ``admin``.
@@ -326,6 +353,10 @@ def _apply(entries: dict[str, TrustEntry], change: dict[str, Any]) -> dict[str, 
             raise ValueError(f"bad add of '{entry.name}'")
         if entry.key_id != key_id_of_pem(entry.public_key):
             raise ValueError(f"key id of '{entry.name}' does not match its key")
+        if entry.key_type not in KEY_TYPES or (entry.key_type == X25519) != (
+            entry.public_key.startswith("age1") and entry.role == "serving"
+        ):
+            raise ValueError(f"'{entry.name}': key type {entry.key_type!r} does not fit its key")
         out[entry.name] = entry
     elif op in ("revoke", "retire"):
         name = change["name"]

@@ -6,11 +6,15 @@ with the exact ``model_signing verify`` command. Those two files are not
 part of the signature; the command tells model_signing to ignore them and
 *not* to ignore git paths (releases are signed with ``ignore_git_paths``
 off, so nothing can hide in a ``.git*`` file).
+
+A sealed export (``seal_to``) holds the release encrypted instead of its files:
+:mod:`aegis.registry.seal`.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from aegis.errors import RefusedError, UsageError
 from aegis.ledger import Ledger
 from aegis.pipeline.layout import check_output
 from aegis.registry.release import BUNDLE
+from aegis.registry.seal import resolve_recipients, sealed_readme, write_sealed
 from aegis.registry.targets import Target
 from aegis.registry.verify import (
     VerifiedRelease,
@@ -40,6 +45,7 @@ class ExportResult:
     files: int
     command: str
     reconciled: tuple[str, ...] = ()  # interrupted registry changes closed first
+    sealed_to: tuple[str, ...] = ()  # serving identities (names) of a sealed export
 
 
 def verify_command(verified: VerifiedRelease) -> str:
@@ -93,7 +99,10 @@ CycloneDX SBOM of the environment that built it.
 """
 
 
-def export_release(ledger: Ledger, target: Target | Path | str, out_dir: Path) -> ExportResult:
+def export_release(
+    ledger: Ledger, target: Target | Path | str, out_dir: Path, *, seal_to: Sequence[str] = (),
+    checked: bool = False,
+) -> ExportResult:  # fmt: skip
     """Verifies a release and copies it, with its public key and instructions, to ``out_dir``.
 
     Args:
@@ -102,17 +111,25 @@ def export_release(ledger: Ledger, target: Target | Path | str, out_dir: Path) -
             either (``NAME@vN``, ``NAME#prod``, a path with a ``/``); a target is
             resolved after interrupted registry changes are reconciled.
         out_dir: A new or empty directory, not inside a stage output or ``releases/``.
+        seal_to: Serving identities (recipient files, ``age1...`` recipients or trust
+            entry names): the release is then sealed to them (:mod:`aegis.registry.seal`)
+            instead of copied.
+        checked: ``out_dir`` is Aegis's own (``.aegis/sealed/...``), already created
+            safely: skip the user-path check that refuses ``.aegis/``.
 
     Raises:
         UsageError: ``out_dir`` exists and is not an empty directory.
         RefusedError: ``path`` (``out_dir`` is where a stage or Aegis writes), the
-            release does not verify (any ``verify_release`` check), or the copy
-            does not match the signature.
+            release does not verify (any ``verify_release`` check), the copy
+            does not match the signature, or ``seal``: a recipient that is not an
+            active serving identity.
     """
     ws = ledger.ws
-    out_dir = check_output(ws, out_dir, datasets=ws.params().pipeline.datasets)
+    if not checked:
+        out_dir = check_output(ws, out_dir, datasets=ws.params().pipeline.datasets)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UsageError(f"{out_dir}: exists and is not empty; export into a new directory")
+    recipients = resolve_recipients(ledger.trust, seal_to) if seal_to else []
     reconciled: list[str] = []
     if isinstance(target, str):
         verified, reconciled = open_release_arg(ledger, target)
@@ -124,13 +141,20 @@ def export_release(ledger: Ledger, target: Target | Path | str, out_dir: Path) -
         raise UsageError(f"{out_dir}: overlaps the release directory")
     created = not out_dir.exists()
     try:
-        shutil.copytree(verified.directory, out_dir, symlinks=True, dirs_exist_ok=True)
-        copied = hash_directory(out_dir, ignored=[BUNDLE])
-        try:
-            compare_digests(verified.files, copied)
-        except RefusedError as exc:
-            raise RefusedError(exc.check, f"the exported copy: {exc.detail}") from None
         command = verify_command(verified)
+        if recipients:
+            out_dir.mkdir(exist_ok=True)
+            write_sealed(
+                ledger, verified, out_dir, recipients,
+                readme=sealed_readme(verified, recipients, command),
+            )  # fmt: skip
+        else:
+            shutil.copytree(verified.directory, out_dir, symlinks=True, dirs_exist_ok=True)
+            copied = hash_directory(out_dir, ignored=[BUNDLE])
+            try:
+                compare_digests(verified.files, copied)
+            except RefusedError as exc:
+                raise RefusedError(exc.check, f"the exported copy: {exc.detail}") from None
         if (verified.release.get("signer") or {}).get("method") != "sigstore":
             entry = ledger.trust.by_key_id(verified.signer_key_id)
             if entry is None:  # verify_release just found it; the store changed meanwhile
@@ -138,7 +162,8 @@ def export_release(ledger: Ledger, target: Target | Path | str, out_dir: Path) -
                     "signer", f"key {verified.signer_key_id[:16]} left the trust store"
                 )
             (out_dir / PUBLIC_KEY).write_text(entry.public_key)
-        (out_dir / README).write_text(_readme(verified, command))
+        if not recipients:
+            (out_dir / README).write_text(_readme(verified, command))
     except BaseException:
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -148,5 +173,5 @@ def export_release(ledger: Ledger, target: Target | Path | str, out_dir: Path) -
         raise
     return ExportResult(
         release=str(verified), directory=out_dir, files=len(verified.files) + 1, command=command,
-        reconciled=tuple(reconciled),
+        reconciled=tuple(reconciled), sealed_to=tuple(r.name for r in recipients),
     )  # fmt: skip

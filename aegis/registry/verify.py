@@ -27,6 +27,11 @@ same bytes parsed: nothing is hashed first and read again afterwards. Code
 that needs another file of a verified release reads it with
 :func:`read_verified`, which checks it against the signature again.
 
+A release held in memory (a sealed export, decrypted: :mod:`aegis.registry.seal`) is
+verified by :func:`verify_release_contents` with the same checks, each file's hash
+taken from its bytes; its :class:`VerifiedRelease` keeps those bytes, and
+:func:`read_verified` and :func:`load_release_model` read them, never a file.
+
 Sigstore releases: the expected signer identity and OIDC issuer come from
 ``params.yaml`` (``sign.identity``, ``sign.oidc_issuer``). The trust store
 holds keys only, not Sigstore identities, so it cannot vouch for (or revoke)
@@ -38,6 +43,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +89,9 @@ class VerifiedRelease:
     metrics: dict[str, Any] = field(default_factory=dict)
     release: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # the signed {file: sha256}
+    # a release verified in memory (a decrypted sealed export): its files' bytes, read
+    # instead of ``directory`` (which is then the export's directory)
+    contents: Mapping[str, bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def target(self) -> Target:
@@ -116,8 +126,9 @@ def expected_signer(
     return KeyIdentity(entry.public_key), entry.key_id, entry.owner
 
 
-def _read_signed(directory: Path, files: dict[str, str], name: str) -> bytes:
-    """The bytes of ``directory/name``, read once and checked against the signed SHA-256.
+def _read_signed(source: Path | Mapping[str, bytes], files: dict[str, str], name: str) -> bytes:
+    """The bytes of ``name`` (a file under ``source``, or held in it), checked against the
+    signed SHA-256; a file is read once.
 
     Raises:
         RefusedError: ``file-set`` (not signed, missing, unreadable or not a
@@ -126,14 +137,19 @@ def _read_signed(directory: Path, files: dict[str, str], name: str) -> bytes:
     rel = Path(name)
     if name not in files or rel.is_absolute() or ".." in rel.parts:
         raise RefusedError("file-set", f"'{name}' is not a file of the signed release")
-    try:
-        data = read_regular(directory / rel, limit=MODEL_LIMIT, what=name)
-    except FileNotFoundError:
-        raise RefusedError("file-set", f"signed file '{name}' is missing") from None
-    except UnsafeFileError as exc:
-        raise RefusedError("file-set", exc.detail) from None
-    except OSError as exc:
-        raise RefusedError("file-set", f"cannot read '{name}' ({exc.strerror})") from None
+    if isinstance(source, Mapping):
+        data = source.get(name)
+        if data is None:
+            raise RefusedError("file-set", f"signed file '{name}' is missing")
+    else:
+        try:
+            data = read_regular(source / rel, limit=MODEL_LIMIT, what=name)
+        except FileNotFoundError:
+            raise RefusedError("file-set", f"signed file '{name}' is missing") from None
+        except UnsafeFileError as exc:
+            raise RefusedError("file-set", exc.detail) from None
+        except OSError as exc:
+            raise RefusedError("file-set", f"cannot read '{name}' ({exc.strerror})") from None
     if hashlib.sha256(data).hexdigest() != files[name]:
         raise RefusedError("integrity", f"'{name}' does not match its signed SHA-256")
     return data
@@ -151,7 +167,11 @@ def read_verified(verified: VerifiedRelease, name: str) -> bytes:
     """
     if not isinstance(verified, VerifiedRelease):
         raise TypeError("read_verified takes a VerifiedRelease (use open_release)")
-    return _read_signed(verified.directory, verified.files, name)
+    return _read_signed(_source(verified), verified.files, name)
+
+
+def _source(verified: VerifiedRelease) -> Path | Mapping[str, bytes]:
+    return verified.directory if verified.contents is None else verified.contents
 
 
 def _check_identity(layout: Layout, directory: Path, info: dict, expect: Target | None) -> None:
@@ -231,8 +251,6 @@ def verify_release(
         RefusedError: The first failed check.
         UsageError: ``directory`` is not a directory.
     """
-    from aegis.train.digest import CONFIG, WEIGHTS, digest_of
-
     layout = Layout.of(ledger.ws)
     directory = Path(directory)
     directory = (directory if directory.is_absolute() else layout.root / directory).resolve()
@@ -241,17 +259,72 @@ def verify_release(
     identity, signer_id, signer_owner = expected_signer(ledger, directory / BUNDLE)
     files = verify_bundle(directory / BUNDLE, expected=identity).files
     compare_digests(files, hash_directory(directory, ignored=[BUNDLE]))
+    return _verify_signed(
+        ledger, layout, directory, files, lambda name: _read_signed(directory, files, name),
+        signer=(signer_id, signer_owner), expect=expect,
+    )  # fmt: skip
+
+
+def verify_release_contents(
+    ledger: Ledger,
+    contents: Mapping[str, bytes],
+    *,
+    origin: Path,
+    expect: Target | None = None,
+) -> VerifiedRelease:
+    """Verifies a release held in memory (``{relative path: bytes}``, ``release.sig`` included).
+
+    The same checks as :func:`verify_release`, each file hashed from its bytes. The
+    plaintext is never written: the one file written is the signature bundle (file
+    names and hashes, no content), to a private temporary directory, because
+    model_signing reads a bundle from a path.
+
+    Args:
+        ledger: The verified ledger.
+        contents: Every file of the release.
+        origin: Where the bytes came from (a sealed export's directory), for messages
+            and the returned ``directory``.
+        expect: The model and version the caller asked for, if any.
+
+    Raises:
+        RefusedError: The first failed check.
+    """
+    layout = Layout.of(ledger.ws)
+    bundle = contents.get(BUNDLE)
+    if bundle is None:
+        raise RefusedError("bundle", f"signature bundle '{BUNDLE}' is missing")
+    with tempfile.TemporaryDirectory(prefix="aegis-bundle-") as tmp:
+        path = Path(tmp) / BUNDLE
+        path.write_bytes(bundle)
+        identity, signer_id, signer_owner = expected_signer(ledger, path)
+        files = verify_bundle(path, expected=identity).files
+    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
+    compare_digests(files, {name: h for name, h in hashes.items() if name != BUNDLE})
+    return _verify_signed(
+        ledger, layout, Path(origin).resolve(), files,
+        lambda name: _read_signed(contents, files, name),
+        signer=(signer_id, signer_owner), expect=expect, contents=contents,
+    )  # fmt: skip
+
+
+def _verify_signed(
+    ledger: Ledger,
+    layout: Layout,
+    directory: Path,
+    files: dict[str, str],
+    read: Callable[[str], bytes],
+    *,
+    signer: tuple[str, str],
+    expect: Target | None,
+    contents: Mapping[str, bytes] | None = None,
+) -> VerifiedRelease:
+    """The checks after the signature and the file set: model digest, identity, audit, dataset."""
+    from aegis.train.digest import CONFIG, WEIGHTS, digest_of
+
     # read once, check against the signature, parse the very bytes checked
-    info = json_object(
-        _read_signed(directory, files, RELEASE_JSON), check="integrity", what=f"'{RELEASE_JSON}'"
-    )
-    metrics = json_object(
-        _read_signed(directory, files, "metrics.json"), check="integrity", what="'metrics.json'"
-    )
-    digest = digest_of(
-        _read_signed(directory, files, f"model/{WEIGHTS}"),
-        _read_signed(directory, files, f"model/{CONFIG}"),
-    )
+    info = json_object(read(RELEASE_JSON), check="integrity", what=f"'{RELEASE_JSON}'")
+    metrics = json_object(read("metrics.json"), check="integrity", what="'metrics.json'")
+    digest = digest_of(read(f"model/{WEIGHTS}"), read(f"model/{CONFIG}"))
     if info.get("model_digest") != digest or metrics.get("model") != digest:
         raise RefusedError(
             "integrity", f"release.json, metrics.json and the model files disagree on {digest[:19]}"
@@ -268,11 +341,12 @@ def verify_release(
         model_digest=digest,
         evidence_digest=evidence,
         dataset_digest=dataset,
-        signer_key_id=signer_id,
-        signer_owner=signer_owner,
+        signer_key_id=signer[0],
+        signer_owner=signer[1],
         metrics=metrics,
         release=info,
         files=files,
+        contents=contents,
     )
 
 
@@ -351,12 +425,16 @@ def load_release_model(verified: VerifiedRelease):
     Raises:
         RefusedError: ``integrity``: the files changed since verification.
     """
-    from aegis.train.checkpoint import load_checkpoint
-    from aegis.train.digest import METADATA
+    from aegis.train.checkpoint import checkpoint_of_bytes, load_checkpoint
+    from aegis.train.digest import CONFIG, METADATA, WEIGHTS
 
     if not isinstance(verified, VerifiedRelease):
         raise TypeError("load_release_model takes a VerifiedRelease (use open_release)")
-    loaded = load_checkpoint(verified.directory / "model")
+    if verified.contents is None:
+        loaded = load_checkpoint(verified.directory / "model")
+    else:  # in memory: the signed bytes themselves, never a file
+        raw = {n: read_verified(verified, f"model/{n}") for n in (WEIGHTS, CONFIG, METADATA)}
+        loaded = checkpoint_of_bytes(raw, where=f"{verified} (sealed)")
     if loaded.digest != verified.model_digest:
         raise RefusedError("integrity", f"{verified}: model files changed after verification")
     signed_metadata = json_object(

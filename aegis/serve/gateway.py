@@ -77,6 +77,7 @@ class GatewayConfig:
     target: str
     key: str
     redis: str | None = None
+    reload: bool = True  # False: a sealed export, decrypted at start, is never swapped
 
     def to_env(self) -> str:
         import json
@@ -104,6 +105,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig, *, served: ServedModel | None = None) -> None:
         self.ws = Workspace(Path(config.workspace))
         self.target = parse_target(config.target)
+        self.reloads = config.reload
         self._ledger = Ledger.load(self.ws)  # the request path's
         self._watch_ledger = Ledger.load(self.ws)  # the watcher thread's
         key = load_serving_key(self._ledger, Path(config.key))
@@ -318,7 +320,7 @@ class Gateway:
         from aegis.registry.tags import read_registry
 
         stamp = _stamp(self._log_path)
-        if stamp == self._watch_stamp:
+        if stamp == self._watch_stamp or not self.reloads:
             return False
         try:
             self._watch_ledger.refresh()

@@ -19,10 +19,11 @@ from pathlib import Path
 from aegis.errors import UsageError
 from aegis.fileutil import ensure_dir
 from aegis.ledger import Ledger
+from aegis.registry.seal import is_sealed_export
 from aegis.registry.targets import parse_target
 from aegis.serve.clients import load_clients
 from aegis.serve.records import load_serving_key, serve_dir
-from aegis.serve.served import ServedModel, load_served
+from aegis.serve.served import ServedModel, load_sealed, load_served
 from aegis.workspace import Workspace
 
 
@@ -36,6 +37,7 @@ class ServePlan:
     workers: int
     limits: str
     clients: int
+    sealed: bool = False  # a sealed export, decrypted at start: no hot reload
 
 
 def default_target(ws: Workspace) -> str:
@@ -59,15 +61,18 @@ def _check_port(host: str, port: int) -> None:
 
 def plan(
     ws: Workspace, *, target: str | None, host: str, port: int, workers: int,
-    key: Path | None, redis: str | None,
+    key: Path | None, redis: str | None, identity: Path | None = None,
 ) -> tuple[ServePlan, Ledger]:  # fmt: skip
     """Every check ``aegis serve`` makes before it opens a port.
 
+    With ``identity``, ``target`` is a sealed export's directory, decrypted in memory
+    (:func:`aegis.serve.served.load_sealed`) and served without hot reload.
+
     Raises:
-        UsageError: Bad workers/port, ``--workers`` > 1 without ``--redis``, the port
-            is taken, no serving key.
+        UsageError: Bad workers/port, ``--workers`` > 1 without ``--redis`` (or with a
+            sealed export), the port is taken, no serving key.
         RefusedError: The serving key's role, any verification check of the release,
-            the client list (``api-clients``).
+            ``seal``, the client list (``api-clients``).
     """
     if not 1 <= workers <= 64:
         raise UsageError(f"--workers {workers}: 1 to 64")
@@ -78,18 +83,28 @@ def plan(
             "--workers > 1 needs --redis URL: limits counted per worker would let a client "
             "through N times its limit"
         )
+    if identity is not None and (target is None or workers > 1):
+        raise UsageError(
+            "--identity serves a sealed export: give its directory as TARGET, with one worker"
+        )
+    if identity is None and target and is_sealed_export(Path(target)):
+        raise UsageError(f"{target} is a sealed export: serve it with --identity IDENTITY_FILE")
     text = target or default_target(ws)
-    parsed = parse_target(text)
+    parsed = None if identity is not None else parse_target(text)
     ledger = Ledger.load(ws)
     load_serving_key(ledger, key)
-    served = load_served(ledger, parsed)
+    if parsed is None:
+        served = load_sealed(ledger, Path(text), identity)  # type: ignore[arg-type]
+        text = str(served.release)  # a fixed version: what was decrypted
+    else:
+        served = load_served(ledger, parsed)
     clients = load_clients(ledger)
     _check_port(host, port)
     shown = f"[{host}]" if ":" in host else host
     return ServePlan(
         target=text, served=served, url=f"http://{shown}:{port}", workers=workers,
         limits=f"Redis {redis}" if redis else "in memory",
-        clients=sum(c.status == "active" for c in clients.clients),
+        clients=sum(c.status == "active" for c in clients.clients), sealed=parsed is None,
     ), ledger  # fmt: skip
 
 
@@ -102,8 +117,9 @@ def run(ws: Workspace, serve_plan: ServePlan, *, host: str, port: int, key: Path
     from aegis.serve.gateway import Gateway, GatewayConfig
 
     config = GatewayConfig(
-        workspace=str(ws.root), target=serve_plan.target, key=str(key.resolve()), redis=redis
-    )
+        workspace=str(ws.root), target=serve_plan.target, key=str(key.resolve()), redis=redis,
+        reload=not serve_plan.sealed,
+    )  # fmt: skip
     common = {"host": host, "port": port, "log_level": "warning", "access_log": False}
     if serve_plan.workers == 1:
         from aegis.serve.tuning import tune_memory

@@ -16,7 +16,8 @@ into model inputs, exactly as training did.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,7 @@ class ServedModel:
     low: np.ndarray  # per-feature lowest accepted value (dataset units)
     high: np.ndarray
     detector: Any = None  # aegis.evaluate.squeeze.SqueezeDetector | None
+    extraction: Any = None  # aegis.evaluate.extraction.ExtractionReference | None
     since: str = field(default_factory=utc_now)
 
     @property
@@ -265,6 +267,23 @@ def _detector(verified: VerifiedRelease, kind: str):
     return detector
 
 
+def extraction_reference(verified: VerifiedRelease):
+    """The extraction monitor's signed reference (None: the release has none).
+
+    Raises:
+        RefusedError: ``extraction``: the signed record is malformed.
+    """
+    record = verified.metrics.get("extraction")
+    if record is None:
+        return None
+    from aegis.evaluate.extraction import ExtractionReference
+
+    try:
+        return ExtractionReference.from_json(record)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise RefusedError("extraction", f"{verified}: metrics.json's extraction: {exc}") from None
+
+
 def load_served(ledger: Ledger, target: Target) -> ServedModel:
     """Verifies and loads the release ``target`` names, with its serving policy.
 
@@ -273,10 +292,35 @@ def load_served(ledger: Ledger, target: Target) -> ServedModel:
             ``integrity``, ...), or ``detector``: its signed detector is malformed.
         ConfigError: Its signed ``params.yaml`` does not parse.
     """
+    return served_model(open_release(ledger, target, fetch=False))
+
+
+def load_sealed(ledger: Ledger, directory: Path, identity: Path) -> ServedModel:
+    """Decrypts a sealed export in memory, verifies it as a registry release, loads it.
+
+    Nothing is written: the weights go from the decrypted archive to the model, and the
+    served release keeps the other signed files' bytes (for ``read_verified``), not the
+    weights'.
+
+    Raises:
+        RefusedError: ``seal`` (identity not an active serving identity of the trust
+            store, not sealed to it, a changed archive), or any verification check.
+        ConfigError: Its signed ``params.yaml`` does not parse.
+    """
+    from aegis.registry.seal import open_sealed
+    from aegis.train.digest import WEIGHTS
+
+    served = served_model(open_sealed(ledger, directory, identity))
+    contents = served.release.contents or {}
+    kept = {name: data for name, data in contents.items() if name != f"model/{WEIGHTS}"}
+    return replace(served, release=replace(served.release, contents=kept))
+
+
+def served_model(verified: VerifiedRelease) -> ServedModel:
+    """A verified release loaded with its signed serving policy and detector."""
     import torch
 
     torch.set_num_threads(1)  # one request is small: threads cost more than they give
-    verified = open_release(ledger, target, fetch=False)
     loaded = load_release_model(verified)
     if loaded.spec.kind == "image":
         # channels-last convolutions and pooling run about twice as fast on a batch (the
@@ -292,4 +336,5 @@ def load_served(ledger: Ledger, target: Target) -> ServedModel:
         low=low,
         high=high,
         detector=_detector(verified, loaded.spec.kind),
+        extraction=extraction_reference(verified),
     )

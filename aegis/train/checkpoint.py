@@ -18,6 +18,7 @@ the architecture the config describes, is refused.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,10 @@ from aegis.train.digest import CONFIG, METADATA, MODEL_LIMIT, WEIGHTS, model_dig
 from aegis.train.digest import digest_of as _digest
 from aegis.train.models import model_from_config
 
-__all__ = ["CONFIG", "METADATA", "WEIGHTS", "LoadedModel", "load_checkpoint", "model_digest"]
+__all__ = [
+    "CONFIG", "METADATA", "WEIGHTS", "LoadedModel", "checkpoint_of_bytes", "load_checkpoint",
+    "model_digest",
+]  # fmt: skip
 __all__ += ["save_checkpoint", "weights_of"]
 
 FORMAT = "aegis-model/1"
@@ -102,16 +106,33 @@ def load_checkpoint(directory: Path) -> LoadedModel:
             or a JSON file is invalid or of an unknown format.
     """
     directory = Path(directory)
-
-    def refuse(why: str) -> RefusedError:
-        return RefusedError("checkpoint", f"{directory}: {why}")
-
     raw = {}
     for name in (WEIGHTS, CONFIG, METADATA):
         try:
             raw[name] = read_regular(directory / name, limit=MODEL_LIMIT, what=name)
         except (OSError, RefusedError):
-            raise refuse(f"{name} is missing, unreadable or not a regular file") from None
+            raise RefusedError(
+                "checkpoint", f"{directory}: {name} is missing, unreadable or not a regular file"
+            ) from None
+    return checkpoint_of_bytes(raw, where=str(directory))
+
+
+def checkpoint_of_bytes(raw: Mapping[str, bytes], *, where: str) -> LoadedModel:
+    """Builds a checkpoint from its files' bytes (``WEIGHTS``, ``CONFIG``, ``METADATA``).
+
+    The same checks as :func:`load_checkpoint`, for a checkpoint held in memory (a
+    decrypted sealed export); ``where`` names it in messages.
+
+    Raises:
+        RefusedError: ``checkpoint``, as :func:`load_checkpoint`.
+    """
+
+    def refuse(why: str) -> RefusedError:
+        return RefusedError("checkpoint", f"{where}: {why}")
+
+    missing = [name for name in (WEIGHTS, CONFIG, METADATA) if name not in raw]
+    if missing:
+        raise refuse(f"{missing[0]} is missing")
     try:
         config = _strict_json(raw[CONFIG])
         metadata = _strict_json(raw[METADATA])
