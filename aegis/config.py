@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from aegis.errors import ConfigError
 
@@ -321,6 +322,39 @@ class AuditParams(_Section):
     )
 
 
+class StorageParams(_Section):
+    """Weights at rest: server-side encryption of the DVC remote's objects.
+
+    Applies only when the DVC remote is ``s3://`` (a local remote is a directory of
+    this machine): every push asks for it and is checked after (``aegis/storage.py``).
+    """
+
+    sse: Literal["off", "AES256", "aws:kms"] = Field(
+        default="AES256", description="off | AES256 (SSE-S3) | aws:kms (SSE-KMS)"
+    )
+    kms_key_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        pattern=r"^[A-Za-z0-9:/_.+=,@-]+$",
+        description="the KMS key (id, ARN or alias/NAME); only with sse: aws:kms",
+    )
+
+    @model_validator(mode="after")
+    def _kms_key_only_with_kms(self) -> StorageParams:
+        if self.sse == "aws:kms" and self.kms_key_id is None:
+            raise PydanticCustomError(
+                "kms_key_missing", "kms_key_id is required with sse: aws:kms (a KMS key id or ARN)"
+            )
+        if self.sse != "aws:kms" and self.kms_key_id is not None:
+            raise PydanticCustomError(
+                "kms_key_unused",
+                "kms_key_id is set but sse is {sse}: a KMS key is used only with sse: aws:kms",
+                {"sse": self.sse},
+            )
+        return self
+
+
 class ServeParams(_Section):
     """How the gateway answers. Read from the *served release's* signed ``params.yaml``.
 
@@ -366,6 +400,7 @@ class Params(_Section):
     triggers: TriggersParams = TriggersParams()
     run: RunParams = RunParams()
     audit: AuditParams = AuditParams()
+    storage: StorageParams = StorageParams()
     serve: ServeParams = ServeParams()
 
 

@@ -1,7 +1,8 @@
 """S3 as Aegis uses it: ``s3://bucket/prefix`` URLs, a client from the environment, errors.
 
-Shared by ingest's staging, publishing, the watch and the audit log's shipping
-(which the ledger imports, so this module knows nothing of data or the ledger).
+Shared by ingest's staging, publishing, the watch, the DVC remote's encryption check
+(``aegis/storage.py``) and the audit log's shipping (which the ledger imports, so this
+module knows nothing of data or the ledger).
 Credentials come only from the standard AWS environment.
 """
 
@@ -30,16 +31,31 @@ def parse_s3_url(url: str, *, what: str = "") -> tuple[str, str]:
     return parsed.netloc, prefix
 
 
-def s3_client(retries: int, *, connect_timeout: float = 60, read_timeout: float = 60) -> Any:
-    """A boto3 S3 client from the standard AWS environment (``AWS_ENDPOINT_URL`` for MinIO)."""
+def s3_client(
+    retries: int,
+    *,
+    connect_timeout: float = 60,
+    read_timeout: float = 60,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    max_pool_connections: int = 10,
+) -> Any:
+    """A boto3 S3 client from the standard AWS environment (``AWS_ENDPOINT_URL`` for MinIO).
+
+    ``endpoint_url`` and ``region``, when given (a DVC remote's own ``endpointurl`` and
+    ``region``), take precedence over the environment's.
+    """
     import boto3
     from botocore.config import Config
 
     return boto3.client(
         "s3",
+        endpoint_url=endpoint_url or None,
+        region_name=region or None,
         config=Config(
             retries={"mode": "standard", "max_attempts": 1 + retries},
             connect_timeout=connect_timeout, read_timeout=read_timeout,
+            max_pool_connections=max_pool_connections,
         ),
     )  # fmt: skip
 

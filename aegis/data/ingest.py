@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aegis import vcs
+from aegis import storage, vcs
 from aegis.crypto.bundle import compare_digests, hash_directory, read_bundle_key_id
 from aegis.crypto.signing import KeyIdentity, verify_bundle
 from aegis.crypto.truststore import TrustEntry
@@ -314,8 +314,13 @@ def _dvc_md5(dvc_file: Path) -> str:
 
 
 def push(ws: Workspace, name: str) -> None:
-    """Pushes ``data/<name>`` to the DVC remote (I/O: raises TransientIOError)."""
-    vcs.dvc(ws.root, "push", "-q", Layout.of(ws).data_dvc(name), io=True)
+    """Pushes ``data/<name>`` to the DVC remote, encrypted at rest on S3.
+
+    Raises:
+        TransientIOError: The push failed (retried by callers).
+        RefusedError: ``sse``: the remote did not store it as ``storage`` asks.
+    """
+    storage.push(ws, Layout.of(ws).data_dvc(name))
 
 
 def ingest(

@@ -8,7 +8,7 @@ the uncached metrics and other small evidence to git (with the audit anchor).
 
 from __future__ import annotations
 
-from aegis import vcs
+from aegis import storage, vcs
 from aegis.config import read_config_yaml
 from aegis.errors import ConfigError
 from aegis.ledger import Ledger
@@ -61,5 +61,10 @@ def commit_stage(ledger: Ledger, stage: str, *, evidence: list[str], message: st
 
 
 def push_stage(ws: Workspace, stage: str) -> None:
-    """Pushes the stage's cached outputs to the DVC remote (I/O: TransientIOError)."""
-    vcs.dvc(ws.root, "push", "-q", stage, io=True)
+    """Pushes the stage's cached outputs to the DVC remote, encrypted at rest on S3.
+
+    Raises:
+        TransientIOError: The push failed (retried by callers).
+        RefusedError: ``sse``: the remote did not store them as ``storage`` asks.
+    """
+    storage.push(ws, stage)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aegis import vcs
+from aegis import storage, vcs
 from aegis.audit import AuditEntry
 from aegis.config import SignParams
 from aegis.crypto.bundle import hash_directory
@@ -437,5 +437,10 @@ def undo_aborted_release(ledger: Ledger, intent: AuditEntry) -> None:
 
 
 def push_release(ws: Workspace, release: Release) -> None:
-    """Pushes the release directory to the DVC remote (I/O: TransientIOError)."""
-    vcs.dvc(ws.root, "push", "-q", f"{release.directory}.dvc", io=True)
+    """Pushes the release directory to the DVC remote, encrypted at rest on S3.
+
+    Raises:
+        TransientIOError: The push failed (retried by callers).
+        RefusedError: ``sse``: the remote did not store it as ``storage`` asks.
+    """
+    storage.push(ws, f"{release.directory}.dvc")
