@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import SERVER_STARTUP_S, snapshot, verify_log
+from helpers import SERVER_STARTUP_S, copy_env, snapshot, verify_log
 from prefect import flow, task
 from prefect.states import Completed, Failed
 from prefect.testing.utilities import prefect_test_harness
@@ -104,9 +104,21 @@ def _task_runs(flow_state, prefix: str, timeout: float = 15.0) -> list:
 # -- the flow in-process --------------------------------------------------------------------
 
 
-def test_retrain_accepts_signed_dataset(env):
+@pytest.fixture(scope="module")
+def retrained(_prefect_harness, template_env, tmp_path_factory):
+    """A copy of the template after one retrain of the signed digits: ``(env, result, actor)``.
+
+    One run (ingest to release, a minute on a loaded machine) shared by the tests that
+    check what a successful run left; they only read the workspace.
+    """
+    env = copy_env(template_env.root.parent, tmp_path_factory.mktemp("retrained") / "env")
     actor, _ = env.ledger().actor(None)
     result = retrain(workspace=str(env.root), source=str(env.dataset), name="digits", actor=actor)
+    return env, result, actor
+
+
+def test_retrain_accepts_signed_dataset(retrained):
+    env, result, actor = retrained
 
     ingested, validated = result.ingest, result.validate
     assert ingested.name == "digits"
@@ -165,10 +177,9 @@ def test_retrain_accepts_signed_dataset(env):
 
 
 @pytest.mark.slow
-def test_dvc_repro_trains_the_same_model_as_the_flow(env, template_env, cli, tmp_path):
+def test_dvc_repro_trains_the_same_model_as_the_flow(retrained, template_env, cli, tmp_path):
     """Same data and params: the retrain flow and `dvc repro` give the same model digest."""
-    actor, _ = env.ledger().actor(None)
-    result = retrain(workspace=str(env.root), source=str(env.dataset), name="digits", actor=actor)
+    env, result, _ = retrained
 
     digest = model_digest(env.root / "models" / "digits")
     assert result.train.digest == digest and result.train.directory == "models/digits"
