@@ -8,9 +8,11 @@ thresholds.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from helpers import Env
+from helpers import Env, copy_env
 from validation_helpers import digits_frame, publish_frame
 
 from aegis import vcs
@@ -39,12 +41,20 @@ def _trust(env: Env, ref: str | None) -> None:
     vcs.commit_paths(env.root, "test: trusted set", ["params.yaml"])
 
 
+@pytest.fixture(scope="module")
+def two_versions_base(validated_base, tmp_path_factory) -> tuple[Path, str]:
+    """v2 (the first 600 rows) and v3 (all rows) delivered, once per module; copied per test."""
+    env = copy_env(validated_base, tmp_path_factory.mktemp("two-versions") / "env")
+    frame = digits_frame(env)
+    small = _deliver(env, frame.iloc[:600].reset_index(drop=True), "v2")
+    _deliver(env, frame.sample(frac=1.0, random_state=1).reset_index(drop=True), "v3")
+    return env.root.parent, f"digits@{small}"
+
+
 @pytest.fixture
-def two_versions(validated):
-    frame = digits_frame(validated)
-    small = _deliver(validated, frame.iloc[:600].reset_index(drop=True), "v2")
-    _deliver(validated, frame.sample(frac=1.0, random_state=1).reset_index(drop=True), "v3")
-    return validated, f"digits@{small}"
+def two_versions(two_versions_base, tmp_path):
+    base, ref = two_versions_base
+    return copy_env(base, tmp_path / "env"), ref
 
 
 def test_the_trusted_rows_never_train_and_are_measured(two_versions):
