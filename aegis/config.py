@@ -135,6 +135,21 @@ class SqueezeParams(_Section):
     samples: int = Field(default=1000, ge=20, description="clean inputs it is calibrated on")
 
 
+class ExtractionParams(_Section):
+    """The gateway's extraction monitor, fitted in evaluation (``metrics.json``: extraction).
+
+    Class means and covariance of penultimate features come from the training split,
+    the out-of-distribution threshold from the validation split, PRADA's ``delta`` from
+    benign replays of the training split: the test split stays for measuring.
+    """
+
+    enabled: bool = True
+    ood_rate: float = Field(
+        default=0.05, gt=0, le=0.5, description="clean queries above the OOD threshold"
+    )
+    streams: int = Field(default=10, ge=1, le=100, description="benign replays setting delta")
+
+
 class EvaluateParams(_Section):
     """Honest evaluation: strong and independent attacks, calibration, privacy."""
 
@@ -160,6 +175,7 @@ class EvaluateParams(_Section):
         description="NAME@sha256:<manifest digest>",
     )
     squeeze: SqueezeParams = SqueezeParams()
+    extraction: ExtractionParams = ExtractionParams()
 
 
 SCREENS = ("label-changed", "label-issue", "backdoor")
@@ -383,6 +399,17 @@ class ServeParams(_Section):
         default=512 * 1024**2, ge=1024**2, description="size cap of .aegis/serve/ (oldest go)"
     )
     reload_interval: float = Field(default=0.5, gt=0, le=60, description="registry poll, seconds")
+    on_extraction: Literal["off", "alert", "throttle", "block"] = Field(
+        default="alert", description="a client the extraction monitor flags"
+    )
+    throttle_factor: int = Field(
+        default=10, ge=2, le=10_000, description="a throttled client's rate is divided by this"
+    )
+    # opt-in for now (0.005 is the intended default): answers compared with the model's
+    # offline labels, as tests and the demo do, would differ on the marked rows
+    watermark_rate: float = Field(
+        default=0.0, ge=0, le=0.05, description="share of answers given a keyed wrong label"
+    )
 
 
 class Params(_Section):

@@ -12,10 +12,14 @@ adversarial-input detector.
   (half the test split when there is none), its false-positive rate measured on the
   test inputs it was not calibrated on; the gateway reads it from the signed
   ``metrics.json`` (``detector``).
+- The **extraction monitor's reference** (``evaluate.extraction``): penultimate-feature
+  class statistics and thresholds (:mod:`aegis.evaluate.extraction`), ``extraction``
+  in ``metrics.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,22 +83,43 @@ def _scan(ledger: Ledger, loaded, x, y, *, domain, seed: int) -> tuple[dict, dic
     return record, {"backdoor": reason}
 
 
-def _detector(ledger: Ledger, loaded, x_val, x_test, *, train_params) -> dict[str, Any]:
+@contextlib.contextmanager
+def _training_threads(train_params):
+    """The training's thread count: scores (and so thresholds) are then the same floats on
+    every re-evaluation, whatever the process's default."""
     import torch
 
-    from aegis.evaluate.squeeze import held_out_detector
-
-    # the training's thread count: the scores (and so the threshold) are then the same
-    # floats on every re-evaluation, whatever the process's default
     threads = torch.get_num_threads()
     torch.set_num_threads(train_params.threads)
     try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _detector(ledger: Ledger, loaded, x_val, x_test, *, train_params) -> dict[str, Any]:
+    from aegis.evaluate.squeeze import held_out_detector
+
+    with _training_threads(train_params):
         return held_out_detector(
             loaded.model, kind=loaded.spec.kind, params=ledger.ws.params().evaluate.squeeze,
             x_val=x_val, x_test=x_test, seed=train_params.seed,
         )  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+
+
+def _extraction(loaded, train, x_val, x_test, params, *, train_params) -> dict[str, Any]:
+    from aegis.evaluate.extraction import calibrate_extraction
+
+    # the OOD threshold on inputs the model never trained on: validation, else the test split
+    x_calib = x_val if len(x_val) else x_test
+    with _training_threads(train_params):
+        record = calibrate_extraction(
+            loaded.model, x_fit=train[0], y_fit=train[1], x_calib=x_calib,
+            ood_rate=params.ood_rate, streams=params.streams, seed=train_params.seed,
+        )  # fmt: skip
+    if not len(x_val):
+        record["calibrated_on"]["ood_threshold"] = "test"
+    return record
 
 
 def post_training_checks(
@@ -107,10 +132,12 @@ def post_training_checks(
     domain,
     train_params,
     trusted_ref: str | None,
+    train: tuple | None = None,
 ) -> ExtraChecks:
-    """The trusted-set figures, the model scan and the detector of one evaluation (as configured).
+    """The trusted-set figures, the model scan and the gateway's detectors (as configured).
 
     ``x_val`` are the validation split's inputs (possibly none): the detector's calibration set.
+    ``train`` (inputs, labels) of the training split: the extraction monitor's reference.
 
     Raises:
         RefusedError: ``trusted-set``: the trusted set is not an accepted, validated version.
@@ -128,4 +155,8 @@ def post_training_checks(
         )
     if ledger.ws.params().evaluate.squeeze.enabled:
         metrics["detector"] = _detector(ledger, loaded, x_val, x_test, train_params=train_params)
+    extraction = ledger.ws.params().evaluate.extraction
+    if extraction.enabled and train is not None and len(train[0]):
+        metrics["extraction"] = _extraction(loaded, train, x_val, x_test, extraction,
+                                            train_params=train_params)  # fmt: skip
     return ExtraChecks(metrics, flags)

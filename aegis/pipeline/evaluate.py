@@ -156,7 +156,7 @@ def evaluate_stored(
     }
     extra = post_training_checks(
         ledger, loaded, x_test, y_test, x_val=x_val, domain=input_domain(spec, train_params),
-        train_params=train_params, trusted_ref=trusted_ref,
+        train_params=train_params, trusted_ref=trusted_ref, train=(x_train, y_train),
     )  # fmt: skip
     metrics.update(extra.metrics)
     if extra.flags:
