@@ -114,21 +114,33 @@ def api_new(
 def api_list(as_json: JsonOpt = False) -> None:
     """List API clients: scopes, limits, status (tokens are never stored)."""
     from aegis.serve.clients import load_clients
+    from aegis.serve.extraction import KeyReport, extraction_reports
 
-    clients = load_clients(_ledger())
-    rows = [{k: v for k, v in c.to_json().items() if k != "token_hash"} for c in clients.clients]
+    ledger = _ledger()
+    clients = load_clients(ledger)
+    reports = extraction_reports(ledger.ws, ledger.trust)
+    rows = []
+    for c in clients.clients:
+        seen = reports.get(c.id, KeyReport(0, 0.0, False, None, None))
+        rows.append({k: v for k, v in c.to_json().items() if k != "token_hash"} | {
+            "queries": seen.queries, "extraction_score": seen.extraction_score,
+            "flagged": seen.flagged, "flagged_by": seen.signal,
+        })  # fmt: skip
     if STATE.json or as_json:
         _print_json(rows)
         return
     from rich.table import Table
 
     table = Table()
-    for col in ("name", "id", "scopes", "rate", "quota", "status", "created"):
+    for col in ("name", "id", "scopes", "rate", "quota", "status", "queries", "extraction"):
         table.add_column(col)
     for r in rows:
+        extraction = f"{r['extraction_score']:.2f}" + (
+            f" [red]flagged ({r['flagged_by']})[/red]" if r["flagged"] else ""
+        )
         table.add_row(
             r["name"], r["id"], ",".join(r["scopes"]), r["rate"], r["quota"], r["status"],
-            r["created"],
+            str(r["queries"]), extraction,
         )  # fmt: skip
     _console().print(table)
 
@@ -178,4 +190,53 @@ def import_serving(key: KeyOpt = None, as_json: JsonOpt = False) -> None:
     _console().print(
         f"imported {done.alerts} alert(s) and {done.segments} log segment(s){where}"
         + (f"; {done.refused} line(s) did not verify and were left out" if done.refused else "")
+    )
+
+
+watermark_app = typer.Typer(help="The gateway's watermark: prove a copy was trained on us.",
+                            no_args_is_help=True)  # fmt: skip
+app.add_typer(watermark_app, name="watermark")
+
+
+@watermark_app.command("verify")
+def watermark_verify(
+    suspect: Annotated[
+        str,
+        typer.Argument(
+            help="A surrogate or Aegis checkpoint directory, or an http:// gateway URL."
+        ),
+    ],
+    token: Annotated[str | None, typer.Option(help="http:// suspects: a bearer token.")] = None,
+    queries: Annotated[int, typer.Option(help="Recorded watermarks asked (at most).")] = 100,
+    null_agreement: Annotated[
+        float | None,
+        typer.Option(
+            help="Agreement of independent models with the wrong labels (two classes: required)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask SUSPECT the watermarked inputs on record; a p-value under "independent model"."""
+    from aegis.attack.oracle import OracleError, suspect_predictor
+    from aegis.errors import UsageError
+    from aegis.serve.evidence import verify_watermark, watermark_records
+
+    if not 1 <= queries <= 100:
+        raise UsageError(f"--queries {queries}: 1 to 100")
+    ledger = _ledger()
+    records = watermark_records(ledger)
+    predict, what = suspect_predictor(suspect, token=token)
+    classes = max((r.classes for r in records), default=2)
+    try:
+        verdict = verify_watermark(records, predict, classes=classes, max_queries=queries,
+                                   null_agreement=null_agreement)  # fmt: skip
+    except OracleError as exc:
+        raise UsageError(f"the suspect could not be queried: {exc}") from None
+    result = verdict.to_json() | {"suspect": suspect, "suspect_kind": what}
+    if STATE.json or as_json:
+        _print_json(result)
+        return
+    _console().print(
+        f"{suspect}: agrees with {verdict.matches} of {verdict.queries} watermarked answers "
+        f"(an independent model: at most {verdict.null_agreement:.1%}); p = {verdict.p_value:.3g}"
     )

@@ -182,24 +182,33 @@ def token_hash(secret: bytes, token: str) -> str:
 
 
 def read_secret(ws: Workspace, *, create: bool = False) -> bytes:
-    """The server secret (created on first use when ``create``).
+    """The server secret tokens are hashed under (created on first use when ``create``)."""
+    return read_hex_secret(secret_path(ws), create=create, what="API client secret",
+                           missing="create a client first")  # fmt: skip
+
+
+def read_hex_secret(path: Path, *, create: bool, what: str, missing: str) -> bytes:
+    """A 256-bit secret kept as hex in a 0600 file of the keys directory.
 
     Raises:
         UsageError: Missing (and not ``create``), not a regular file, or malformed.
         RefusedError: ``key-permissions``: readable by group or others.
     """
-    path = secret_path(ws)
     if create and not path.exists():
-        ws.keys_dir.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it meanwhile: read theirs
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        raise UsageError(f"{path}: no API client secret (create a client first)") from None
+        raise UsageError(f"{path}: no {what} ({missing})") from None
     if not stat.S_ISREG(info.st_mode) or info.st_size > 1024:
-        raise UsageError(f"{path}: not the API client secret (not a small regular file)")
+        raise UsageError(f"{path}: not the {what} (not a small regular file)")
     if info.st_mode & 0o077:
         raise RefusedError(
             "key-permissions",
@@ -207,7 +216,7 @@ def read_secret(ws: Workspace, *, create: bool = False) -> bytes:
         )
     text = path.read_text().strip()
     if not re.fullmatch(r"[0-9a-f]{64}", text):
-        raise UsageError(f"{path}: malformed API client secret")
+        raise UsageError(f"{path}: malformed {what}")
     return bytes.fromhex(text)
 
 

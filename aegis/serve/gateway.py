@@ -20,6 +20,7 @@ it serves what the audited tags say, skipping tags still in flight.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -36,12 +37,23 @@ from aegis.errors import AegisError
 from aegis.fileutil import ensure_dir
 from aegis.ledger import Ledger
 from aegis.registry.targets import Target, parse_target
-from aegis.serve.clients import EMPTY, Client, ClientList, load_clients, read_secret, token_hash
+from aegis.serve.clients import (
+    EMPTY,
+    Client,
+    ClientList,
+    Limit,
+    load_clients,
+    read_hex_secret,
+    read_secret,
+    token_hash,
+)
+from aegis.serve.extraction import ExtractionMonitor
 from aegis.serve.limiter import LimitsUnavailable, MemoryLimiter, RedisLimiter
 from aegis.serve.metrics import GatewayMetrics
 from aegis.serve.predlog import Chunk, PredictionLog
 from aegis.serve.records import Recorder, load_serving_key, serve_dir
 from aegis.serve.served import InputError, ServedModel, load_served
+from aegis.serve.watermark import Watermarker, records, served_answers
 from aegis.workspace import Workspace
 
 log = logging.getLogger("aegis.serve")
@@ -126,9 +138,14 @@ class Gateway:
             if config.redis
             else MemoryLimiter(store / "counters.json")
         )
+        self.extraction = ExtractionMonitor(
+            self.ws.root, store / "extraction", key=key, trust=self._ledger.trust,
+            on_flag=self._extraction_flagged,
+        )  # fmt: skip
+        self._watermarkers: dict[int, Watermarker | None] = {}
         self.predlog = PredictionLog(
             store / "log", params=self.served.params, on_segment=self._segment_written,
-            before_write=self._score_deferred, on_drop=self.metrics.log_dropped.inc,
+            before_write=self._before_write, on_drop=self.metrics.log_dropped.inc,
         )  # fmt: skip
         self._ids = itertools.count(1)
         self._refused: set[tuple[str, str]] = set()  # (version, message) alerted already
@@ -244,6 +261,7 @@ class Gateway:
 
     def _predict(self, client: Client, body: bytes, started: float) -> dict[str, Any]:
         served = self.served  # one model for the whole request, whatever reloads meanwhile
+        client = self._extraction_policy(client, served)
         try:
             rows = self.rows_of(body, served)
         except GatewayError:
@@ -264,6 +282,10 @@ class Gateway:
                 headers={"Retry-After": str(retry_after(decision.retry_after))},
             )  # fmt: skip
         prediction = served.predict(rows)
+        marks = None
+        if (marker := self._watermarker(served)) is not None:
+            marks = marker.mark(rows, prediction.labels)
+        labels, probs = served_answers(prediction.labels, prediction.probs, marks)
         flagged = 0 if prediction.deferred else int(prediction.flagged.sum())
         policy = served.params.on_adversarial
         if flagged:
@@ -272,26 +294,92 @@ class Gateway:
         self.predlog.append(Chunk(
             time=time.time(), request=request, client=client.id, version=served.version,
             digest=served.release.model_digest, latency_ms=(time.perf_counter() - started) * 1000,
-            mode=served.params.log_inputs, rows=rows, labels=prediction.labels,
+            mode=served.params.log_inputs, rows=rows, labels=labels,
             probs=prediction.probs, scores=prediction.scores,
             flagged=None if prediction.deferred else prediction.flagged,
-            pending=served if prediction.deferred else None,
+            pending=served if prediction.deferred or served.extraction is not None else None,
+            watermarks=None if marks is None else records(
+                rows, prediction.labels, marks, client=client.id, version=served.version,
+                request=request, time=time.time(), classes=served.loaded.spec.classes,
+            ),
         ))  # fmt: skip
         if flagged and policy == "refuse":
             raise GatewayError(
                 422, "adversarial", f"{flagged} of {len(rows)} rows look adversarial (refused)"
             )
+        if marks is not None:
+            self.metrics.watermarked.inc(len(marks.rows))
+            prediction = dataclasses.replace(prediction, labels=labels, probs=probs)
         self.metrics.answered(client.name, len(rows))
         return served.shape_output(prediction) | {"request": request}
+
+    # -- theft: the extraction monitor and the watermark -------------------------------------
+
+    def _extraction_policy(self, client: Client, served: ServedModel) -> Client:
+        """``serve.on_extraction`` for a client the monitor flagged: 403, or a lower rate."""
+        policy = served.params.on_extraction
+        if policy in ("off", "alert") or not self.extraction.flagged(client.id):
+            return client
+        if policy == "block":
+            raise GatewayError(
+                403, "extraction", f"client '{client.name}' is blocked: its queries look like "
+                "model extraction (operators are alerted)",
+            )  # fmt: skip
+        slower = Limit(max(client.rate.count // served.params.throttle_factor, 1),
+                       client.rate.seconds)  # fmt: skip
+        return dataclasses.replace(client, rate=slower)
+
+    def _extraction_flagged(self, client_id: str, state, score: float) -> None:
+        name = next((c.name for c in self.clients.clients if c.id == client_id), client_id)
+        policy = self.served.params.on_extraction
+        self.metrics.extraction.labels(client=name, signal=state.signal).inc()
+        self.recorder.alert(
+            "extraction", f"client '{name}' looks like model extraction ({state.signal} test, "
+            f"after {state.queries} queries; policy {policy})", client=client_id, name=name,
+            signal=state.signal, queries=state.queries, score=score, policy=policy,
+        )  # fmt: skip
+
+    def _watermarker(self, served: ServedModel) -> Watermarker | None:
+        key = id(served)
+        if key not in self._watermarkers:
+            rate = served.params.watermark_rate
+            secret = None
+            if rate > 0:
+                from aegis.serve.watermark import secret_path
+
+                secret = read_hex_secret(secret_path(self.ws), create=True,
+                                         what="watermark secret", missing="")  # fmt: skip
+            self._watermarkers = {key: secret and Watermarker(
+                secret, rate=rate, classes=served.loaded.spec.classes
+            )}  # fmt: skip
+        return self._watermarkers[key]
+
+    def _before_write(self, chunks: list[Chunk]) -> None:
+        """The flusher's work before a segment: deferred scores, then the extraction monitor."""
+        try:
+            self._score_deferred(chunks)
+        finally:
+            groups: dict[int, list[Chunk]] = {}
+            for chunk in chunks:
+                if chunk.pending is not None:
+                    groups.setdefault(id(chunk.pending), []).append(chunk)
+            for group in groups.values():
+                served = group[0].pending
+                for chunk in group:
+                    chunk.pending = None
+                if self.served.params.on_extraction != "off":
+                    self.extraction.observe(group, served)
 
     def _score_deferred(self, chunks: list[Chunk]) -> None:
         """Scores, in one batch per served model, the rows answered under ``flag``."""
         groups: dict[int, list[Chunk]] = {}
         for chunk in chunks:
-            if chunk.pending is not None:
+            if chunk.pending is not None and chunk.flagged is None:
                 groups.setdefault(id(chunk.pending), []).append(chunk)
         for group in groups.values():
             served: ServedModel = group[0].pending
+            if not served.detects:
+                continue
             rows = np.concatenate([c.rows for c in group])
             scores = served.scores_of(rows, np.concatenate([c.probs for c in group]))
             flags = scores > served.detector.threshold
@@ -299,7 +387,6 @@ class Gateway:
             for chunk in group:
                 end = start + len(chunk)
                 chunk.scores, chunk.flagged = scores[start:end], flags[start:end]
-                chunk.pending = None
                 start = end
             if flagged := int(flags.sum()):
                 self.metrics.adversarial.labels(action="flag").inc(flagged)
@@ -314,6 +401,7 @@ class Gateway:
         self.recorder.segment(body)
         if isinstance(self.limiter, MemoryLimiter):
             self.limiter.save()
+        self.extraction.save()
 
     def check_reload(self) -> bool:
         """One poll: loads the registry's prod if it moved. Returns whether it switched."""
@@ -368,6 +456,7 @@ class Gateway:
         self._watcher.join(timeout=10)
         self.predlog.close()
         self.limiter.close()
+        self.extraction.close()
 
 
 __all__ = ["EMPTY", "MAX_BODY", "Gateway", "GatewayConfig", "GatewayError"]

@@ -45,6 +45,13 @@ class GatewayMetrics:
             "aegis_adversarial_flags", "Rows the squeezing detector flagged", ["action"],
             registry=reg,
         )  # fmt: skip
+        self.extraction = Counter(
+            "aegis_extraction_flags", "Clients the extraction monitor flagged",
+            ["client", "signal"], registry=reg,
+        )  # fmt: skip
+        self.watermarked = Counter(
+            "aegis_watermarked_rows", "Rows answered with the watermark's wrong label", registry=reg
+        )
         self.reloads = Counter(
             "aegis_model_reloads", "Model reloads by result", ["result"], registry=reg
         )

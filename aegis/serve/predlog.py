@@ -60,6 +60,7 @@ class Chunk:
     scores: np.ndarray | None = None
     flagged: np.ndarray | None = None
     pending: Any = None
+    watermarks: list[dict[str, Any]] | None = None  # aegis.serve.watermark.records
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -197,11 +198,15 @@ class PredictionLog:
         _fsync_dir(self.directory)
         rows = sum(len(c) for c in chunks)
         self.written += rows
-        return path, {
+        segment = {
             "file": path.name, "sha256": digest, "rows": rows,
             "first": first.isoformat(), "last": last.isoformat(),
             "versions": [chunks[0].version],
         }  # fmt: skip
+        marks = [m for c in chunks if c.watermarks for m in c.watermarks]
+        if marks:  # the evidence of a watermark: signed with the segment
+            segment["watermarks"] = marks
+        return path, segment
 
     def _segments(self) -> list[tuple[int, int, Path]]:
         """``(mtime_ns, size, path)`` of this directory's segments: regular files only.
@@ -288,6 +293,13 @@ def _fixed_lists(blocks: list[np.ndarray]) -> Any:
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
 
 
+def _marked(chunk: Chunk) -> np.ndarray:
+    out = np.zeros(len(chunk), dtype=bool)
+    if chunk.watermarks:
+        out[[m["row"] for m in chunk.watermarks]] = True
+    return out
+
+
 def _table(chunks: list[Chunk]) -> Any:
     """The Arrow table of one version's chunks, from whole arrays (no per-row Python)."""
     import pyarrow as pa
@@ -311,6 +323,7 @@ def _table(chunks: list[Chunk]) -> Any:
         "version": _per_row([c.version for c in chunks], pa.string(), index),
         "model_digest": _per_row([c.digest for c in chunks], pa.string(), index),
         "label": pa.array(np.concatenate([c.labels for c in chunks]).astype(np.int64)),
+        "watermarked": pa.array(np.concatenate([_marked(c) for c in chunks])),
         "probs": _fixed_lists([c.probs for c in chunks]),
         "flagged": flagged,
         "score": pa.array(scores, type=pa.float64()),
