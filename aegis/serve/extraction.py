@@ -214,6 +214,7 @@ class ExtractionMonitor:
                 self.scores[client] = evidence.score
                 if evidence.flagged and not was:
                     self._on_flag(client, state, evidence.score)
+                    self._saved_at = 0.0  # a new flag is saved at the next chance
             self._dirty = True
 
     def report(self, client_id: str) -> KeyReport:

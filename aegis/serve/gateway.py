@@ -449,6 +449,10 @@ class Gateway:
                 self.check_reload()
             except Exception:  # the watcher must outlive any one bad poll
                 log.exception("reload poll failed")
+            try:  # a changed history is saved within seconds, new segments or not
+                self.extraction.save()
+            except Exception:
+                log.exception("extraction state not saved")
 
     def close(self) -> None:
         """Stops the watcher, writes the buffered log and the counters."""
