@@ -35,6 +35,7 @@ MIN_DISTANCES = 50  # PRADA from this many distances (below, W of natural querie
 ALPHA = 1e-6  # the OOD rate's binomial tail that flags
 WINDOW = 2000  # the last distances tested (Shapiro-Wilk is exact enough up to 5000)
 POINTS_PER_CLASS = 1000  # PRADA's growing set, per class: memory per client is bounded
+CALIBRATION_STRIDE = 4  # the benign replays are tested at every 4th distance
 DELTA_MARGIN = 0.05  # delta sits this far below the lowest W of the calibration streams
 
 
@@ -190,7 +191,9 @@ def lowest_w(x: np.ndarray, labels: np.ndarray, ood: np.ndarray, order: np.ndarr
     for i in order:
         before = len(state.distances)
         state.observe(x[i : i + 1], labels[i : i + 1], ood[i : i + 1])
-        if len(state.distances) > before and len(state.distances) >= MIN_DISTANCES:
+        n = len(state.distances)
+        # every few distances: the gateway tests once per flush, and this runs per evaluation
+        if n > before and n >= MIN_DISTANCES and n % CALIBRATION_STRIDE == 0:
             low = min(low, float(stats.shapiro(np.asarray(state.distances)).statistic))
     return low
 
