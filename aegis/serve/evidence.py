@@ -12,7 +12,6 @@ independently trained models, ``benchmarks/bench_theft.py``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ import numpy as np
 from aegis.crypto.documents import body_digest
 from aegis.errors import RefusedError, UsageError
 from aegis.ledger import Action, Ledger
-from aegis.serve.records import SEGMENT_KIND, _lines, _verified, segments_index
+from aegis.serve.records import SEGMENT_KIND, record_lines, segments_index, verified_record
 from aegis.serve.watermark import input_sha256
 
 
@@ -61,11 +60,12 @@ def watermark_records(ledger: Ledger) -> list[WatermarkRecord]:
     documents = []
     for entry in ledger.log.by_action(Action.SERVE_RECORDS):
         documents.extend(entry.details.get("segments", []))
-    for n, line in enumerate(_lines(segments_index(ledger.ws)), start=1):
-        document = _verified(line, SEGMENT_KIND, ledger)
+    index = segments_index(ledger.ws)
+    for n, line in enumerate(record_lines(index), start=1):
+        document = verified_record(line, SEGMENT_KIND, ledger)
         if document is None:
             raise RefusedError(
-                "watermark-ledger", f"{segments_index(ledger.ws).name} line {n} does not verify "
+                "watermark-ledger", f"{index.name} line {n} does not verify "
                 "against a serving key: the watermark evidence was changed",
             )  # fmt: skip
         documents.append(document)
@@ -128,7 +128,3 @@ def verify_watermark(
     labels = predict(np.stack([r.row for r in asked]))
     matches = int((np.asarray(labels) == np.array([r.served for r in asked])).sum())
     return Verdict(binomial_p(matches, len(asked), p0), len(asked), matches, p0, len(records))
-
-
-def describe(verdict: Verdict) -> str:
-    return json.dumps(verdict.to_json())

@@ -38,7 +38,7 @@ import numpy as np
 from aegis.crypto.documents import sign_document, verify_document
 from aegis.crypto.truststore import TrustStore
 from aegis.errors import RefusedError, UnsafeFileError
-from aegis.evaluate.extraction import WINDOW, KeyState
+from aegis.evaluate.extraction import POINTS_PER_CLASS, WINDOW, KeyState
 from aegis.fileutil import atomic_write, ensure_dir, file_lock, read_regular
 
 log = logging.getLogger("aegis.serve")
@@ -76,7 +76,7 @@ def _merge(into: KeyState, other: KeyState) -> None:
     into.distances = (into.distances + other.distances)[-WINDOW:]
     for c, pts in other.points.items():
         mine = into.points.get(c)
-        into.points[c] = pts if mine is None else np.concatenate([mine, pts])[:1000]
+        into.points[c] = pts if mine is None else np.concatenate([mine, pts])[:POINTS_PER_CLASS]
     for c, (n, s, ss) in other.class_stats.items():
         a = into.class_stats.get(c, [0.0, 0.0, 0.0])
         into.class_stats[c] = [a[0] + n, a[1] + s, a[2] + ss]
@@ -216,11 +216,6 @@ class ExtractionMonitor:
                     self._on_flag(client, state, evidence.score)
                     self._saved_at = 0.0  # a new flag is saved at the next chance
             self._dirty = True
-
-    def report(self, client_id: str) -> KeyReport:
-        state = self.states.get(client_id) or KeyState()
-        return KeyReport(state.queries, self.scores.get(client_id, 0.0),
-                         state.flagged_at is not None, state.signal, state.flagged_at)  # fmt: skip
 
     def save(self, *, force: bool = False) -> None:
         """Writes this worker's histories when changed (at most every few seconds)."""

@@ -142,7 +142,7 @@ class Gateway:
             self.ws.root, store / "extraction", key=key, trust=self._ledger.trust,
             on_flag=self._extraction_flagged,
         )  # fmt: skip
-        self._watermarkers: dict[int, Watermarker | None] = {}
+        self._marker: tuple[ServedModel, Watermarker | None] | None = None
         self.predlog = PredictionLog(
             store / "log", params=self.served.params, on_segment=self._segment_written,
             before_write=self._before_write, on_drop=self.metrics.log_dropped.inc,
@@ -340,29 +340,34 @@ class Gateway:
         )  # fmt: skip
 
     def _watermarker(self, served: ServedModel) -> Watermarker | None:
-        key = id(served)
-        if key not in self._watermarkers:
+        """The watermark of ``served``'s signed params (kept for the model it was made for:
+        a reload with another rate or class count gets its own)."""
+        cached = self._marker
+        if cached is None or cached[0] is not served:
             rate = served.params.watermark_rate
-            secret = None
+            marker = None
             if rate > 0:
                 from aegis.serve.watermark import secret_path
 
                 secret = read_hex_secret(secret_path(self.ws), create=True,
                                          what="watermark secret", missing="")  # fmt: skip
-            self._watermarkers = {key: secret and Watermarker(
-                secret, rate=rate, classes=served.loaded.spec.classes
-            )}  # fmt: skip
-        return self._watermarkers[key]
+                marker = Watermarker(secret, rate=rate, classes=served.loaded.spec.classes)
+            cached = self._marker = (served, marker)
+        return cached[1]
 
     def _before_write(self, chunks: list[Chunk]) -> None:
-        """The flusher's work before a segment: deferred scores, then the extraction monitor."""
+        """The flusher's work before a segment, per served model: deferred scores, then the
+        extraction monitor (which sees the rows even when scoring failed)."""
+        groups: dict[int, list[Chunk]] = {}
+        for chunk in chunks:
+            if chunk.pending is not None:
+                groups.setdefault(id(chunk.pending), []).append(chunk)
         try:
-            self._score_deferred(chunks)
+            for group in groups.values():
+                unscored = [c for c in group if c.flagged is None]
+                if unscored and group[0].pending.detects:
+                    self._score_deferred(group[0].pending, unscored)
         finally:
-            groups: dict[int, list[Chunk]] = {}
-            for chunk in chunks:
-                if chunk.pending is not None:
-                    groups.setdefault(id(chunk.pending), []).append(chunk)
             for group in groups.values():
                 served = group[0].pending
                 for chunk in group:
@@ -370,26 +375,18 @@ class Gateway:
                 if self.served.params.on_extraction != "off":
                     self.extraction.observe(group, served)
 
-    def _score_deferred(self, chunks: list[Chunk]) -> None:
-        """Scores, in one batch per served model, the rows answered under ``flag``."""
-        groups: dict[int, list[Chunk]] = {}
-        for chunk in chunks:
-            if chunk.pending is not None and chunk.flagged is None:
-                groups.setdefault(id(chunk.pending), []).append(chunk)
-        for group in groups.values():
-            served: ServedModel = group[0].pending
-            if not served.detects:
-                continue
-            rows = np.concatenate([c.rows for c in group])
-            scores = served.scores_of(rows, np.concatenate([c.probs for c in group]))
-            flags = scores > served.detector.threshold
-            start = 0
-            for chunk in group:
-                end = start + len(chunk)
-                chunk.scores, chunk.flagged = scores[start:end], flags[start:end]
-                start = end
-            if flagged := int(flags.sum()):
-                self.metrics.adversarial.labels(action="flag").inc(flagged)
+    def _score_deferred(self, served: ServedModel, group: list[Chunk]) -> None:
+        """Scores, in one batch, the rows ``served`` answered under ``flag``."""
+        rows = np.concatenate([c.rows for c in group])
+        scores = served.scores_of(rows, np.concatenate([c.probs for c in group]))
+        flags = scores > served.detector.threshold
+        start = 0
+        for chunk in group:
+            end = start + len(chunk)
+            chunk.scores, chunk.flagged = scores[start:end], flags[start:end]
+            start = end
+        if flagged := int(flags.sum()):
+            self.metrics.adversarial.labels(action="flag").inc(flagged)
 
     # -- reloads -----------------------------------------------------------------------------
 

@@ -111,7 +111,7 @@ class Imported:
     seq: int | None  # the audit entry, or None when nothing was new
 
 
-def _lines(path: Path) -> list[str]:
+def record_lines(path: Path) -> list[str]:
     try:
         raw = read_optional(path, limit=READ_CAP, what=path.name)
     except UnsafeFileError as exc:
@@ -119,7 +119,7 @@ def _lines(path: Path) -> list[str]:
     return raw.decode("utf-8", "replace").splitlines() if raw else []
 
 
-def _verified(line: str, kind: str, ledger: Ledger) -> dict[str, Any] | None:
+def verified_record(line: str, kind: str, ledger: Ledger) -> dict[str, Any] | None:
     try:
         document = json.loads(line)
         signed = verify_document(document, kind=kind, trust=ledger.trust)
@@ -151,8 +151,8 @@ def import_records(ledger: Ledger, *, actor: str) -> Imported:
             ("segments", SEGMENT_KIND, segments_index(ws)),
         ]
         for group, kind, path in sources:
-            for line in _lines(path):
-                document = _verified(line, kind, ledger)
+            for line in record_lines(path):
+                document = verified_record(line, kind, ledger)
                 if document is None:
                     refused += 1
                     continue
