@@ -55,6 +55,23 @@ class ExtractionRun:
         return len(self.rows)
 
 
+def public_pool(features: int) -> np.ndarray:
+    """The attacker's public data for a model of ``features`` inputs, shuffled (fixed seed).
+
+    Raises:
+        ValueError: No bundled dataset has that many features.
+    """
+    from sklearn import datasets
+
+    loaders = {64: datasets.load_digits, 30: datasets.load_breast_cancer}
+    if features not in loaders:
+        raise ValueError(
+            f"no public pool for a model of {features} features (digits: 64, breast_cancer: 30)"
+        )
+    x = loaders[features]().data.astype(np.float64)
+    return x[np.random.default_rng(12345).permutation(len(x))]
+
+
 def knockoff_rows(n: int, *, features: int, low: float, high: float, seed: int) -> np.ndarray:
     """``n`` out-of-domain images: crops of the bundled sample photographs.
 

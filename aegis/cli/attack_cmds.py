@@ -114,7 +114,7 @@ def attack_extract(
     breast_cancer (30): public data like the victim's. Its last CHECK rows are never
     queried during the attack; they are asked afterwards to measure agreement.
     """  # fmt: skip
-    from aegis.attack.extract import agreement, extract
+    from aegis.attack.extract import agreement, extract, public_pool
     from aegis.attack.oracle import HttpOracle, OracleError
     from aegis.errors import UsageError
 
@@ -124,7 +124,7 @@ def attack_extract(
     oracle = HttpOracle(url, token, progress=lambda line: console.print(line))
     try:
         model = oracle.describe()
-        pool = _public_pool(int(model.get("features", 0)))
+        pool = public_pool(int(model.get("features", 0)))
         attack_pool, held_out = pool[:-check], pool[-check:]
         with console.status(f"{kind} extraction of {url}, {queries} queries ..."):
             run = extract(kind, oracle, queries=queries, pool=attack_pool,
@@ -148,19 +148,3 @@ def attack_extract(
         return
     _console().print(f"{kind}: {run.queries} queries, {surrogate} surrogate agrees with the "
                      f"victim on {agree:.1%} of {check} held-out rows; wrote {out}")  # fmt: skip
-
-
-def _public_pool(features: int):
-    """The attacker's public data for a model of ``features`` inputs."""
-    from sklearn import datasets
-
-    from aegis.errors import UsageError
-
-    loaders = {64: datasets.load_digits, 30: datasets.load_breast_cancer}
-    if features not in loaders:
-        raise UsageError(f"no public pool for a model of {features} features (digits: 64, "
-                         "breast_cancer: 30)")  # fmt: skip
-    import numpy as np
-
-    x = loaders[features]().data.astype(np.float64)
-    return x[np.random.default_rng(12345).permutation(len(x))]
