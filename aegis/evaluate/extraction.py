@@ -116,9 +116,14 @@ class KeyState:
     w: float | None = None  # the last Shapiro-Wilk statistic
     ood_p: float | None = None  # the last binomial tail
 
-    def observe(self, x: np.ndarray, labels: np.ndarray, ood: np.ndarray) -> None:
-        """Adds answered rows in order: ``x`` (n, d) model inputs, flattened; ``ood`` flags."""
+    def observe(self, x: np.ndarray, labels: np.ndarray, ood: np.ndarray) -> int:
+        """Adds answered rows in order: ``x`` (n, d) model inputs, flattened; ``ood`` flags.
+
+        Returns:
+            The number of distances added (a repeat or a class's first row adds none).
+        """
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
+        added = 0
         for row, label, far in zip(x, labels.tolist(), ood.tolist(), strict=True):
             self.queries += 1
             self.classes_seen.add(label)
@@ -134,6 +139,7 @@ class KeyState:
             self.counted += 1
             self.ood += bool(far)
             self.distances.append(d)
+            added += 1
             if len(self.distances) > WINDOW:
                 del self.distances[: len(self.distances) - WINDOW]
             n, s, ss = self.class_stats.setdefault(label, [0.0, 0.0, 0.0])
@@ -143,6 +149,26 @@ class KeyState:
             # PRADA grows G_c only with queries far from it: the set stays a sparse cover
             if d > mean - std and len(grown) < POINTS_PER_CLASS:
                 self.points[label] = np.concatenate([grown, row[None, :]])
+        return added
+
+    def observe_checked(
+        self, x: np.ndarray, labels: np.ndarray, ood: np.ndarray, ref: ExtractionReference
+    ) -> Evidence:
+        """:meth:`observe`, testing as the reference was calibrated: every
+        ``CALIBRATION_STRIDE``-th distance, not once per batch.
+
+        A batch tested only at its end lets an attack's dip in W pass unseen when benign
+        rows follow it in the same flush (the gateway flushes every few seconds): the
+        threshold ``delta`` is the lowest W of benign replays tested at this stride.
+        """
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
+        since = 0  # distances added since the last test
+        for i in range(len(x)):
+            since += self.observe(x[i : i + 1], labels[i : i + 1], ood[i : i + 1])
+            if since >= CALIBRATION_STRIDE and self.flagged_at is None:
+                since = 0
+                self.evidence(ref)
+        return self.evidence(ref)
 
     def evidence(self, ref: ExtractionReference) -> Evidence:
         """Both tests on what has been observed; flags (once, remembered) at score >= 1."""

@@ -209,8 +209,7 @@ class ExtractionMonitor:
                 mine = owners == client
                 state = self.states.setdefault(client, KeyState())
                 was = state.flagged_at is not None
-                state.observe(flat[mine], labels[mine], far[mine])
-                evidence = state.evidence(ref)
+                evidence = state.observe_checked(flat[mine], labels[mine], far[mine], ref)
                 self.scores[client] = evidence.score
                 if evidence.flagged and not was:
                     self._on_flag(client, state, evidence.score)

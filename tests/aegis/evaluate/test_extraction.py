@@ -37,16 +37,27 @@ def fitted():
     return net, x, ExtractionReference.from_json(record), record
 
 
-def _stream(net, ref, x):
-    state = KeyState()
+def _answers(net, ref, x):
     far = ood_scores(ref.means, ref.precision, penultimate(net, x)) > ref.ood_threshold
     with torch.no_grad():
-        labels = net(x).argmax(1).numpy()
-    for i in range(len(x)):
-        state.observe(x[i : i + 1].numpy(), labels[i : i + 1], far[i : i + 1])
-        if state.evidence(ref).flagged:
-            break
+        return x.reshape(len(x), -1).numpy(), net(x).argmax(1).numpy(), far
+
+
+def _stream(net, ref, x):
+    """One batch, as a gateway flush hands it over."""
+    state = KeyState()
+    state.observe_checked(*_answers(net, ref, x), ref)
     return state
+
+
+def _neighbours(x, rounds: int = 4):
+    rng = np.random.default_rng(0)
+    steps = [x]
+    for _ in range(rounds):  # Jacobian-like: each point again, one signed step away
+        last = steps[-1]
+        signs = torch.from_numpy(np.sign(rng.standard_normal(last.shape)).astype(np.float32))
+        steps.append((last + 0.1 * signs).clamp(0, 1))
+    return torch.cat(steps)
 
 
 def test_the_reference_is_fitted_on_training_data_and_round_trips(fitted):
@@ -81,16 +92,19 @@ def test_held_out_digits_in_random_order_are_not_flagged(fitted):
 
 def test_synthetic_neighbours_are_flagged_by_the_distance_test(fitted):
     net, x, ref, _ = fitted
-    seeds = x[1500:1520]
-    rng = np.random.default_rng(0)
-    steps = [seeds]
-    for _ in range(4):  # Jacobian-like: each point again, one signed step away
-        last = steps[-1]
-        signs = torch.from_numpy(np.sign(rng.standard_normal(last.shape)).astype(np.float32))
-        steps.append((last + 0.1 * signs).clamp(0, 1))
-    state = _stream(net, ref, torch.cat(steps))
+    state = _stream(net, ref, _neighbours(x[1500:1520]))
     assert state.flagged_at is not None and state.flagged_at <= 120
     assert state.signal == "prada"
+
+
+def test_an_attack_followed_by_benign_rows_in_one_flush_is_still_flagged(fitted):
+    net, x, ref, _ = fitted
+    batch = torch.cat([_neighbours(x[1500:1520]), x[1520:1797]])
+    state = _stream(net, ref, batch)
+    assert state.signal == "prada" and state.flagged_at <= 120
+    late = KeyState()  # tested once, at the batch's end: the dip is diluted away
+    late.observe(*_answers(net, ref, batch))
+    assert not late.evidence(ref).flagged
 
 
 def test_out_of_domain_queries_are_flagged_by_the_ood_rate(fitted):
