@@ -139,3 +139,16 @@ def prefect_server(
     finally:
         stop(proc, timeout=20)
         log.close()
+
+
+def read_events(api: str, name: str, *, timeout: float = 30.0) -> list[dict]:
+    """The server's events named ``name`` (it persists them in batches: waits for some)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        body = {"filter": {"event": {"name": [name]}}, "limit": 50}
+        found = httpx.post(f"{api}/events/filter", json=body, timeout=10).json()["events"]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)

@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from aegis.errors import AegisError
+from aegis.events import EventOutbox, make_event
 from aegis.fileutil import ensure_dir
 from aegis.ledger import Ledger
 from aegis.registry.targets import Target, parse_target
@@ -138,6 +139,7 @@ class Gateway:
             if config.redis
             else MemoryLimiter(store / "counters.json")
         )
+        self.events = EventOutbox()  # PREFECT_API_URL, when the gateway has one
         self.extraction = ExtractionMonitor(
             self.ws.root, store / "extraction", key=key, trust=self._ledger.trust,
             on_flag=self._extraction_flagged,
@@ -338,6 +340,13 @@ class Gateway:
             f"after {state.queries} queries; policy {policy})", client=client_id, name=name,
             signal=state.signal, queries=state.queries, score=score, policy=policy,
         )  # fmt: skip
+        self.events.put(make_event(
+            "aegis.extraction.flagged", resource_id=f"aegis.client.{client_id}",
+            resource={"aegis.client": client_id, "aegis.client.name": name,
+                      "aegis.signal": str(state.signal), "aegis.policy": policy},
+            payload={"queries": state.queries, "score": score,
+                     "version": self.served.release.version},
+        ))  # fmt: skip
 
     def _watermarker(self, served: ServedModel) -> Watermarker | None:
         """The watermark of ``served``'s signed params (kept for the model it was made for:
@@ -450,6 +459,7 @@ class Gateway:
                 self.extraction.save()
             except Exception:
                 log.exception("extraction state not saved")
+            self.events.send()  # off the request path; a failure keeps them queued
 
     def close(self) -> None:
         """Stops the watcher, writes the buffered log and the counters."""
@@ -458,6 +468,7 @@ class Gateway:
         self.predlog.close()
         self.limiter.close()
         self.extraction.close()
+        self.events.send(force=True)
 
 
 __all__ = ["EMPTY", "MAX_BODY", "Gateway", "GatewayConfig", "GatewayError"]

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from serve_helpers import MODEL
+from services import read_events
 
 from aegis.attack.extract import knockoff_rows
 from aegis.errors import RefusedError
@@ -39,17 +40,24 @@ def _knockoff(n: int) -> np.ndarray:
     return knockoff_rows(n, features=64, low=0.0, high=16.0, seed=0)
 
 
-def test_an_out_of_domain_client_is_flagged_alerted_and_listed(served, cli):
+def test_an_out_of_domain_client_is_flagged_alerted_and_listed(
+    served, cli, prefect_server, monkeypatch
+):
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
     gw = _gateway(served)
     try:
         assert gw.served.extraction is not None  # signed into metrics.json at evaluation
         for start in range(0, 40, 8):
             _ask(gw, served.tokens["app"], _knockoff(40)[start : start + 8])
         gw.predlog.flush()
-        assert gw.extraction.flagged(gw.clients.get("app").id)
+        app_id = gw.clients.get("app").id
+        assert gw.extraction.flagged(app_id)
         _ask(gw, served.tokens["app"], _knockoff(2))  # alert: still answered
     finally:
-        gw.close()
+        gw.close()  # sends what the watcher has not sent yet
+    events = read_events(prefect_server, "aegis.extraction.flagged")
+    assert any(e["resource"]["aegis.client"] == app_id and e["payload"]["queries"] >= 20
+               for e in events)  # fmt: skip
     text = alerts_path(served.env.ws).read_text()
     alerts = [json.loads(line)["body"] for line in text.splitlines()]
     assert any(a["check"] == "extraction" and a["signal"] == "ood" for a in alerts)
