@@ -36,6 +36,7 @@ GITIGNORE = """\
 /.aegis/audit/
 /.aegis/*.lock
 /.aegis/watch.json
+/.aegis/serve/
 """
 
 

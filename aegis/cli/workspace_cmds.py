@@ -312,8 +312,21 @@ def demo(
     directory: Annotated[Path, typer.Argument(help="Demo workspace (recreated).")] = Path(
         "demo-workspace"
     ),
+    story: Annotated[
+        str,
+        typer.Option(help="main (a fresh workspace) | theft (in the folder main left)."),
+    ] = "main",
 ) -> None:
-    """Tell the end-to-end story in a fresh demo workspace."""
-    from aegis.demo import run_demo
+    """Tell the end-to-end story in a fresh demo workspace, or a longer one after it."""
+    from aegis.errors import UsageError
 
-    run_demo(directory)
+    if story == "main":
+        from aegis.demo import run_demo
+
+        run_demo(directory)
+    elif story == "theft":
+        from aegis.demo_theft import run_theft_story
+
+        run_theft_story(directory)
+    else:
+        raise UsageError(f"--story {story!r}: main or theft")

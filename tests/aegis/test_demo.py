@@ -38,3 +38,18 @@ def test_refuses_a_real_workspace_or_other_files(tmp_path, marker):
         _fresh_directory(target)
     assert (target / marker).read_text() == "keep me"
     assert not (target / MARKER).exists()
+
+
+def test_the_theft_story_needs_a_finished_demo_folder_and_runs_once(tmp_path, cli):
+    from aegis.demo_theft import run_theft_story
+
+    with pytest.raises(UsageError, match="not a finished demo folder"):
+        run_theft_story(tmp_path)  # no demo here
+    (tmp_path / MARKER).write_text("x")
+    (tmp_path / "workspace" / ".aegis").mkdir(parents=True)
+    (tmp_path / "people").mkdir()
+    (tmp_path / "people" / "theft-story").write_text("told")
+    with pytest.raises(UsageError, match="was told here"):
+        run_theft_story(tmp_path)
+    result = cli("demo", str(tmp_path), "--story", "heist")
+    assert result.code == 2 and "--story 'heist': main or theft" in result.err
