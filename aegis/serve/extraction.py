@@ -199,7 +199,10 @@ class ExtractionMonitor:
             return
         rows = np.concatenate([c.rows for c in chunks])
         x = torch.from_numpy(model_inputs(rows, served.loaded.spec))
-        far = ood_scores(ref.means, ref.precision, penultimate(served.loaded.model, x))
+        if all(c.ood is not None for c in chunks):  # the flusher scored them already
+            far = np.concatenate([c.ood for c in chunks])
+        else:
+            far = ood_scores(ref.means, ref.precision, penultimate(served.loaded.model, x))
         far = far > ref.ood_threshold
         labels = np.concatenate([c.probs.argmax(axis=1) for c in chunks])  # the model's own
         flat = x.reshape(len(x), -1).numpy()

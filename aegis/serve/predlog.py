@@ -6,7 +6,8 @@ row by row or hashed on the request path); a flusher thread writes a segment whe
 and at shutdown. Before writing it calls ``before_write`` with the chunks (the gateway
 scores the rows its detector has not scored yet, in one batch), then builds the Arrow
 columns from the concatenated arrays. A segment holds one model version, is written to
-a temporary name, fsynced, then renamed: a crash loses at most the buffered rows, never
+a temporary name, fsynced, then hard-linked to a name no segment holds (never over a
+signed one): a crash loses at most the buffered rows, never
 a written segment. Each segment is signed into ``segments.jsonl``
 (:class:`aegis.serve.records.Recorder`). The directory is capped at
 ``serve.max_store_bytes``: the oldest segments go first.
@@ -61,6 +62,7 @@ class Chunk:
     flagged: np.ndarray | None = None
     pending: Any = None
     watermarks: list[dict[str, Any]] | None = None  # aegis.serve.watermark.records
+    ood: np.ndarray | None = None  # (n,) Mahalanobis scores, when the release has a reference
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -172,17 +174,16 @@ class PredictionLog:
         """Writes one segment; returns its path and description (for ``on_segment``).
 
         Through a fresh temporary file (``mkstemp``: a random name, created exclusively,
-        never through a planted symlink), fsynced, renamed, the directory fsynced.
+        never through a planted symlink), fsynced, hard-linked to a new name, the directory
+        fsynced.
         """
         import pyarrow.parquet as pq
 
-        self._count += 1
         first = datetime.fromtimestamp(chunks[0].time, UTC)
         last = datetime.fromtimestamp(chunks[-1].time, UTC)
         stamp = first.strftime("%Y%m%dT%H%M%S")
-        path = self.directory / f"{self._name}-{stamp}-{self._count:06d}.parquet"
         table = _table(chunks)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{self._name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w+b") as fh:
                 pq.write_table(table, fh)
@@ -190,7 +191,17 @@ class PredictionLog:
                 os.fsync(fh.fileno())
                 fh.seek(0)
                 digest = hashlib.file_digest(fh, "sha256").hexdigest()
-            os.replace(tmp, path)
+            # a hard link, not a rename: it never replaces a segment already signed (a
+            # restarted log in the same process and second would reuse its name)
+            while True:
+                self._count += 1
+                path = self.directory / f"{self._name}-{stamp}-{self._count:06d}.parquet"
+                try:
+                    os.link(tmp, path)
+                    break
+                except FileExistsError:
+                    continue
+            os.unlink(tmp)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -257,7 +268,7 @@ def _warm_arrow() -> None:
 
 
 def _fsync_dir(directory: Path) -> None:
-    """Makes a rename in ``directory`` durable (the entry, not only the file's bytes)."""
+    """Makes a new name in ``directory`` durable (the entry, not only the file's bytes)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -316,6 +327,8 @@ def _table(chunks: list[Chunk]) -> Any:
     )  # fmt: skip
     scored = all(c.scores is not None for c in chunks)
     scores = np.concatenate([c.scores for c in chunks]) if scored else [None] * n
+    placed = all(c.ood is not None for c in chunks)  # the monitor's per-row OOD score
+    ood = np.concatenate([c.ood for c in chunks]) if placed else [None] * n
     columns: dict[str, Any] = {
         "time": pa.array(times, type=pa.timestamp("us", tz="UTC")),
         "request": _per_row([c.request for c in chunks], pa.string(), index),
@@ -327,6 +340,7 @@ def _table(chunks: list[Chunk]) -> Any:
         "probs": _fixed_lists([c.probs for c in chunks]),
         "flagged": flagged,
         "score": pa.array(scores, type=pa.float64()),
+        "ood_score": pa.array(ood, type=pa.float64()),
         "latency_ms": _per_row([c.latency_ms for c in chunks], pa.float64(), index),
         "log_inputs": _per_row([c.mode for c in chunks], pa.string(), index),
     }
