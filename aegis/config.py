@@ -412,6 +412,24 @@ class ServeParams(_Section):
     )
 
 
+class MonitorParams(_Section):
+    """The production monitor. Its thresholds are fitted in evaluation (``metrics.json``:
+    monitor) from this budget, so they are read from the *served release's* params.
+
+    Per-window false-alarm rate: ``(false_alarms_per_day / windows_per_day) ** (1 /
+    confirm)``, split evenly over the signals; a breach needs ``confirm`` windows in a row.
+    """
+
+    enabled: bool = True
+    window: int = Field(default=50, ge=10, le=100_000, description="answered rows per window")
+    false_alarms_per_day: float = Field(default=0.1, gt=0, le=100)
+    windows_per_day: float = Field(
+        default=1000, gt=0, description="expected windows a day (traffic / window)"
+    )
+    confirm: int = Field(default=2, ge=1, le=10, description="windows in a row that breach")
+    boots: int = Field(default=2000, ge=500, le=100_000, description="bootstrap replicates")
+
+
 class Params(_Section):
     """The whole ``params.yaml``."""
 
@@ -429,6 +447,7 @@ class Params(_Section):
     audit: AuditParams = AuditParams()
     storage: StorageParams = StorageParams()
     serve: ServeParams = ServeParams()
+    monitor: MonitorParams = MonitorParams()
 
 
 def _find_credential_keys(node: Any, prefix: str = "") -> list[str]:

@@ -94,6 +94,7 @@ FAST_PARAMS = {
     # The label diff only: the model-based screens (a preliminary model, cross-validated
     # ensembles) and the model scan run in their own tests, not in every validation.
     "screen": {"enabled": ["label-changed"], "model_scan": {"enabled": False}},
+    "monitor": {"boots": 500},  # the monitor's thresholds: their statistics live in benchmarks/
 }
 
 

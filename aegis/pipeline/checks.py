@@ -122,6 +122,32 @@ def _extraction(loaded, train, x_val, x_test, params, *, train_params) -> dict[s
     return record
 
 
+def _monitor(loaded, x_test, extraction: dict | None, params, *, train_params) -> dict[str, Any]:
+    """The production monitor's reference: the test split's outputs (and OOD scores, when
+    the extraction reference is there to score them)."""
+    from aegis.evaluate.extraction import ExtractionReference, ood_scores, penultimate
+    from aegis.evaluate.monitoring import calibrate_monitor, model_outputs, window_alpha
+
+    score = None
+    if extraction is not None:
+        ref = ExtractionReference.from_json(extraction)
+
+        def score(x):
+            return ood_scores(ref.means, ref.precision, penultimate(loaded.model, x))
+
+    alpha = window_alpha(
+        false_alarms_per_day=params.false_alarms_per_day,
+        windows_per_day=params.windows_per_day,
+        confirm=params.confirm,
+    )
+    with _training_threads(train_params):
+        probs, ood = model_outputs(loaded.model, x_test, ood=score)
+        record = calibrate_monitor(probs=probs, ood=ood, window=params.window, alpha=alpha,
+                                   boots=params.boots, seed=train_params.seed)  # fmt: skip
+    record["calibrated_on"] |= {"split": "test", "confirm": params.confirm}
+    return record
+
+
 def post_training_checks(
     ledger: Ledger,
     loaded,
@@ -134,7 +160,8 @@ def post_training_checks(
     trusted_ref: str | None,
     train: tuple | None = None,
 ) -> ExtraChecks:
-    """The trusted-set figures, the model scan and the gateway's detectors (as configured).
+    """The trusted-set figures, the model scan, the gateway's detectors and the production
+    monitor's reference (as configured).
 
     ``x_val`` are the validation split's inputs (possibly none): the detector's calibration set.
     ``train`` (inputs, labels) of the training split: the extraction monitor's reference.
@@ -159,4 +186,8 @@ def post_training_checks(
     if extraction.enabled and train is not None and len(train[0]):
         metrics["extraction"] = _extraction(loaded, train, x_val, x_test, extraction,
                                             train_params=train_params)  # fmt: skip
+    monitor = ledger.ws.params().monitor
+    if monitor.enabled and len(x_test) >= 20:
+        metrics["monitor"] = _monitor(loaded, x_test, metrics.get("extraction"), monitor,
+                                      train_params=train_params)  # fmt: skip
     return ExtraChecks(metrics, flags)

@@ -1,0 +1,253 @@
+"""The production monitor's statistics: black-box shift tests with calibrated thresholds.
+
+A window is ``n`` consecutive answered rows of one model version. Three signals, each
+a number that grows with the shift (Rabanser et al., "Failing Loudly", 2019: tests on
+the model's outputs find most shifts a model cares about):
+
+- ``softmax_ks``: the largest two-sample Kolmogorov-Smirnov distance between the
+  window's and the reference's values of each softmax column and of the top
+  probability (confidence). Taking the maximum over columns is the multiple-testing
+  correction: its null distribution is what is calibrated, not one test's alpha.
+- ``label_chi2``: Pearson's chi-squared of the window's predicted labels against the
+  reference's label shares.
+- ``ood_count``: how many rows of the window have a Mahalanobis score on penultimate
+  features (the extraction reference's class means and tied covariance) above every
+  reference row's. Its threshold is beta-binomial (the rate above a cut estimated on
+  the reference is uncertain: Beta(1, m) above the maximum of m rows), not
+  bootstrapped: no resample of the reference holds a row above its own maximum.
+
+Nominal alphas are wrong on small windows (the KS test at 0.05 alarms 6 % of the time
+at n = 50 on softmax outputs, which are far from continuous), so every threshold is the
+``1 - alpha_s`` quantile of the signal's two-sample bootstrap null on held-out rows the
+model never trained on or was selected on (:func:`calibrate_monitor`: the evaluate
+stage gives it the test split; the benchmark gives it one half and measures on the
+other). Each signal gets ``alpha / 3`` (a window alarms when any signal is above its
+threshold), and ``alpha`` itself comes from the false-alarm budget
+(:func:`window_alpha`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SIGNALS = ("softmax_ks", "label_chi2", "ood_count")
+BOOTS = 2000  # bootstrap replicates per threshold (alpha / 3 of 0.01 leaves ~7 above it)
+
+
+def window_alpha(*, false_alarms_per_day: float, windows_per_day: float, confirm: int) -> float:
+    """The per-window false-alarm rate a daily budget allows when ``confirm`` windows in a
+    row must breach (independent windows: ``alpha ** confirm`` per window)."""
+    if false_alarms_per_day <= 0 or windows_per_day <= 0 or confirm < 1:
+        raise ValueError("the false-alarm budget, the windows per day and confirm must be > 0")
+    return min((false_alarms_per_day / windows_per_day) ** (1.0 / confirm), 0.5)
+
+
+@dataclass(frozen=True)
+class MonitorReference:
+    """What windows are compared against (``metrics.json["monitor"]``)."""
+
+    window: int  # rows per window the thresholds hold for
+    alpha: float  # per-window false-alarm rate (all signals together)
+    columns: np.ndarray  # (m, classes + 1) reference output_columns, each sorted
+    label_share: np.ndarray  # (classes,) smoothed share of each predicted label
+    ood_cut: float | None  # a row's OOD score above it counts; None: no OOD signal
+    thresholds: dict[str, float]  # signal -> alarm when above
+
+    @property
+    def classes(self) -> int:
+        return len(self.label_share)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "window": self.window, "alpha": self.alpha,
+            "columns": np.round(self.columns, 4).T.tolist(),
+            "label_share": np.round(self.label_share, 6).tolist(),
+            "ood_cut": self.ood_cut, "thresholds": dict(self.thresholds),
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MonitorReference:
+        """Raises ValueError on anything but a well-formed reference."""
+        try:
+            columns = np.sort(np.asarray(data["columns"], dtype=np.float64).T, axis=0)
+            share = np.asarray(data["label_share"], dtype=np.float64)
+            window, alpha = data["window"], float(data["alpha"])
+            thresholds = {str(k): float(v) for k, v in dict(data["thresholds"]).items()}
+            cut = data.get("ood_cut")
+            cut = None if cut is None else float(cut)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed monitor reference ({exc})") from None
+        if not isinstance(window, int) or isinstance(window, bool) or window < 5:
+            raise ValueError("malformed monitor reference (window)")
+        if columns.ndim != 2 or share.ndim != 1 or columns.shape[1] != len(share) + 1:
+            raise ValueError("malformed monitor reference (shapes)")
+        values = [*thresholds.values(), alpha, *([] if cut is None else [cut])]
+        finite = np.isfinite(columns).all() and np.isfinite(share).all()
+        if not finite or not all(math.isfinite(v) for v in values) or not 0 < alpha < 1:
+            raise ValueError("malformed monitor reference (values)")
+        if set(thresholds) - set(SIGNALS) or (share <= 0).any():
+            raise ValueError("malformed monitor reference (signals)")
+        return cls(window, alpha, columns, share, cut, thresholds)
+
+
+def output_columns(probs: np.ndarray) -> np.ndarray:
+    """``(..., classes + 1)``: each class's probability and the top one (confidence), as
+    log-odds clipped to +-30 and rounded to 4 decimals.
+
+    KS is unchanged by a monotone map, but resolution is not: softmax outputs crowd at 0
+    and 1 (1e-9 and 0 are one value after rounding for JSON, not after a softmax), so
+    the reference and every window are put on the same rounded log-odds grid.
+    """
+    columns = np.concatenate([probs, probs.max(axis=-1, keepdims=True)], axis=-1)
+    p = np.clip(columns, 1e-13, 1 - 1e-13)
+    return np.round(np.clip(np.log(p) - np.log1p(-p), -30.0, 30.0), 4)
+
+
+def ks_max(ref: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """The largest two-sample KS distance over columns, per window.
+
+    Args:
+        ref: ``(m, k)`` reference values, or ``(w, m, k)``: one reference per window
+            (the calibration's resampled references).
+        windows: ``(w, n, k)`` windows' values.
+    """
+    w, n, k = windows.shape
+    refs = np.broadcast_to(ref, (w, *ref.shape[-2:]))
+    m = refs.shape[1]
+    out = np.zeros(w)
+    for j in range(k):
+        values = np.concatenate([refs[:, :, j], windows[:, :, j]], axis=1)
+        order = np.argsort(values, axis=1, kind="stable")
+        ranked = np.take_along_axis(values, order, axis=1)
+        from_window = order >= m
+        gap = np.abs(np.cumsum(~from_window, axis=1) / m - np.cumsum(from_window, axis=1) / n)
+        # only where the value changes: tied values step together
+        last = np.ones_like(from_window)
+        last[:, :-1] = ranked[:, 1:] != ranked[:, :-1]
+        out = np.maximum(out, np.where(last, gap, 0.0).max(axis=1))
+    return out
+
+
+def label_share(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Smoothed share of each label along the last axis (no class is impossible)."""
+    counts = np.stack([(labels == c).sum(axis=-1) for c in range(classes)], axis=-1) + 0.5
+    return counts / counts.sum(axis=-1, keepdims=True)
+
+
+def chi2(share: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Pearson's chi-squared of each window's labels, ``(w, n)``, against ``share``
+    (``(classes,)``, or ``(w, classes)``: one per window)."""
+    n = labels.shape[1]
+    counts = np.stack([(labels == c).sum(axis=1) for c in range(share.shape[-1])], axis=1)
+    expected = n * np.broadcast_to(share, counts.shape)
+    return ((counts - expected) ** 2 / expected).sum(axis=1)
+
+
+def signals(
+    ref: MonitorReference,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    ood: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """Every signal of each window: ``probs`` ``(w, n, classes)``, ``labels`` and ``ood``
+    scores ``(w, n)``; a signal whose data is absent is left out."""
+    out = {
+        "softmax_ks": ks_max(ref.columns, output_columns(probs)),
+        "label_chi2": chi2(ref.label_share, labels),
+    }
+    if ood is not None and ref.ood_cut is not None:
+        out["ood_count"] = (ood > ref.ood_cut).sum(axis=1).astype(np.float64)
+    return out
+
+
+def breaches(ref: MonitorReference, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per signal, which windows are above its threshold."""
+    return {name: v > ref.thresholds[name] for name, v in values.items() if name in ref.thresholds}
+
+
+def calibrate_monitor(
+    *,
+    probs: np.ndarray,
+    ood: np.ndarray | None = None,
+    window: int = 50,
+    alpha: float = 0.01,
+    boots: int = BOOTS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The reference and each signal's threshold (see the module docstring).
+
+    The reference is ``probs`` (held-out rows: the test split, never the validation
+    split, which chose the training epoch and so is answered more confidently than
+    production is). The null is two-sample: each bootstrap replicate draws a reference
+    of the same size and a window, both from those rows, so a threshold allows for the
+    reference's own sampling noise.
+
+    Args:
+        probs: Held-out rows' softmax outputs.
+        ood: Their OOD scores, or None (no ``ood_count`` signal).
+        window: Rows per window.
+        alpha: The per-window false-alarm rate of all signals together.
+        boots: Bootstrap replicates.
+        seed: Fixes the bootstrap.
+
+    Returns:
+        ``metrics.json["monitor"]``: the reference and how it was calibrated.
+    """
+    if len(probs) < 20:
+        raise ValueError(f"too few held-out rows ({len(probs)}) to calibrate the monitor")
+    from scipy import stats
+
+    classes = probs.shape[1]
+    columns, labels = output_columns(probs), probs.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    m = len(probs)
+    null: dict[str, np.ndarray] = {"softmax_ks": np.empty(boots), "label_chi2": np.empty(boots)}
+    for start in range(0, boots, 500):  # in blocks: (500, m, classes + 1) at a time
+        size = min(500, boots - start)
+        refs, wins = rng.integers(m, size=(size, m)), rng.integers(m, size=(size, window))
+        block = slice(start, start + size)
+        null["softmax_ks"][block] = ks_max(columns[refs], columns[wins])
+        null["label_chi2"][block] = chi2(label_share(labels[refs], classes), labels[wins])
+    cut = None
+    if ood is not None:
+        # above every reference row: attacks' rows (inverted or triggered images) lie far
+        # out, and the lower the clean rate, the fewer rows a window needs (q99 of 179
+        # rows needed 9 of 100, the maximum 6). The share of the population above the
+        # maximum of m rows is Beta(1, m) (mean 1 / (m + 1)), so a fresh window's count
+        # is beta-binomial, not binomial at a point estimate.
+        cut = float(ood.max())
+        counts = stats.betabinom(window, 1, m)
+        null["ood_count"] = counts.rvs(size=boots, random_state=seed).astype(np.float64)
+    per_signal = alpha / len(null)
+    thresholds = {
+        name: float(np.quantile(values, 1 - per_signal, method="higher"))
+        for name, values in null.items()
+    }
+    if cut is not None:  # exact, not sampled: the smallest k with P(X > k) <= per_signal
+        thresholds["ood_count"] = float(counts.isf(per_signal))
+    ref = MonitorReference(window, alpha, np.sort(columns, axis=0),
+                           label_share(labels, classes), cut, thresholds)  # fmt: skip
+    any_breach = np.any(np.stack(list(breaches(ref, null).values())), axis=0)
+    return {
+        **ref.to_json(),
+        "calibrated_on": {
+            "rows": m, "boots": boots, "seed": seed, "alpha_per_signal": per_signal,
+            "bootstrap_false_alarms": round(float(any_breach.mean()), 5),
+        },
+    }  # fmt: skip
+
+
+def model_outputs(
+    model, x, *, ood: Callable[[Any], np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Softmax outputs of ``model`` on ``x`` (a tensor) and, with ``ood``, their OOD scores."""
+    import torch
+
+    with torch.no_grad():
+        probs = torch.cat([model(c).softmax(dim=1) for c in x.split(4096)]).double().numpy()
+    return probs, None if ood is None else ood(x)

@@ -1,0 +1,79 @@
+"""The monitor's statistics: exact KS, calibrated thresholds, refused malformed references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from aegis.evaluate.monitoring import (
+    MonitorReference,
+    breaches,
+    calibrate_monitor,
+    chi2,
+    ks_max,
+    signals,
+    window_alpha,
+)
+
+
+def _probs(rng, n: int, classes: int = 5, shift: int | None = None) -> np.ndarray:
+    labels = rng.integers(classes, size=n) if shift is None else np.full(n, shift)
+    logits = rng.normal(0, 1, (n, classes))
+    logits[np.arange(n), labels] += 3.0
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_ks_max_is_scipys_statistic_with_and_without_ties():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(80, 2))
+    win = rng.normal(0.3, 1, size=(1, 30, 2))
+    ref[:10, 1] = 0.0  # ties inside the reference and across the samples
+    win[0, :5, 1] = 0.0
+    expected = max(stats.ks_2samp(ref[:, j], win[0, :, j]).statistic for j in range(2))
+    assert ks_max(np.sort(ref, axis=0), win)[0] == pytest.approx(expected)
+
+
+def test_chi2_matches_scipy():
+    share = np.array([0.5, 0.3, 0.2])
+    labels = np.array([[0, 0, 1, 2, 2, 2, 1, 0, 0, 0]])
+    expected = stats.chisquare(np.bincount(labels[0], minlength=3), share * 10).statistic
+    assert chi2(share, labels)[0] == pytest.approx(expected)
+
+
+def test_thresholds_hold_their_false_alarm_rate_and_a_label_shift_breaches():
+    rng = np.random.default_rng(1)
+    record = calibrate_monitor(probs=_probs(rng, 400), ood=rng.normal(size=400), window=50,
+                               alpha=0.05, boots=1000, seed=0)  # fmt: skip
+    ref = MonitorReference.from_json(record)
+    assert set(ref.thresholds) == {"softmax_ks", "label_chi2", "ood_count"}
+    clean = _probs(rng, 200 * 50).reshape(200, 50, -1)
+    ood = rng.normal(size=(200, 50))
+    hits = breaches(ref, signals(ref, clean, clean.argmax(axis=2), ood))
+    assert np.any(np.stack(list(hits.values())), axis=0).mean() <= 0.1  # alpha 0.05, 200 windows
+    shifted = _probs(rng, 50, shift=0)[None]
+    far = np.full((1, 50), 10.0)  # every row beyond the reference's OOD maximum
+    hit = breaches(ref, signals(ref, shifted, shifted.argmax(axis=2), far))
+    assert hit["label_chi2"][0] and hit["ood_count"][0]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"window": 2}, {"alpha": 1.5}, {"thresholds": {"made_up": 1.0}},
+     {"label_share": [0.0, 1.0]}, {"ood_cut": float("nan")}, {"columns": [[1.0]]}],
+)  # fmt: skip
+def test_a_malformed_reference_is_refused(change):
+    rng = np.random.default_rng(2)
+    record = calibrate_monitor(probs=_probs(rng, 60, classes=2), window=20, boots=500)
+    MonitorReference.from_json(record)  # the unchanged one loads
+    with pytest.raises(ValueError, match="malformed monitor reference"):
+        MonitorReference.from_json(record | change)
+
+
+def test_the_window_alpha_comes_from_the_daily_budget():
+    assert window_alpha(false_alarms_per_day=0.1, windows_per_day=1000, confirm=2) == (
+        pytest.approx(0.01)
+    )
+    with pytest.raises(ValueError):
+        window_alpha(false_alarms_per_day=0, windows_per_day=1000, confirm=2)
