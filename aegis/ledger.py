@@ -71,6 +71,7 @@ class Action:
     API_CLIENTS = "api.clients"
     SERVE_RECORDS = "serve.records"
     SEAL_RESEALED = "seal.resealed"
+    MONITOR_BREACH = "monitor.breach"  # an incident opened by the production monitor
 
     TRUST_CHANGES = (WORKSPACE_INIT, TRUST_ADD, TRUST_REVOKE, TRUST_RETIRE)
     DECISIONS: ClassVar[dict[str, str]] = {

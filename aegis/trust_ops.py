@@ -21,7 +21,7 @@ from aegis.ledger import Action, Ledger
 from aegis.text import check_reason
 from aegis.workspace import Workspace
 
-CREATABLE_ROLES = ("admin", "supplier", "operator", "approver", "serving")
+CREATABLE_ROLES = ("admin", "supplier", "operator", "approver", "serving", "monitor")
 
 
 def require_admin_key_outside(ws: Workspace) -> None:

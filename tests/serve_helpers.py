@@ -168,3 +168,28 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.1)
     client.close()
     return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def in_process_gateway(served: Served, **params):
+    """A :class:`aegis.serve.gateway.Gateway` in this process over ``served``'s prod, its
+    signed serve params replaced by ``params`` (as a release with them would carry)."""
+    from dataclasses import replace
+
+    from aegis.ledger import Ledger
+    from aegis.registry.targets import Target
+    from aegis.serve.gateway import Gateway as InProcess
+    from aegis.serve.gateway import GatewayConfig
+    from aegis.serve.served import load_served
+
+    model = load_served(Ledger.load(served.env.ws), Target(model=MODEL, stage="prod"))
+    model = replace(model, params=model.params.model_copy(update=params))
+    config = GatewayConfig(
+        workspace=str(served.root), target=f"{MODEL}#prod", key=str(served.serving_key)
+    )
+    return InProcess(config, served=model)
+
+
+def ask(gw, token: str, rows) -> dict:
+    """One authenticated prediction request through an in-process gateway."""
+    client = gw.authenticate(f"Bearer {token}", scope="predict")
+    return gw.predict(client, json.dumps({"inputs": rows.tolist()}).encode(), started=0.0)

@@ -26,6 +26,7 @@ from aegis.cli import registry_cmds  # noqa: F401
 from aegis.cli import service_cmds  # noqa: F401
 from aegis.cli import attack_cmds  # noqa: F401
 from aegis.cli import serve_cmds  # noqa: F401
+from aegis.cli import monitor_cmds  # noqa: F401
 
 
 def main() -> None:

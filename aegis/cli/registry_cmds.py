@@ -97,15 +97,18 @@ def status(as_json: JsonOpt = False) -> None:
     from dataclasses import asdict
 
     from aegis.data.reputation import supplier_reputations
+    from aegis.monitor.incidents import incidents
     from aegis.registry.status import registry_status
 
     ledger = _ledger()
     models, reconciled = registry_status(ledger)
     suppliers = supplier_reputations(ledger)
+    recent = incidents(ledger)[-5:]
     _print_notes(reconciled, "reconciled")
     if STATE.json or as_json:
         records = [asdict(r) | {"blocked": r.blocked} for r in suppliers]
-        _print_json({"models": [asdict(m) for m in models], "suppliers": records})
+        _print_json({"models": [asdict(m) for m in models], "suppliers": records,
+                     "incidents": [i.to_json() for i in recent]})  # fmt: skip
         return
     out = _console()
     if not models:
@@ -119,6 +122,14 @@ def status(as_json: JsonOpt = False) -> None:
             state = " [red]blocked at ingest[/]" if r.blocked else ""
             out.print(f"  {printable(r.supplier)}: {r.flagged} of {r.rows} ({r.rate:.1%}) over "
                       f"{r.versions} version(s), limit {r.max_rate:.0%}{state}")  # fmt: skip
+    if recent:
+        out.print("recent incidents (aegis incidents list):")
+        for i in recent:
+            ttc = i.time_to_contain_s
+            contain = "alert only" if ttc is None else f"contained after {ttc:.1f} s"
+            ttd, signals = i.time_to_detect_s, ", ".join(i.signals)
+            out.print(f"  {i.id} {i.model}@{i.version} {signals}: detected {ttd:.1f} s "
+                      f"after the first bad request; {contain}")  # fmt: skip
 
 
 def _sign_rollback_request(ws, out: Path, *, key: Path, reason: str, target, model) -> None:

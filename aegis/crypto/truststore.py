@@ -45,7 +45,9 @@ from aegis.text import has_unseen
 from aegis.timeutil import utc_now
 
 Role = Literal["admin", "supplier", "operator", "approver", "pipeline"]
-ROLES: tuple[str, ...] = ("admin", "supplier", "operator", "approver", "pipeline", "serving")
+ROLES: tuple[str, ...] = (
+    "admin", "supplier", "operator", "approver", "pipeline", "serving", "monitor",
+)  # fmt: skip
 OWNER_LIMIT = 128
 Status = Literal["active", "retired", "revoked"]
 FORMAT = "aegis-trust/1"

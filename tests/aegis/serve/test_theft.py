@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
-from serve_helpers import MODEL
+from serve_helpers import ask, in_process_gateway
 from services import read_events
 
 from aegis.attack.extract import knockoff_rows
 from aegis.errors import RefusedError
 from aegis.ledger import Ledger
 from aegis.serve.extraction import extraction_reports
-from aegis.serve.gateway import Gateway, GatewayConfig, GatewayError
+from aegis.serve.gateway import GatewayError
 from aegis.serve.predlog import read_log
 from aegis.serve.records import alerts_path, segments_index, serve_dir
-
-
-def _gateway(served, **params) -> Gateway:
-    from aegis.registry.targets import Target
-    from aegis.serve.served import load_served
-
-    model = load_served(Ledger.load(served.env.ws), Target(model=MODEL, stage="prod"))
-    model = replace(model, params=model.params.model_copy(update=params))
-    config = GatewayConfig(
-        workspace=str(served.root), target=f"{MODEL}#prod", key=str(served.serving_key)
-    )
-    return Gateway(config, served=model)
-
-
-def _ask(gw: Gateway, token: str, rows: np.ndarray) -> dict:
-    client = gw.authenticate(f"Bearer {token}", scope="predict")
-    return gw.predict(client, json.dumps({"inputs": rows.tolist()}).encode(), started=0.0)
 
 
 def _knockoff(n: int) -> np.ndarray:
@@ -44,15 +26,15 @@ def test_an_out_of_domain_client_is_flagged_alerted_and_listed(
     served, cli, prefect_server, monkeypatch
 ):
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
-    gw = _gateway(served)
+    gw = in_process_gateway(served)
     try:
         assert gw.served.extraction is not None  # signed into metrics.json at evaluation
         for start in range(0, 40, 8):
-            _ask(gw, served.tokens["app"], _knockoff(40)[start : start + 8])
+            ask(gw, served.tokens["app"], _knockoff(40)[start : start + 8])
         gw.predlog.flush()
         app_id = gw.clients.get("app").id
         assert gw.extraction.flagged(app_id)
-        _ask(gw, served.tokens["app"], _knockoff(2))  # alert: still answered
+        ask(gw, served.tokens["app"], _knockoff(2))  # alert: still answered
     finally:
         gw.close()  # sends what the watcher has not sent yet
     events = read_events(prefect_server, "aegis.extraction.flagged")
@@ -69,33 +51,33 @@ def test_an_out_of_domain_client_is_flagged_alerted_and_listed(
 
 @pytest.mark.parametrize("policy", ["block", "throttle"])
 def test_policy_acts_on_the_flagged_client_only(served, policy):
-    gw = _gateway(served, on_extraction=policy, throttle_factor=10000)
+    gw = in_process_gateway(served, on_extraction=policy, throttle_factor=10000)
     try:
-        _ask(gw, served.tokens["app"], _knockoff(40))
+        ask(gw, served.tokens["app"], _knockoff(40))
         gw.predlog.flush()
         if policy == "block":
             with pytest.raises(GatewayError) as refused:
-                _ask(gw, served.tokens["app"], _knockoff(1))
+                ask(gw, served.tokens["app"], _knockoff(1))
             assert refused.value.status == 403 and refused.value.reason == "extraction"
         else:  # the rate is divided (100000/s by 10000): 11 rows never fit it now
             with pytest.raises(GatewayError) as refused:
-                _ask(gw, served.tokens["app"], _knockoff(11))
+                ask(gw, served.tokens["app"], _knockoff(11))
             assert refused.value.status == 422 and "10/s" in str(refused.value)
         from sklearn.datasets import load_digits
 
-        assert len(_ask(gw, served.tokens["ops"], load_digits().data[:11])["labels"]) == 11
+        assert len(ask(gw, served.tokens["ops"], load_digits().data[:11])["labels"]) == 11
     finally:
         gw.close()
 
 
-def test_histories_survive_a_restart_and_a_tampered_one_stops_the_gateway(served):
-    gw = _gateway(served)
+def test_histories_survive_a_restart_and_a_tampered_one_stops_thein_process_gateway(served):
+    gw = in_process_gateway(served)
     try:
-        _ask(gw, served.tokens["app"], _knockoff(30))
+        ask(gw, served.tokens["app"], _knockoff(30))
         gw.predlog.flush()
     finally:
         gw.close()
-    gw = _gateway(served)  # adopts the saved history
+    gw = in_process_gateway(served)  # adopts the saved history
     try:
         assert gw.extraction.flagged(gw.clients.get("app").id)
     finally:
@@ -111,7 +93,7 @@ def test_histories_survive_a_restart_and_a_tampered_one_stops_the_gateway(served
     document["body"]["clients"][first]["flagged_at"] = None  # an attacker clears their flag
     state.write_text(json.dumps(document))
     with pytest.raises(RefusedError) as refused:
-        _gateway(served)
+        in_process_gateway(served)
     assert refused.value.check == "extraction-state"
 
 
@@ -119,11 +101,11 @@ def test_watermarked_answers_are_wrong_and_signed_with_their_segment(served):
     from sklearn.datasets import load_digits
 
     rows = load_digits().data[:400]
-    gw = _gateway(served, watermark_rate=0.05)
+    gw = in_process_gateway(served, watermark_rate=0.05)
     try:
         answered = []
         for start in range(0, len(rows), 50):
-            answered += _ask(gw, served.tokens["app"], rows[start : start + 50])["labels"]
+            answered += ask(gw, served.tokens["app"], rows[start : start + 50])["labels"]
         gw.predlog.flush()
     finally:
         gw.close()
@@ -143,11 +125,11 @@ def test_watermark_verify_tells_a_stolen_copy_from_an_independent_model(served, 
     from aegis.attack.surrogate import fit_surrogate
 
     x, y = load_digits(return_X_y=True)
-    gw = _gateway(served, watermark_rate=0.05)
+    gw = in_process_gateway(served, watermark_rate=0.05)
     try:
         answered = []
         for start in range(0, 600, 100):
-            answered += _ask(gw, served.tokens["app"], x[start : start + 100])["labels"]
+            answered += ask(gw, served.tokens["app"], x[start : start + 100])["labels"]
         gw.predlog.flush()
     finally:
         gw.close()

@@ -1,0 +1,229 @@
+"""One pass of the production monitor: read new windows, test them, open incidents.
+
+What a pass may do is decided here, not in the CLI: it reads the prediction log through
+the signed segment index (:mod:`aegis.monitor.feed`), tests each full window of ``n``
+rows of a version against that release's signed reference (``metrics.json["monitor"]``,
+fitted in evaluation; the release is verified before it is believed), and when a
+signal breaches in ``confirm`` windows in a row it opens an incident on the audit log
+and emits ``aegis.monitor.breach`` to Prefect. It holds a ``monitor`` key: it signs its
+state and is the actor of its incidents; it can neither promote nor approve (those
+commands ask for other roles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aegis.crypto.keys import load_private_key
+from aegis.errors import RefusedError, UsageError
+from aegis.events import EventOutbox, make_event
+from aegis.ledger import Ledger
+from aegis.monitor.feed import Rows, Segment, concat, missing_by_cap, read_rows, signed_segments
+from aegis.monitor.incidents import Incident, incident_id, record_incident
+from aegis.monitor.state import MonitorState, Streak, load_state, save_state
+from aegis.timeutil import utc_now
+
+
+@dataclass
+class PassReport:
+    """What one pass read and found."""
+
+    windows: dict[str, int] = field(default_factory=dict)  # version -> windows tested
+    breaches: dict[str, dict[str, int]] = field(default_factory=dict)  # version -> signal -> n
+    incidents: list[Incident] = field(default_factory=list)
+    skipped_segments: int = 0  # removed by the log's cap before they were read
+    unmonitored: list[str] = field(default_factory=list)  # versions without a reference
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "windows": self.windows, "breaches": self.breaches,
+            "incidents": [i.to_json() for i in self.incidents],
+            "skipped_segments": self.skipped_segments, "unmonitored": self.unmonitored,
+        }  # fmt: skip
+
+
+def monitor_pass(
+    ledger: Ledger,
+    *,
+    key_path: Path | None,
+    model: str | None = None,
+    events: EventOutbox | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> PassReport:
+    """Reads every full window since the last pass and acts on confirmed breaches.
+
+    Raises:
+        UsageError: No key, or several models and no ``model``.
+        RefusedError: ``signer`` (not an active monitor key), ``prediction-log`` (a
+            segment or index line that does not verify), ``monitor-state``, or
+            ``monitor-reference`` (a release's reference is malformed).
+    """
+    if key_path is None:
+        raise UsageError("the monitor acts with a monitor key: --key MONITOR_KEY")
+    key = load_private_key(key_path)
+    actor = ledger.trust.require_signer(key.key_id, role="monitor", what=str(key_path),
+                                        new=True).key_id  # fmt: skip
+    name = model or _only_model(ledger)
+    report = PassReport()
+    outbox = events if events is not None else EventOutbox()
+    with ledger.locked():  # one pass at a time: the state and the incidents move together
+        state = load_state(ledger.ws, ledger.trust)
+        segments = signed_segments(ledger)
+        gone = missing_by_cap(ledger, segments)
+        by_version: dict[str, list[Segment]] = {}
+        for segment in segments:
+            by_version.setdefault(segment.version, []).append(segment)
+        opened: list[Incident] = []
+        for version, group in by_version.items():
+            opened += _version_pass(ledger, state, report, name, version, group, gone, actor,
+                                    progress)  # fmt: skip
+        # incidents before the state: a crash between them re-reads the windows, and an
+        # incident's id (its evidence) keeps it from being recorded twice
+        for incident in opened:
+            recorded, new = record_incident(ledger, incident)
+            if not new:
+                continue
+            report.incidents.append(recorded)
+            outbox.put(_event(recorded))
+        save_state(ledger.ws, state, key)
+    outbox.send(force=True)
+    return report
+
+
+def _event(incident: Incident) -> dict:
+    return make_event(
+        "aegis.monitor.breach", resource_id=f"aegis.model.{incident.model}",
+        resource={"aegis.model": incident.model, "aegis.version": incident.version,
+                  "aegis.signals": ",".join(incident.signals), "aegis.incident": incident.id},
+        payload=incident.to_json(),
+    )  # fmt: skip
+
+
+def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, version: str,
+                  segments: list[Segment], gone: set[int], actor: str,
+                  progress) -> list[Incident]:  # fmt: skip
+    from aegis.evaluate.monitoring import MonitorReference, breaches, signals
+
+    cursor = state.of(f"{model}@{version}")
+    at = next((s for s in segments if s.line == cursor.line), None)
+    if cursor.sha is not None and (at is None or at.sha256 != cursor.sha):
+        raise RefusedError("prediction-log", f"the segment index changed under the monitor's "
+                           f"cursor (line {cursor.line} is not the segment it read)")  # fmt: skip
+    pending = [s for s in segments if s.line > cursor.line or (s is at and cursor.offset < s.rows)]
+    if not pending:
+        return []  # read to its end: its release is not verified again
+    record, digest = _reference(ledger, model, version)
+    if record is None:
+        report.unmonitored.append(version)
+        return []
+    try:
+        ref = MonitorReference.from_json(record)
+        confirm = record.get("calibrated_on", {}).get("confirm", 1)
+        if not isinstance(confirm, int) or isinstance(confirm, bool) or not 1 <= confirm <= 10:
+            raise ValueError("malformed monitor reference (confirm)")
+    except (ValueError, AttributeError) as exc:
+        raise RefusedError("monitor-reference", f"{model}@{version}: {exc}") from None
+    parts: list[Rows] = []
+    for segment in pending:
+        start = cursor.offset if segment is at else 0
+        rows = None if segment.line in gone else read_rows(ledger, segment, start=start,
+                                                           expect_digest=digest)  # fmt: skip
+        if rows is None:
+            if segment.line not in gone:
+                raise RefusedError("prediction-log", f"{segment.file} vanished while read")
+            report.skipped_segments += 1
+        elif len(rows):
+            parts.append(rows)
+    n = ref.window
+    rows = concat(parts) if parts else None
+    count = 0 if rows is None else len(rows) // n
+    if count == 0:
+        return []
+    progress(f"{model}@{version}: {count} window(s) of {n} rows")
+    cut = slice(0, count * n)
+    probs = rows.probs[cut].reshape(count, n, -1)
+    ood = None if rows.ood is None else rows.ood[cut].reshape(count, n)
+    values = signals(ref, probs, rows.labels[cut].reshape(count, n), ood)
+    hits = breaches(ref, values)
+    opened = []
+    shas = {s.line: s.sha256 for s in pending}
+    for w in range(count):
+        window = slice(w * n, (w + 1) * n)
+        digest = _window_digest(shas, rows.origin[window.start], rows.origin[window.stop - 1])
+        confirmed: dict[str, Streak] = {}
+        for signal, hit in hits.items():
+            streak = cursor.streaks.setdefault(signal, Streak())
+            if not hit[w]:
+                cursor.streaks[signal] = Streak()
+                continue
+            report.breaches.setdefault(version, {}).setdefault(signal, 0)
+            report.breaches[version][signal] += 1
+            if streak.count == 0:
+                streak.first_time = _iso(rows.times[window.start])
+            streak.count += 1
+            streak.windows = [*streak.windows, digest][-confirm:]
+            if streak.count == confirm:  # confirmed once; a longer run is the same incident
+                confirmed[signal] = streak
+        if confirmed:
+            opened.append(_incident(model, version, confirmed, values, w, confirm, ref, rows,
+                                    window, actor))  # fmt: skip
+    last_line, last_row = rows.origin[count * n - 1]
+    cursor.line, cursor.offset = last_line, last_row + 1
+    cursor.sha = next(s.sha256 for s in pending if s.line == last_line)
+    cursor.windows += count
+    report.windows[version] = count
+    return opened
+
+
+def _incident(model, version, confirmed, values, w, confirm, ref, rows, window, actor):
+    """One incident for every signal confirmed on window ``w``; its evidence is the
+    union of their breaching windows (the earliest first bad request)."""
+    windows = sorted({d for streak in confirmed.values() for d in streak.windows})
+    earliest = min(s.first_time or _iso(rows.times[window.start]) for s in confirmed.values())
+    start = max(window.stop - confirm * ref.window, 0)
+    clients = rows.clients[start : window.stop]
+    _, counts = np.unique(clients, return_counts=True)
+    lo = max(w - confirm + 1, 0)
+    return Incident(
+        id=incident_id(version, windows), model=model, version=version,
+        signals=sorted(confirmed),
+        values={s: [round(float(v), 6) for v in values[s][lo : w + 1]] for s in confirmed},
+        thresholds={s: ref.thresholds[s] for s in confirmed}, windows=windows,
+        first_bad=earliest, detected=utc_now(), action="alert", actor=actor,
+        top_client_share=round(float(counts.max() / len(clients)), 4),
+    )  # fmt: skip
+
+
+def _reference(ledger: Ledger, model: str, version: str) -> tuple[dict | None, str]:
+    """The verified release's monitor reference (None when it has none) and model digest."""
+    from aegis.registry.targets import Target
+    from aegis.registry.verify import open_release
+
+    release = open_release(ledger, Target(model=model, version=version), fetch=False)
+    record = release.metrics.get("monitor")
+    return (record if isinstance(record, dict) else None), release.model_digest
+
+
+def _only_model(ledger: Ledger) -> str:
+    from aegis.registry.tags import models
+
+    names = models(ledger.ws)
+    if len(names) != 1:
+        raise UsageError(f"{len(names)} models are registered: give --model")
+    return names[0]
+
+
+def _window_digest(shas: dict[int, str], first: tuple[int, int], last: tuple[int, int]) -> str:
+    """Names a window by the signed segments and rows it spans (its evidence)."""
+    text = f"{shas[first[0]]}:{first[1]}-{shas[last[0]]}:{last[1]}"
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _iso(value: np.datetime64) -> str:
+    return np.datetime_as_string(value, unit="us") + "Z"  # as utc_now writes it
