@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_dask.py
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_theft.py
+	$(BIN)/python benchmarks/bench_monitor.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

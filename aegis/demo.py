@@ -379,7 +379,7 @@ def _serve_and_roll_back(ws: Path, side: Path, operator: Path) -> None:
 
     _step("10. The gateway serves prod: a serving key, an API client, authenticated answers")
     serving = _new_key(ws, side, "serving", "gateway", "platform")
-    token = _aegis(ws, "keys", "api", "new", "--name", "forms-app", "--rate", "100/s",
+    token = _aegis(ws, "keys", "api", "new", "--name", "forms-app", "--rate", "1000/s",
                    "--key", operator).strip().splitlines()[-1]  # fmt: skip
     rows = gw.sample_rows(side)
     with gw.gateway(ws, serving, say=console.print) as url:
@@ -390,10 +390,21 @@ def _serve_and_roll_back(ws: Path, side: Path, operator: Path) -> None:
         status, answer = gw.call(url + "/v1/predict", token, {"inputs": [[99.0] * 64]})
         console.print(f"pixels far outside the training range -> {status} {answer}")
 
-        _step("11. Incident: v2 misbehaves; roll back to v1 while serving, then revoke a leak")
+        _step("11. Incident: the monitor sees v2 answer inverted forms; roll back while serving")
+        monitor = _new_key(ws, side, "monitor", "watchman", "sre")
+        inverted = [[16.0 - v for v in row] for row in gw.sample_rows(side, 100)]
+        for start in (0, 50):
+            part = {"inputs": inverted[start : start + 50]}
+            status, _ = gw.call(url + "/v1/predict", token, part)
+            if status != 200:
+                raise DemoFailed(f"the gateway answered {status} to the inverted forms")
+        console.print("a client sends 100 inverted forms; the gateway logs them, signed ...")
+        gw.wait_for_logged(ws, 104)
+        _aegis(ws, "monitor", "--key", monitor)
+        _aegis(ws, "incidents", "list")
         _aegis(
             ws, "rollback", "--to", "digits-model@v1", "--reason",
-            "demo incident: v2 misclassifies a customer's forms", "--key", operator,
+            "demo incident: the monitor saw v2 answer inverted forms", "--key", operator,
         )  # fmt: skip
         took = gw.wait_for_version(url, token, "v1.0.0")
         console.print(f"the gateway serves v1.0.0 {took:.1f} s after the rollback, no failed call")

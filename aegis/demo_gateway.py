@@ -100,3 +100,22 @@ def wait_for_version(url: str, token: str, version: str, *, timeout: float = 30)
             return time.monotonic() - started
         time.sleep(0.1)
     raise GatewayDemoFailed(f"the gateway did not switch to {version} in {timeout:.0f} s")
+
+
+def wait_for_logged(ws: Path, rows: int, *, timeout: float = 30) -> None:
+    """Until the gateway's signed segment index holds ``rows`` rows (it flushes every
+    ``serve.log_flush_s``): what the monitor reads."""
+    index = ws / ".aegis" / "serve" / "log" / "segments.jsonl"
+    deadline = time.monotonic() + timeout
+    while True:
+        logged = 0
+        if index.is_file():
+            for line in index.read_text().splitlines():
+                logged += int(json.loads(line)["body"].get("rows", 0))
+        if logged >= rows:
+            return
+        if time.monotonic() > deadline:
+            raise GatewayDemoFailed(
+                f"the gateway logged {logged} of {rows} rows in {timeout:.0f} s"
+            )
+        time.sleep(0.2)

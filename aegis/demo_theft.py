@@ -1,14 +1,15 @@
 """``aegis demo --story theft``: model theft against the demo's gateway, caught two ways.
 
-Runs in the workspace ``aegis demo`` left (prod serves v1), because theft needs a served
-model: a gateway with the watermark on and ``serve.on_extraction: block``; a rival who
-copies the model with in-distribution queries (never flagged: a customer within quota
-looks like that) and then a knockoff attacker asking photographs (flagged by the
-extraction monitor and blocked); ``aegis keys api list`` with each key's score; the
-rival's copy proven ours by ``aegis watermark verify``, and our own v2 (never trained
-on served answers) not.
+Runs in the folder ``aegis demo`` left. The gateway serves each release's *signed*
+``serve`` params, so the story first makes one with the theft policy: the supplier's
+next delivery, retrained and promoted as v3 with ``serve.watermark_rate`` 0.05 and
+``serve.on_extraction: block``. Then a rival copies v3 with in-distribution queries
+(never flagged: a customer within quota looks like that) and a knockoff attacker asks
+photographs (flagged by the extraction monitor and blocked); ``aegis keys api list``
+shows each key's score; ``aegis watermark verify`` proves the rival's copy ours, and
+finds v2 (never trained on served answers) not a copy.
 
-The demo's watermark rate is 5 %, ten times the production advice (0.5 %), so a
+The demo's watermark rate is 5 %, ten times the production setting (0.5 %), so a
 1,000-query theft leaves enough watermarks to show; the story says so.
 """
 
@@ -17,7 +18,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from aegis.demo import MARKER, DemoFailed, _aegis, _demo_params, _step, console
+from aegis.demo import (
+    MARKER,
+    DemoFailed,
+    _aegis,
+    _demo_params,
+    _prefect_server,
+    _promote,
+    _publish,
+    _step,
+    _variant,
+    console,
+)
 from aegis.errors import UsageError
 
 THEFT_PARAMS = {"serve": {"watermark_rate": 0.05, "on_extraction": "block"}}
@@ -25,8 +37,6 @@ THEFT_PARAMS = {"serve": {"watermark_rate": 0.05, "on_extraction": "block"}}
 
 def run_theft_story(directory: Path) -> None:
     """The theft story in ``directory``, a folder ``aegis demo`` made and finished."""
-    from aegis import demo_gateway as gw
-
     start = time.monotonic()
     base = directory.expanduser().resolve()
     ws, side = base / "workspace", base / "people"
@@ -38,9 +48,24 @@ def run_theft_story(directory: Path) -> None:
         raise UsageError(f"{base}: the theft story was told here (run `aegis demo` again first)")
     told.write_text("the theft story ran here\n")
 
-    _step("T1. The gateway watermarks answers and blocks extraction (demo rate: 5 %)")
+    _step("T1. A release with the theft policy: watermark 5 % of answers, block extraction")
     _demo_params(ws, THEFT_PARAMS)
-    console.print("production advice is 0.5 % of answers; 5 % lets a 1,000-query theft show")
+    console.print("(production: 0.5 % of answers; 5 % lets a 1,000-query theft show.) Serve "
+                  "params are signed into a release: the next delivery makes v3")  # fmt: skip
+    with _prefect_server(ws) as server:
+        delivery = _variant(side, "theft", lambda frame: frame.iloc[:-1])  # one form fewer
+        dataset = _publish(ws, delivery, side / "digits-3", side / "acme-data.pem")
+        server.wait()
+        _aegis(ws, "run", "--source", dataset, "--name", "digits", "--key", operator)
+        _promote(ws, "v3", operator, side / "bob.pem")
+    _steal(ws, side, operator)
+    console.print()
+    console.print(f"[bold green]Theft story complete[/] in {time.monotonic() - start:.0f} s.")
+
+
+def _steal(ws: Path, side: Path, operator: Path) -> None:
+    from aegis import demo_gateway as gw
+
     serving = side / "gateway.pem"
     rival = _client(ws, "rival-labs", operator)
     prober = _client(ws, "prober", operator)
@@ -65,8 +90,6 @@ def run_theft_story(directory: Path) -> None:
     _aegis(ws, "watermark", "verify", stolen)
     _aegis(ws, "export", "digits-model@v2", side / "v2-export")
     _aegis(ws, "watermark", "verify", side / "v2-export")
-    console.print()
-    console.print(f"[bold green]Theft story complete[/] in {time.monotonic() - start:.0f} s.")
 
 
 def _client(ws: Path, name: str, operator: Path) -> str:
