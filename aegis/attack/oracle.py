@@ -120,6 +120,8 @@ def suspect_predictor(suspect: str, *, token: str | None = None) -> tuple[Predic
             return load_surrogate(path).predict, "surrogate"
         except SurrogateError as exc:
             raise UsageError(str(exc)) from None
+    if not (path / "config.json").exists() and (path / "model" / "config.json").exists():
+        path = path / "model"  # a release or an export: its checkpoint
     if (path / "config.json").exists():
         from aegis.train.checkpoint import load_checkpoint
 

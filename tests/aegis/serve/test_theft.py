@@ -145,6 +145,9 @@ def test_watermark_verify_tells_a_stolen_copy_from_an_independent_model(served, 
     independent = json.loads(cli("watermark", "verify", tmp_path / "independent", "--json",
                                  cwd=served.root).out)  # fmt: skip
     assert independent["p_value"] > 0.01
+    release = served.root / "releases" / "digits-model" / "v2"  # our own, never served
+    ours = json.loads(cli("watermark", "verify", release, "--json", cwd=served.root).out)
+    assert ours["suspect_kind"] == "checkpoint" and ours["p_value"] > 0.01
     index = segments_index(served.env.ws)
     lines = index.read_text().splitlines()
     first = next(i for i, line in enumerate(lines) if "watermarks" in line)
