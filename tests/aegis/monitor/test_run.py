@@ -144,20 +144,21 @@ def test_an_edited_state_is_refused(served, monitor_key):
 
 
 def test_the_monitor_key_is_needed_and_can_neither_promote_nor_approve(
-    served, monitor_key, cli, prefect_server, monkeypatch
+    served, monitor_key, cli, prefect_server
 ):
-    from registry_helpers import set_promote
+    from registry_helpers import aegis, set_promote
 
-    monkeypatch.setenv("PREFECT_API_URL", prefect_server)  # promote runs its flow there
     set_promote(served.env)
     result = cli("monitor", "--key", str(served.env.operator_key), cwd=served.root)
     assert result.code == 1 and "signer" in result.err
-    target = f"{MODEL}@v2.0.0"
-    promote = cli("promote", target, "--key", str(monitor_key), cwd=served.root)
-    assert promote.code == 1 and "role monitor, not operator" in promote.err
-    assert cli("promote", target, "--key", str(served.env.operator_key), cwd=served.root).code == 0
-    approve = cli("approve", target, "--key", str(monitor_key), cwd=served.root)
-    assert approve.code == 1 and "(monitor, active) is not a current approver" in approve.err
+    target, env = f"{MODEL}@v2.0.0", {"PREFECT_API_URL": prefect_server}  # flows run there
+    promote = aegis(served.root, "promote", target, "--key", monitor_key, env=env)
+    assert promote.returncode == 1 and "role monitor, not operator" in promote.stderr
+    request = aegis(served.root, "promote", target, "--key", served.env.operator_key, env=env)
+    assert request.returncode == 0, request.stderr
+    approve = aegis(served.root, "approve", target, "--key", monitor_key, env=env)
+    assert approve.returncode == 1
+    assert "(monitor, active) is not a current approver" in approve.stderr
     shutil.rmtree(segments_index(served.env.ws).parent, ignore_errors=True)
     result = cli("monitor", "--key", str(monitor_key), "--json", cwd=served.root)
     assert result.code == 0 and json.loads(result.out)["windows"] == {}
