@@ -74,6 +74,7 @@ def queries_for(target: float, keep: float, p0: float, rate: float) -> int | Non
 
 def watermark_cases(*, prepared, oracle, seeds: list[int]) -> dict:
     """Every watermark figure of the benchmark (see the module docstring)."""
+    from aegis.attack.oracle import model_predictor
     from aegis.attack.surrogate import fit_surrogate, image_side
     from aegis.config import TrainParams
     from aegis.serve.evidence import WatermarkRecord, verify_watermark
@@ -112,7 +113,7 @@ def watermark_cases(*, prepared, oracle, seeds: list[int]) -> dict:
     for s in CNN_SEEDS:
         params = TrainParams(seed=s, epochs=10, defense="none", threads=1)
         net = train_model(prepared, params, progress=lambda _: None).model.eval()
-        independents.append((f"pipeline-cnn-seed{s}", predictor(net, spec)))
+        independents.append((f"pipeline-cnn-seed{s}", model_predictor(net, spec)))
     all_records = [r for stream in streams for r in stream["records"]]
     inputs = np.stack([r.row for r in all_records])
     wrong = np.array([r.served for r in all_records])
@@ -194,16 +195,3 @@ def watermark_cases(*, prepared, oracle, seeds: list[int]) -> dict:
             "goal": "<= 1% of answers", "met": changed / answered <= 0.01,
         },
     }  # fmt: skip
-
-
-def predictor(net, spec):
-    """``rows -> labels`` of a pipeline model (its own preprocessing), for an oracle."""
-    import torch
-
-    from aegis.serve.served import model_inputs
-
-    def predict(rows: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return net(torch.from_numpy(model_inputs(rows, spec))).argmax(1).numpy()
-
-    return predict

@@ -77,8 +77,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from aegis.attack.poison import apply_trigger, poison
     from aegis.config import TrainParams
-    from aegis.evaluate.extraction import ExtractionReference, calibrate_extraction, penultimate
-    from aegis.evaluate.extraction import ood_scores as mahalanobis
+    from aegis.evaluate.extraction import ExtractionReference, calibrate_extraction
     from aegis.evaluate.monitoring import (
         MonitorReference,
         breaches,
@@ -114,7 +113,7 @@ def main() -> None:
                 x_calib=tensors["val"][0], streams=1, length=200))  # fmt: skip
 
             def ood(x, net=net, ref=extraction):
-                return mahalanobis(ref.means, ref.precision, penultimate(net, x))
+                return ref.scores(net, x)
 
             outputs[kind] = (ood, *model_outputs(net, x_calib, ood=ood))
         for name, (window, _) in CASES.items():

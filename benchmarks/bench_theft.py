@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from _common import quiet_environment, write_result
 from _digits import prepared_digits, quiet_warnings, split_tensors
-from _theft_watermark import predictor, watermark_cases
+from _theft_watermark import watermark_cases
 
 ATTACK_SEEDS = [0, 1, 2, 3, 4]
 BENIGN_SEEDS = list(range(100, 120))
@@ -45,14 +45,13 @@ def main() -> None:
     quiet_warnings()
     torch.set_num_threads(1)
     from aegis.attack.extract import extract
+    from aegis.attack.oracle import model_predictor
     from aegis.config import TrainParams
     from aegis.evaluate.extraction import (
         ExtractionReference,
         KeyState,
         benign_streams,
         calibrate_extraction,
-        ood_scores,
-        penultimate,
     )
     from aegis.serve.served import model_inputs
     from aegis.train.trainer import train_model
@@ -69,12 +68,12 @@ def main() -> None:
     rows_of = frame[list(spec.feature_columns)].to_numpy(np.float64)
     test_rows = rows_of[prepared.split.test]
 
-    oracle = predictor(net, spec)
+    oracle = model_predictor(net, spec)
 
     def flagged_at(rows: np.ndarray, *, ood: bool = True) -> int | None:
         x = torch.from_numpy(model_inputs(rows, spec))
         labels = oracle(rows)
-        far = ood_scores(ref.means, ref.precision, penultimate(net, x)) > ref.ood_threshold
+        far = ref.scores(net, x) > ref.ood_threshold
         if not ood:
             far = np.zeros(len(rows), dtype=bool)
         state = KeyState()  # tested as the gateway tests: every 4th distance
@@ -108,7 +107,7 @@ def main() -> None:
     costs = []
     for _ in range(5):
         start = time.perf_counter()
-        far = ood_scores(ref.means, ref.precision, penultimate(net, x)) > ref.ood_threshold
+        far = ref.scores(net, x) > ref.ood_threshold
         KeyState().observe_checked(x.reshape(len(x), -1).numpy(), oracle(batch), far, ref)
         costs.append((time.perf_counter() - start) / len(batch) * 1e6)
     results["monitor_cost_us_per_row"] = round(statistics.median(costs), 1)

@@ -126,18 +126,19 @@ def suspect_predictor(suspect: str, *, token: str | None = None) -> tuple[Predic
         from aegis.train.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(path)
-        return _checkpoint_predictor(loaded), "checkpoint"
+        return model_predictor(loaded.model, loaded.spec), "checkpoint"
     raise UsageError(f"{suspect}: no surrogate.json or config.json (not a model directory)")
 
 
-def _checkpoint_predictor(loaded) -> Predictor:
+def model_predictor(model, spec) -> Predictor:
+    """``rows -> labels`` of a pipeline model, through its own preprocessing (``spec``)."""
     import torch
 
     from aegis.serve.served import model_inputs
 
     def predict(rows: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(model_inputs(np.asarray(rows, dtype=np.float64), loaded.spec))
+        x = torch.from_numpy(model_inputs(np.asarray(rows, dtype=np.float64), spec))
         with torch.no_grad():
-            return loaded.model(x).argmax(dim=1).numpy()
+            return model(x).argmax(dim=1).numpy()
 
     return predict

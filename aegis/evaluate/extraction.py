@@ -51,6 +51,11 @@ class ExtractionReference:
     min_queries: int = MIN_QUERIES
     alpha: float = ALPHA
 
+    def scores(self, model: nn.Module, x: torch.Tensor) -> np.ndarray:
+        """Each row's squared Mahalanobis distance to its nearest class mean, on ``model``'s
+        penultimate features: the OOD score every consumer of the reference uses."""
+        return ood_scores(self.means, self.precision, penultimate(model, x))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "means": np.round(self.means, 6).tolist(),

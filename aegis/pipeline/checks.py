@@ -125,7 +125,7 @@ def _extraction(loaded, train, x_val, x_test, params, *, train_params) -> dict[s
 def _monitor(loaded, x_test, extraction: dict | None, params, *, train_params) -> dict[str, Any]:
     """The production monitor's reference: the test split's outputs (and OOD scores, when
     the extraction reference is there to score them)."""
-    from aegis.evaluate.extraction import ExtractionReference, ood_scores, penultimate
+    from aegis.evaluate.extraction import ExtractionReference
     from aegis.evaluate.monitoring import calibrate_monitor, model_outputs, window_alpha
 
     score = None
@@ -133,7 +133,7 @@ def _monitor(loaded, x_test, extraction: dict | None, params, *, train_params) -
         ref = ExtractionReference.from_json(extraction)
 
         def score(x):
-            return ood_scores(ref.means, ref.precision, penultimate(loaded.model, x))
+            return ref.scores(loaded.model, x)
 
     alpha = window_alpha(
         false_alarms_per_day=params.false_alarms_per_day,

@@ -191,19 +191,16 @@ class ExtractionMonitor:
         """Adds a flush's answered rows, per client, in order (the flusher's thread)."""
         import torch
 
-        from aegis.evaluate.extraction import ood_scores, penultimate
         from aegis.serve.served import model_inputs
 
         ref = served.extraction
         if ref is None or not chunks:
             return
+        if any(c.ood is None for c in chunks):  # the flusher did not score them (it failed)
+            place_ood(served, chunks)
+        far = np.concatenate([c.ood for c in chunks]) > ref.ood_threshold
         rows = np.concatenate([c.rows for c in chunks])
         x = torch.from_numpy(model_inputs(rows, served.loaded.spec))
-        if all(c.ood is not None for c in chunks):  # the flusher scored them already
-            far = np.concatenate([c.ood for c in chunks])
-        else:
-            far = ood_scores(ref.means, ref.precision, penultimate(served.loaded.model, x))
-        far = far > ref.ood_threshold
         labels = np.concatenate([c.probs.argmax(axis=1) for c in chunks])  # the model's own
         flat = x.reshape(len(x), -1).numpy()
         owners = np.repeat([c.client for c in chunks], [len(c) for c in chunks])
@@ -289,3 +286,22 @@ def extraction_reports(ws, trust: TrustStore) -> dict[str, KeyReport]:
         )
         for client, (state, score) in states.items()
     }
+
+
+def place_ood(served, chunks) -> None:
+    """Each chunk's per-row OOD scores under ``served``'s extraction reference, in one batch
+    (the prediction log's ``ood_score`` and the monitors' input: computed once per flush)."""
+    ref = served.extraction
+    if ref is None or not chunks:
+        return
+    import torch
+
+    from aegis.serve.served import model_inputs
+
+    rows = np.concatenate([c.rows for c in chunks])
+    x = torch.from_numpy(model_inputs(rows, served.loaded.spec))
+    scores = ref.scores(served.loaded.model, x)
+    start = 0
+    for chunk in chunks:
+        chunk.ood = scores[start : start + len(chunk)]
+        start += len(chunk)

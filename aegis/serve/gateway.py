@@ -48,7 +48,7 @@ from aegis.serve.clients import (
     read_secret,
     token_hash,
 )
-from aegis.serve.extraction import ExtractionMonitor
+from aegis.serve.extraction import ExtractionMonitor, place_ood
 from aegis.serve.limiter import LimitsUnavailable, MemoryLimiter, RedisLimiter
 from aegis.serve.metrics import GatewayMetrics
 from aegis.serve.predlog import Chunk, PredictionLog
@@ -382,7 +382,7 @@ class Gateway:
                 for chunk in group:
                     chunk.pending = None
                 try:
-                    _place_ood(served, group)
+                    place_ood(served, group)
                 except Exception:  # a failed score leaves the column null, never the log
                     log.exception("OOD scores not computed")
                 if self.served.params.on_extraction != "off":
@@ -473,26 +473,6 @@ class Gateway:
         self.limiter.close()
         self.extraction.close()
         self.events.send(force=True)
-
-
-def _place_ood(served: ServedModel, group: list[Chunk]) -> None:
-    """Each chunk's per-row OOD scores (the monitor's and the extraction monitor's input),
-    in one batch for the group: computed once, logged and reused."""
-    ref = served.extraction
-    if ref is None or not group:
-        return
-    import torch
-
-    from aegis.evaluate.extraction import ood_scores, penultimate
-    from aegis.serve.served import model_inputs
-
-    rows = np.concatenate([c.rows for c in group])
-    x = torch.from_numpy(model_inputs(rows, served.loaded.spec))
-    scores = ood_scores(ref.means, ref.precision, penultimate(served.loaded.model, x))
-    start = 0
-    for chunk in group:
-        chunk.ood = scores[start : start + len(chunk)]
-        start += len(chunk)
 
 
 __all__ = ["EMPTY", "MAX_BODY", "Gateway", "GatewayConfig", "GatewayError"]

@@ -11,8 +11,6 @@ from aegis.evaluate.extraction import (
     ExtractionReference,
     KeyState,
     calibrate_extraction,
-    ood_scores,
-    penultimate,
 )
 
 
@@ -38,7 +36,7 @@ def fitted():
 
 
 def _answers(net, ref, x):
-    far = ood_scores(ref.means, ref.precision, penultimate(net, x)) > ref.ood_threshold
+    far = ref.scores(net, x) > ref.ood_threshold
     with torch.no_grad():
         return x.reshape(len(x), -1).numpy(), net(x).argmax(1).numpy(), far
 
