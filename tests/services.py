@@ -141,14 +141,18 @@ def prefect_server(
         log.close()
 
 
-def read_events(api: str, name: str, *, timeout: float = 30.0) -> list[dict]:
-    """The server's events named ``name`` (it persists them in batches: waits for some)."""
+def read_events(api: str, name: str, until, *, timeout: float = 60.0) -> list[dict]:
+    """The server's events named ``name``, once ``until(events)`` holds (or the deadline).
+
+    The server persists events in batches, and the session's other tests post some too:
+    the wait is for the events a test expects, never for "any".
+    """
     import httpx
 
     deadline = time.monotonic() + timeout
     while True:
         body = {"filter": {"event": {"name": [name]}}, "limit": 50}
         found = httpx.post(f"{api}/events/filter", json=body, timeout=10).json()["events"]
-        if found or time.monotonic() > deadline:
+        if until(found) or time.monotonic() > deadline:
             return found
         time.sleep(0.5)

@@ -18,8 +18,10 @@ def test_events_reach_the_server_in_order(prefect_server):
     outbox.put(first)
     outbox.put(second)
     assert outbox.send() == 2 and outbox.pending() == 0
-    ids = {e["id"] for e in read_events(prefect_server, "aegis.test.happened")}
-    assert {first["id"], second["id"]} <= ids
+    wanted = {first["id"], second["id"]}
+    found = read_events(prefect_server, "aegis.test.happened",
+                        lambda events: wanted <= {e["id"] for e in events})  # fmt: skip
+    assert wanted <= {e["id"] for e in found}
 
 
 def test_an_unreachable_server_keeps_the_events_and_waits_before_retrying():
