@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from aegis.errors import ConfigError
@@ -412,6 +412,16 @@ class ServeParams(_Section):
     )
 
 
+MonitorSignal = Literal["softmax_ks", "label_chi2", "ood_count", "feedback_accuracy"]
+MonitorAction = Literal["alert", "throttle", "retrain", "rollback"]
+# A shift of the model's outputs or a fall in labelled accuracy is the model's problem:
+# roll back. Out-of-distribution inputs are the callers': slow down the keys sending them.
+DEFAULT_MONITOR_ACTIONS: dict[str, str] = {
+    "softmax_ks": "rollback", "label_chi2": "rollback", "ood_count": "throttle",
+    "feedback_accuracy": "rollback",
+}  # fmt: skip
+
+
 class MonitorParams(_Section):
     """The production monitor. Its thresholds are fitted in evaluation (``metrics.json``:
     monitor) from this budget, so they are read from the *served release's* params.
@@ -428,6 +438,26 @@ class MonitorParams(_Section):
     )
     confirm: int = Field(default=2, ge=1, le=10, description="windows in a row that breach")
     boots: int = Field(default=2000, ge=500, le=100_000, description="bootstrap replicates")
+    actions: dict[MonitorSignal, MonitorAction] = Field(
+        default_factory=lambda: dict(DEFAULT_MONITOR_ACTIONS),
+        description="per signal: alert | throttle | retrain | rollback (the strongest wins)",
+    )
+    single_client_share: float = Field(
+        default=0.8, gt=0.5, le=1,
+        description="a breach this much from one client key only throttles that key",
+    )  # fmt: skip
+    throttle_share: float = Field(
+        default=0.25, gt=0, le=1, description="a throttle covers keys with this share of rows"
+    )
+    throttle_minutes: float = Field(default=60, gt=0, le=7 * 24 * 60)
+    contain_timeout: float = Field(
+        default=30, gt=0, le=600, description="seconds to wait for the gateway to serve it"
+    )
+
+    @field_validator("actions")
+    @classmethod
+    def _all_signals(cls, value: dict[str, str]) -> dict[str, str]:
+        return {**DEFAULT_MONITOR_ACTIONS, **value}  # a signal left out keeps its default
 
 
 class Params(_Section):

@@ -72,6 +72,8 @@ class Action:
     SERVE_RECORDS = "serve.records"
     SEAL_RESEALED = "seal.resealed"
     MONITOR_BREACH = "monitor.breach"  # an incident opened by the production monitor
+    MONITOR_THROTTLE = "monitor.throttle"  # the monitor lowered one client key's rate
+    MONITOR_CONTAINED = "monitor.contained"  # an incident's containment ended
 
     TRUST_CHANGES = (WORKSPACE_INIT, TRUST_ADD, TRUST_REVOKE, TRUST_RETIRE)
     DECISIONS: ClassVar[dict[str, str]] = {

@@ -40,6 +40,7 @@ class Served:
     env: ReleasedEnv
     serving_key: Path
     tokens: dict[str, str] = field(default_factory=dict)
+    clients: dict[str, str] = field(default_factory=dict)  # name -> client id
 
     @property
     def root(self) -> Path:
@@ -69,6 +70,7 @@ def served_workspace(base: Path, dst: Path, *, clients=CLIENTS) -> Served:
             quota=parse_limit(quota, what="quota"), key_path=env.operator_key,
         )  # fmt: skip
         served.tokens[name] = made.token
+        served.clients[name] = made.client.id
     return served
 
 

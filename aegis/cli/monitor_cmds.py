@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,9 +23,18 @@ def monitor(
         float | None, typer.Option(help="Pass again every this many seconds (default: once).")
     ] = None,
     passes: Annotated[int | None, typer.Option(help="With --every: stop after this many.")] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option(help="The gateway's URL: a rollback is contained once it serves the target."),
+    ] = None,
+    feedback: Annotated[
+        Path | None,
+        typer.Option(help='True labels, JSON lines {"request": ID, "labels": [...]}.'),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Test the prediction log's new windows against the served releases' references."""
+    """Test the prediction log's new windows against the served releases' references, and
+    contain confirmed breaches as the release's policy says (rollback, throttle, retrain)."""
     from aegis.errors import UsageError
     from aegis.monitor.run import monitor_pass
 
@@ -32,6 +42,11 @@ def monitor(
         raise UsageError(f"--every {every}: seconds, > 0")
     if passes is not None and passes < 1:
         raise UsageError(f"--passes {passes}: at least 1")
+    labels = None
+    if feedback is not None:
+        from aegis.monitor.feedback import read_feedback
+
+        labels = read_feedback(feedback)
     from aegis.events import EventOutbox
 
     console = _console(stderr=True)
@@ -39,7 +54,8 @@ def monitor(
     done = 0
     while True:
         report = monitor_pass(_ledger(), key_path=key, model=model, events=outbox,
-                              progress=lambda line: console.print(line))  # fmt: skip
+                              gateway=gateway, feedback=labels,
+                              progress=lambda line: console.print(line, markup=False))  # fmt: skip
         done += 1
         if STATE.json or as_json:
             _print_json(report.to_json())
@@ -51,8 +67,14 @@ def monitor(
                 _console().print(
                     f"incident {incident.id}: {', '.join(incident.signals)} on {incident.model}@"
                     f"{incident.version} (top client share {incident.top_client_share:.0%}); "
-                    f"detected {incident.time_to_detect_s:.1f} s after the first bad request"
+                    f"detected {incident.time_to_detect_s:.1f} s after the first bad request; "
+                    f"action {incident.action} ({incident.why})",
+                    markup=False,
                 )
+            for done in report.contained:
+                _console().print(f"incident {done['incident']}: {done['result']}"
+                                 + (f" at {done['contained']}" if done.get("contained") else ""),
+                                 markup=False)  # fmt: skip
         if every is None or (passes is not None and done >= passes):
             return
         time.sleep(every)

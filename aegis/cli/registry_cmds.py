@@ -70,6 +70,8 @@ def _status_table(model) -> Any:
     title = f"{model.model}: prod {model.prod or 'none'}"
     if model.bad:
         title += f", marked bad {', '.join(model.bad)}"
+    if model.suspect:
+        title += f", suspect (monitor rollback) {', '.join(model.suspect)}"
     table = Table(title=title)
     for col in ("version", "stage", "clean", "robust", "ε"):
         table.add_column(col, no_wrap=True)

@@ -15,14 +15,20 @@ the model's outputs find most shifts a model cares about):
   reference row's. Its threshold is beta-binomial (the rate above a cut estimated on
   the reference is uncertain: Beta(1, m) above the maximum of m rows), not
   bootstrapped: no resample of the reference holds a row above its own maximum.
+- ``feedback_accuracy``: on the window's rows that came back with a true label
+  (feedback), how surprising their errors are: ``-log10`` of the beta-binomial upper
+  tail of that many errors in that many labelled rows, given the reference's errors
+  (Beta(errors + 1, correct + 1): the reference's error rate is itself uncertain). Its
+  threshold is ``-log10(alpha_s)``; a window without feedback scores 0. A discrete
+  tail is conservative: the false-alarm rate is at most ``alpha_s``.
 
 Nominal alphas are wrong on small windows (the KS test at 0.05 alarms 6 % of the time
 at n = 50 on softmax outputs, which are far from continuous), so every threshold is the
 ``1 - alpha_s`` quantile of the signal's two-sample bootstrap null on held-out rows the
 model never trained on or was selected on (:func:`calibrate_monitor`: the evaluate
 stage gives it the test split; the benchmark gives it one half and measures on the
-other). Each signal gets ``alpha / 3`` (a window alarms when any signal is above its
-threshold), and ``alpha`` itself comes from the false-alarm budget
+other). Each signal gets an equal share of ``alpha`` (a window alarms when any signal is
+above its threshold), and ``alpha`` itself comes from the false-alarm budget
 (:func:`window_alpha`).
 """
 
@@ -35,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-SIGNALS = ("softmax_ks", "label_chi2", "ood_count")
+SIGNALS = ("softmax_ks", "label_chi2", "ood_count", "feedback_accuracy")
 BOOTS = 2000  # bootstrap replicates per threshold (alpha / 3 of 0.01 leaves ~7 above it)
 
 
@@ -57,6 +63,7 @@ class MonitorReference:
     label_share: np.ndarray  # (classes,) smoothed share of each predicted label
     ood_cut: float | None  # a row's OOD score above it counts; None: no OOD signal
     thresholds: dict[str, float]  # signal -> alarm when above
+    feedback: tuple[int, int] | None = None  # reference (errors, rows); None: no feedback signal
 
     @property
     def classes(self) -> int:
@@ -68,6 +75,8 @@ class MonitorReference:
             "columns": np.round(self.columns, 4).T.tolist(),
             "label_share": np.round(self.label_share, 6).tolist(),
             "ood_cut": self.ood_cut, "thresholds": dict(self.thresholds),
+            **({} if self.feedback is None else
+               {"feedback": {"errors": self.feedback[0], "rows": self.feedback[1]}}),
         }  # fmt: skip
 
     @classmethod
@@ -80,6 +89,8 @@ class MonitorReference:
             thresholds = {str(k): float(v) for k, v in dict(data["thresholds"]).items()}
             cut = data.get("ood_cut")
             cut = None if cut is None else float(cut)
+            fb = data.get("feedback")
+            feedback = None if fb is None else (fb["errors"], fb["rows"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed monitor reference ({exc})") from None
         if not isinstance(window, int) or isinstance(window, bool) or window < 5:
@@ -92,7 +103,13 @@ class MonitorReference:
             raise ValueError("malformed monitor reference (values)")
         if set(thresholds) - set(SIGNALS) or (share <= 0).any():
             raise ValueError("malformed monitor reference (signals)")
-        return cls(window, alpha, columns, share, cut, thresholds)
+        if feedback is not None and not (
+            all(isinstance(v, int) and not isinstance(v, bool) for v in feedback)
+            and 0 <= feedback[0] <= feedback[1]
+            and feedback[1] > 0
+        ):
+            raise ValueError("malformed monitor reference (feedback)")
+        return cls(window, alpha, columns, share, cut, thresholds, feedback)
 
 
 def output_columns(probs: np.ndarray) -> np.ndarray:
@@ -148,20 +165,42 @@ def chi2(share: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return ((counts - expected) ** 2 / expected).sum(axis=1)
 
 
+def feedback_surprise(
+    errors: int, rows: int, wrong: np.ndarray, labelled: np.ndarray
+) -> np.ndarray:
+    """``-log10 P(X >= wrong)`` per window, ``X ~ BetaBinom(labelled, errors + 1, rows -
+    errors + 1)``: how unlikely that many errors among the labelled rows are for a model
+    as accurate as on the reference; 0 where a window has no labelled row."""
+    from scipy import stats
+
+    labelled = np.asarray(labelled, dtype=np.int64)
+    tail = stats.betabinom(np.maximum(labelled, 1), errors + 1, rows - errors + 1).sf(
+        np.asarray(wrong) - 1
+    )
+    value = -np.log10(np.clip(tail, 1e-300, 1.0))
+    return np.where(labelled > 0, value, 0.0)
+
+
 def signals(
     ref: MonitorReference,
     probs: np.ndarray,
     labels: np.ndarray,
     ood: np.ndarray | None,
+    truth: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every signal of each window: ``probs`` ``(w, n, classes)``, ``labels`` and ``ood``
-    scores ``(w, n)``; a signal whose data is absent is left out."""
+    """Every signal of each window: ``probs`` ``(w, n, classes)``, ``labels``, ``ood``
+    scores and feedback ``truth`` (the true label, -1 where none came back) ``(w, n)``;
+    a signal whose data is absent is left out."""
     out = {
         "softmax_ks": ks_max(ref.columns, output_columns(probs)),
         "label_chi2": chi2(ref.label_share, labels),
     }
     if ood is not None and ref.ood_cut is not None:
         out["ood_count"] = (ood > ref.ood_cut).sum(axis=1).astype(np.float64)
+    if truth is not None and ref.feedback is not None and (truth >= 0).any():
+        known = truth >= 0
+        wrong = (known & (truth != labels)).sum(axis=1)
+        out["feedback_accuracy"] = feedback_surprise(*ref.feedback, wrong, known.sum(axis=1))
     return out
 
 
@@ -174,6 +213,7 @@ def calibrate_monitor(
     *,
     probs: np.ndarray,
     ood: np.ndarray | None = None,
+    correct: np.ndarray | None = None,
     window: int = 50,
     alpha: float = 0.01,
     boots: int = BOOTS,
@@ -190,6 +230,7 @@ def calibrate_monitor(
     Args:
         probs: Held-out rows' softmax outputs.
         ood: Their OOD scores, or None (no ``ood_count`` signal).
+        correct: Whether each was answered right, or None (no ``feedback_accuracy``).
         window: Rows per window.
         alpha: The per-window false-alarm rate of all signals together.
         boots: Bootstrap replicates.
@@ -223,15 +264,19 @@ def calibrate_monitor(
         cut = float(ood.max())
         counts = stats.betabinom(window, 1, m)
         null["ood_count"] = counts.rvs(size=boots, random_state=seed).astype(np.float64)
-    per_signal = alpha / len(null)
+    per_signal = alpha / (len(null) + (correct is not None))
     thresholds = {
         name: float(np.quantile(values, 1 - per_signal, method="higher"))
         for name, values in null.items()
     }
     if cut is not None:  # exact, not sampled: the smallest k with P(X > k) <= per_signal
         thresholds["ood_count"] = float(counts.isf(per_signal))
+    feedback = None
+    if correct is not None:
+        feedback = (int(len(correct) - np.sum(correct)), len(correct))
+        thresholds["feedback_accuracy"] = float(-math.log10(per_signal))
     ref = MonitorReference(window, alpha, np.sort(columns, axis=0),
-                           label_share(labels, classes), cut, thresholds)  # fmt: skip
+                           label_share(labels, classes), cut, thresholds, feedback)  # fmt: skip
     any_breach = np.any(np.stack(list(breaches(ref, null).values())), axis=0)
     return {
         **ref.to_json(),

@@ -46,6 +46,7 @@ class Rows:
     ood: np.ndarray | None  # (n,) or None when the log has no scores
     times: np.ndarray  # (n,) datetime64[us]
     clients: np.ndarray  # (n,) client ids
+    requests: np.ndarray  # (n,) "request#row": what feedback names a row by
     origin: list[tuple[int, int]]  # per row: (index line, row in that segment)
 
     def __len__(self) -> int:
@@ -143,8 +144,9 @@ def read_rows(
         raise RefusedError("prediction-log", f"{segment.file}: not the signed row count")
     if start >= table.num_rows:  # read to its end by an earlier pass
         return Rows(np.empty((0, 0)), np.empty(0, np.int64), None,
-                    np.empty(0, "datetime64[us]"), np.empty(0, str), [])  # fmt: skip
-    columns = ["probs", "model_digest", "time", "client"] + (
+                    np.empty(0, "datetime64[us]"), np.empty(0, str), np.empty(0, str),
+                    [])  # fmt: skip
+    columns = ["probs", "model_digest", "time", "client", "request"] + (
         ["ood_score"] if "ood_score" in table.column_names else []
     )
     frame = table.select(columns).slice(start).to_pandas()
@@ -156,12 +158,18 @@ def read_rows(
         raise RefusedError("prediction-log", f"{segment.file}: rows of another model than "
                            f"{segment.version}'s (model digest)")  # fmt: skip
     probs = np.stack(frame["probs"].to_numpy()).astype(np.float64)
+    # a row's position in its request, counted over the whole segment (a request's rows
+    # are written together, so a start inside one still numbers them right)
+    whole = table.column("request").to_pandas()
+    position = whole.groupby(whole, sort=False).cumcount().to_numpy()[start:]
+    requests = (frame["request"].astype(str) + "#" + position.astype(str)).to_numpy(str)
     return Rows(
         probs=probs,
         labels=probs.argmax(axis=1),  # the model's own: a watermarked answer is not
         ood=ood,
         times=frame["time"].to_numpy("datetime64[us]"),
         clients=frame["client"].to_numpy(str),
+        requests=requests,
         origin=[(segment.line, start + i) for i in range(len(frame))],
     )
 
@@ -175,5 +183,6 @@ def concat(parts: list[Rows]) -> Rows:
         ood=None if any(o is None for o in oods) else np.concatenate(oods),
         times=np.concatenate([p.times for p in parts]),
         clients=np.concatenate([p.clients for p in parts]),
+        requests=np.concatenate([p.requests for p in parts]),
         origin=[o for p in parts for o in p.origin],
     )

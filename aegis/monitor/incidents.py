@@ -5,9 +5,10 @@ signals breached their thresholds in ``confirm`` consecutive windows of one mode
 version (every signal confirmed on the same window is one incident): the signals, their
 values and thresholds, the confirming windows' digests (the evidence: which signed
 segment rows they were), the time of the first bad request (the first row of the first
-breaching window), the time it was detected, the action and, for a contained incident,
-when containment ended. Its id is derived from the evidence, so a window read twice
-(an older state restored) never opens a second incident.
+breaching window), the time it was detected and the action; containment
+(:mod:`aegis.monitor.contain`) appends a ``monitor.contained`` entry naming it, with
+when containment ended or why it was refused. Its id is derived from the evidence, so
+a window read twice (an older state restored) never opens a second incident.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class Incident:
     contained: str | None = None  # when containment ended (None: alert only)
     top_client_share: float = 0.0  # the largest share one client key had of the windows
     seq: int | None = None  # its audit entry
-    details: dict[str, Any] = field(default_factory=dict)
+    clients: list[str] = field(default_factory=list)  # the keys a throttle covers
+    why: str = ""  # why this action
+    containment: dict[str, Any] | None = None  # its monitor.contained entry's details
 
     @property
     def time_to_detect_s(self) -> float:
@@ -53,6 +56,7 @@ class Incident:
             "first_bad": self.first_bad, "detected": self.detected, "action": self.action,
             "actor": self.actor, "contained": self.contained,
             "top_client_share": self.top_client_share, "seq": self.seq,
+            "clients": self.clients, "why": self.why, "containment": self.containment,
             "time_to_detect_s": round(self.time_to_detect_s, 3),
             "time_to_contain_s": None if self.contained is None
             else round(self.time_to_contain_s or 0.0, 3),
@@ -66,7 +70,11 @@ def incident_id(version: str, windows: list[str]) -> str:
 
 
 def incidents(ledger: Ledger) -> list[Incident]:
-    """Every incident on the audit log, oldest first."""
+    """Every incident on the audit log, oldest first, with its containment."""
+    contained: dict[str, dict[str, Any]] = {}
+    for entry in ledger.log.by_action(Action.MONITOR_CONTAINED):
+        if isinstance(entry.details.get("incident"), str):
+            contained[entry.details["incident"]] = dict(entry.details)  # the last one counts
     out = []
     for entry in ledger.log.by_action(Action.MONITOR_BREACH):
         d = entry.details
@@ -78,8 +86,11 @@ def incidents(ledger: Ledger) -> list[Incident]:
                 thresholds={str(k): float(v) for k, v in d["thresholds"].items()},
                 windows=[str(w) for w in d["windows"]],
                 first_bad=str(d["first_bad"]), detected=str(d["detected"]),
-                action=str(d["action"]), actor=entry.actor, contained=d.get("contained"),
+                action=str(d["action"]), actor=entry.actor,
+                contained=contained.get(str(d["id"]), {}).get("contained"),
                 top_client_share=float(d.get("top_client_share", 0.0)), seq=entry.seq,
+                clients=[str(c) for c in d.get("clients", [])], why=str(d.get("why", "")),
+                containment=contained.get(str(d["id"])),
             ))  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError):
             continue  # the entry verified with the log; a shape this code never wrote
@@ -93,7 +104,8 @@ def record_incident(ledger: Ledger, incident: Incident) -> tuple[Incident, bool]
     if incident.id in known:
         return known[incident.id], False
     body = incident.to_json()
-    for derived in ("seq", "actor", "time_to_detect_s", "time_to_contain_s"):
+    for derived in ("seq", "actor", "time_to_detect_s", "time_to_contain_s", "contained",
+                    "containment"):  # fmt: skip
         body.pop(derived)
     entry = ledger.append(
         Action.MONITOR_BREACH, actor=incident.actor,

@@ -4,10 +4,12 @@ What a pass may do is decided here, not in the CLI: it reads the prediction log 
 the signed segment index (:mod:`aegis.monitor.feed`), tests each full window of ``n``
 rows of a version against that release's signed reference (``metrics.json["monitor"]``,
 fitted in evaluation; the release is verified before it is believed), and when a
-signal breaches in ``confirm`` windows in a row it opens an incident on the audit log
-and emits ``aegis.monitor.breach`` to Prefect. It holds a ``monitor`` key: it signs its
-state and is the actor of its incidents; it can neither promote nor approve (those
-commands ask for other roles).
+signal breaches in ``confirm`` windows in a row it opens an incident on the audit log,
+emits ``aegis.monitor.breach`` to Prefect and contains it as the release's policy says
+(:mod:`aegis.monitor.contain`: rollback, throttle, retrain or alert). It holds a
+``monitor`` key: it signs its state and is the actor of its incidents, throttles and
+rollbacks; it can neither promote nor approve (those commands ask for other roles).
+Every tested window's values go to the window history (:mod:`aegis.monitor.windows`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from aegis.crypto.keys import load_private_key
 from aegis.errors import RefusedError, UsageError
 from aegis.events import EventOutbox, make_event
 from aegis.ledger import Ledger
+from aegis.monitor.contain import contain, decide
 from aegis.monitor.feed import Rows, Segment, concat, missing_by_cap, read_rows, signed_segments
-from aegis.monitor.incidents import Incident, incident_id, record_incident
+from aegis.monitor.incidents import Incident, incident_id, incidents, record_incident
 from aegis.monitor.state import MonitorState, Streak, load_state, save_state
+from aegis.monitor.windows import WindowRecord, append_windows
 from aegis.timeutil import utc_now
 
 
@@ -39,12 +43,14 @@ class PassReport:
     incidents: list[Incident] = field(default_factory=list)
     skipped_segments: int = 0  # removed by the log's cap before they were read
     unmonitored: list[str] = field(default_factory=list)  # versions without a reference
+    contained: list[dict[str, Any]] = field(default_factory=list)  # monitor.contained details
 
     def to_json(self) -> dict[str, Any]:
         return {
             "windows": self.windows, "breaches": self.breaches,
             "incidents": [i.to_json() for i in self.incidents],
             "skipped_segments": self.skipped_segments, "unmonitored": self.unmonitored,
+            "contained": self.contained,
         }  # fmt: skip
 
 
@@ -54,9 +60,22 @@ def monitor_pass(
     key_path: Path | None,
     model: str | None = None,
     events: EventOutbox | None = None,
+    gateway: str | None = None,
+    feedback: dict[str, list[int | None]] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> PassReport:
     """Reads every full window since the last pass and acts on confirmed breaches.
+
+    Args:
+        ledger: The workspace's verified ledger.
+        key_path: An active monitor key.
+        model: The model (when several are registered).
+        events: Where breach events go (default: Prefect's REST API, when configured).
+        gateway: The gateway's URL: a rollback is contained when its ``/readyz``
+            serves the target (without it, when the registry moved).
+        feedback: True labels that came back, ``{request id: [label or None per row]}``
+            (:func:`aegis.monitor.feedback.read_feedback`).
+        progress: Called with a line per step.
 
     Raises:
         UsageError: No key, or several models and no ``model``.
@@ -66,6 +85,8 @@ def monitor_pass(
     """
     if key_path is None:
         raise UsageError("the monitor acts with a monitor key: --key MONITOR_KEY")
+    if gateway is not None and not gateway.startswith(("http://", "https://")):
+        raise UsageError(f"--gateway {gateway!r}: an http:// or https:// URL")
     key = load_private_key(key_path)
     actor = ledger.trust.require_signer(key.key_id, role="monitor", what=str(key_path),
                                         new=True).key_id  # fmt: skip
@@ -80,9 +101,10 @@ def monitor_pass(
         for segment in segments:
             by_version.setdefault(segment.version, []).append(segment)
         opened: list[Incident] = []
+        history: list[WindowRecord] = []
         for version, group in by_version.items():
             opened += _version_pass(ledger, state, report, name, version, group, gone, actor,
-                                    progress)  # fmt: skip
+                                    history, feedback or {}, progress)  # fmt: skip
         # incidents before the state: a crash between them re-reads the windows, and an
         # incident's id (its evidence) keeps it from being recorded twice
         for incident in opened:
@@ -90,23 +112,45 @@ def monitor_pass(
             if not new:
                 continue
             report.incidents.append(recorded)
-            outbox.put(_event(recorded))
+            outbox.put(_event(ledger, recorded))
         save_state(ledger.ws, state, key)
+        append_windows(ledger.ws, history)
     outbox.send(force=True)
+    # outside the lock (a rollback takes it itself); an incident a crash left uncontained
+    # is contained by the next pass, while its version still holds prod
+    for incident in _uncontained(ledger, name):
+        params = _policy(ledger, incident.model, incident.version)
+        done = contain(ledger, incident, key_path=key_path, params=params, gateway=gateway,
+                       progress=progress)  # fmt: skip
+        if done is not None:
+            report.contained.append(done)
     return report
 
 
-def _event(incident: Incident) -> dict:
+def _uncontained(ledger: Ledger, model: str) -> list[Incident]:
+    from aegis.registry.tags import read_registry
+
+    prod = read_registry(ledger, model).prod
+    return [
+        i for i in incidents(ledger) if i.model == model and i.containment is None
+        and (i.action == "throttle" or (i.action == "rollback" and i.version == prod))
+    ]  # fmt: skip
+
+
+def _event(ledger: Ledger, incident: Incident) -> dict:
     return make_event(
         "aegis.monitor.breach", resource_id=f"aegis.model.{incident.model}",
         resource={"aegis.model": incident.model, "aegis.version": incident.version,
-                  "aegis.signals": ",".join(incident.signals), "aegis.incident": incident.id},
+                  "aegis.signals": ",".join(incident.signals), "aegis.incident": incident.id,
+                  "aegis.action": incident.action,
+                  "aegis.workspace": ledger.ws.meta()["pipeline_key"][:16]},
         payload=incident.to_json(),
     )  # fmt: skip
 
 
 def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, version: str,
                   segments: list[Segment], gone: set[int], actor: str,
+                  history: list[WindowRecord], feedback: dict[str, list[int | None]],
                   progress) -> list[Incident]:  # fmt: skip
     from aegis.evaluate.monitoring import MonitorReference, breaches, signals
 
@@ -118,7 +162,7 @@ def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, v
     pending = [s for s in segments if s.line > cursor.line or (s is at and cursor.offset < s.rows)]
     if not pending:
         return []  # read to its end: its release is not verified again
-    record, digest = _reference(ledger, model, version)
+    record, digest, params = _reference(ledger, model, version)
     if record is None:
         report.unmonitored.append(version)
         return []
@@ -149,13 +193,25 @@ def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, v
     cut = slice(0, count * n)
     probs = rows.probs[cut].reshape(count, n, -1)
     ood = None if rows.ood is None else rows.ood[cut].reshape(count, n)
-    values = signals(ref, probs, rows.labels[cut].reshape(count, n), ood)
+    truth = None
+    if feedback:
+        from aegis.monitor.feedback import truth_of
+
+        truth = truth_of(feedback, rows.requests[cut]).reshape(count, n)
+    values = signals(ref, probs, rows.labels[cut].reshape(count, n), ood, truth)
     hits = breaches(ref, values)
     opened = []
     shas = {s.line: s.sha256 for s in pending}
     for w in range(count):
         window = slice(w * n, (w + 1) * n)
         digest = _window_digest(shas, rows.origin[window.start], rows.origin[window.stop - 1])
+        history.append(WindowRecord(
+            model=model, version=version, window=digest, start=_iso(rows.times[window.start]),
+            end=_iso(rows.times[window.stop - 1]),
+            values={s: round(float(v[w]), 6) for s, v in values.items()},
+            thresholds={s: ref.thresholds[s] for s in values if s in ref.thresholds},
+            breached=sorted(s for s, hit in hits.items() if hit[w]),
+        ))  # fmt: skip
         confirmed: dict[str, Streak] = {}
         for signal, hit in hits.items():
             streak = cursor.streaks.setdefault(signal, Streak())
@@ -172,7 +228,7 @@ def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, v
                 confirmed[signal] = streak
         if confirmed:
             opened.append(_incident(model, version, confirmed, values, w, confirm, ref, rows,
-                                    window, actor))  # fmt: skip
+                                    window, actor, params))  # fmt: skip
     last_line, last_row = rows.origin[count * n - 1]
     cursor.line, cursor.offset = last_line, last_row + 1
     cursor.sha = next(s.sha256 for s in pending if s.line == last_line)
@@ -181,33 +237,46 @@ def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, v
     return opened
 
 
-def _incident(model, version, confirmed, values, w, confirm, ref, rows, window, actor):
+def _incident(model, version, confirmed, values, w, confirm, ref, rows, window, actor, params):
     """One incident for every signal confirmed on window ``w``; its evidence is the
     union of their breaching windows (the earliest first bad request)."""
     windows = sorted({d for streak in confirmed.values() for d in streak.windows})
     earliest = min(s.first_time or _iso(rows.times[window.start]) for s in confirmed.values())
     start = max(window.stop - confirm * ref.window, 0)
     clients = rows.clients[start : window.stop]
-    _, counts = np.unique(clients, return_counts=True)
+    keys, counts = np.unique(clients, return_counts=True)
+    shares = {str(k): float(c / len(clients)) for k, c in zip(keys, counts, strict=True)}
+    decision = decide(sorted(confirmed), shares, params)
     lo = max(w - confirm + 1, 0)
     return Incident(
         id=incident_id(version, windows), model=model, version=version,
         signals=sorted(confirmed),
         values={s: [round(float(v), 6) for v in values[s][lo : w + 1]] for s in confirmed},
         thresholds={s: ref.thresholds[s] for s in confirmed}, windows=windows,
-        first_bad=earliest, detected=utc_now(), action="alert", actor=actor,
+        first_bad=earliest, detected=utc_now(), action=decision.action, actor=actor,
         top_client_share=round(float(counts.max() / len(clients)), 4),
+        clients=decision.clients, why=decision.why,
     )  # fmt: skip
 
 
-def _reference(ledger: Ledger, model: str, version: str) -> tuple[dict | None, str]:
-    """The verified release's monitor reference (None when it has none) and model digest."""
+def _policy(ledger: Ledger, model: str, version: str):
+    """The containment policy of ``model@version``: its signed release's ``monitor:``."""
+    return _reference(ledger, model, version)[2]
+
+
+def _reference(ledger: Ledger, model: str, version: str):
+    """The verified release's monitor reference (None when it has none), model digest and
+    ``monitor:`` params (its containment policy)."""
     from aegis.registry.targets import Target
-    from aegis.registry.verify import open_release
+    from aegis.registry.verify import open_release, release_params
 
     release = open_release(ledger, Target(model=model, version=version), fetch=False)
     record = release.metrics.get("monitor")
-    return (record if isinstance(record, dict) else None), release.model_digest
+    return (
+        (record if isinstance(record, dict) else None),
+        release.model_digest,
+        release_params(release).monitor,
+    )
 
 
 def _only_model(ledger: Ledger) -> str:

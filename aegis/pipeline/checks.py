@@ -122,9 +122,10 @@ def _extraction(loaded, train, x_val, x_test, params, *, train_params) -> dict[s
     return record
 
 
-def _monitor(loaded, x_test, extraction: dict | None, params, *, train_params) -> dict[str, Any]:
-    """The production monitor's reference: the test split's outputs (and OOD scores, when
-    the extraction reference is there to score them)."""
+def _monitor(loaded, x_test, y_test, extraction: dict | None, params, *,
+             train_params) -> dict[str, Any]:  # fmt: skip
+    """The production monitor's reference: the test split's outputs, its errors (for
+    feedback) and OOD scores (when the extraction reference is there to score them)."""
     from aegis.evaluate.extraction import ExtractionReference
     from aegis.evaluate.monitoring import calibrate_monitor, model_outputs, window_alpha
 
@@ -142,8 +143,12 @@ def _monitor(loaded, x_test, extraction: dict | None, params, *, train_params) -
     )
     with _training_threads(train_params):
         probs, ood = model_outputs(loaded.model, x_test, ood=score)
-        record = calibrate_monitor(probs=probs, ood=ood, window=params.window, alpha=alpha,
-                                   boots=params.boots, seed=train_params.seed)  # fmt: skip
+        import numpy as np
+
+        correct = probs.argmax(axis=1) == np.asarray(y_test)
+        record = calibrate_monitor(probs=probs, ood=ood, correct=correct, window=params.window,
+                                   alpha=alpha, boots=params.boots,
+                                   seed=train_params.seed)  # fmt: skip
     record["calibrated_on"] |= {"split": "test", "confirm": params.confirm}
     return record
 
@@ -188,6 +193,6 @@ def post_training_checks(
                                             train_params=train_params)  # fmt: skip
     monitor = ledger.ws.params().monitor
     if monitor.enabled and len(x_test) >= 20:
-        metrics["monitor"] = _monitor(loaded, x_test, metrics.get("extraction"), monitor,
+        metrics["monitor"] = _monitor(loaded, x_test, y_test, metrics.get("extraction"), monitor,
                                       train_params=train_params)  # fmt: skip
     return ExtraChecks(metrics, flags)

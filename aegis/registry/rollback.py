@@ -1,14 +1,16 @@
 """Verified rollback: move ``prod`` back to an earlier production version.
 
-The target is the latest earlier prod holder that is not marked bad (or the
-one ``--to`` names, which must have held prod before: a rollback never
+The target is the latest earlier prod holder marked neither bad nor suspect (or
+the one ``--to`` names, which must have held prod before: a rollback never
 bypasses promotion). It is fetched from the DVC store if needed and verified
 (signature, signer, every file's hash, registry and dataset evidence) before
 anything changes; a target that fails is refused and production is untouched.
 
 The change itself is one journaled registry change (see ``journal``): assign
 ``prod`` to the target, unassign it from the current holder, mark the current
-holder ``bad``. Crash points: ``rollback.intent``, ``rollback.assign``,
+holder ``bad`` (an operator's rollback) or ``suspect`` (the production monitor's: it
+acts on statistics over traffic, so it cannot condemn a version; an operator decides).
+Crash points: ``rollback.intent``, ``rollback.assign``,
 ``rollback.unassign``, ``rollback.mark-bad``, ``rollback.done``.
 """
 
@@ -39,6 +41,8 @@ class RollbackPlan:
     actor: str
     reason: str
     request: str | None = None  # digest of the operator-signed request it runs (a deployment)
+    mark: str = registry_tags.BAD  # what the version rolled back from becomes
+    evidence: dict | None = None  # a monitor rollback: the incident id and its windows
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class RollbackOutcome:
     tags: list[str] = field(default_factory=list)
     seconds: float = 0.0
     reconciled: list[str] = field(default_factory=list)
+    mark: str = registry_tags.BAD  # what from_version became
 
 
 def released_digests(ledger: Ledger, model: str, version: str) -> dict[str, str]:
@@ -91,6 +96,8 @@ def plan_rollback(
     operator_key_path: Path | None,
     model: str | None = None,
     request: RollbackRequest | None = None,
+    monitor_key_path: Path | None = None,
+    evidence: dict | None = None,
 ) -> RollbackPlan:
     """Decides the rollback: who, from which prod version, to which version.
 
@@ -103,6 +110,10 @@ def plan_rollback(
         model: The model, when ``to`` is None and several are registered.
         request: A verified operator-signed request (instead of a key): its
             operator is the actor (:mod:`aegis.registry.rollback_request`).
+        monitor_key_path: A monitor key instead (the production monitor's automatic
+            rollback): it needs ``evidence``, may not choose ``to``, and marks the
+            version it leaves ``suspect``, not ``bad``.
+        evidence: The incident that moved the monitor: ``{"incident", "windows"}``.
 
     Raises:
         UsageError: No reason, no key, or a target of another model.
@@ -111,7 +122,15 @@ def plan_rollback(
     """
     if not reason or not check_reason(reason):
         raise UsageError("a rollback needs --reason (it goes to the audit log)")
-    if request is not None:
+    mark = registry_tags.BAD
+    if monitor_key_path is not None:
+        if to is not None or request is not None or operator_key_path is not None:
+            raise UsageError("a monitor rollback goes to the last known-good version only")
+        if not evidence or not evidence.get("incident"):
+            raise UsageError("a monitor rollback needs the incident that caused it")
+        actor, _ = ledger.actor(monitor_key_path, role="monitor")
+        mark = registry_tags.SUSPECT
+    elif request is not None:
         actor = request.actor
     elif operator_key_path is None:
         raise UsageError("a rollback is an operator's decision: give --key OPERATOR_KEY")
@@ -126,12 +145,10 @@ def plan_rollback(
     if state.prod is None:
         raise RefusedError("rollback", f"{name}: no version holds prod, nothing to roll back")
     if to is None:
-        eligible = [
-            v for v in reversed(state.prod_history) if v != state.prod and v not in state.bad
-        ]
+        eligible = state.known_good()
         if not eligible:
             raise RefusedError(
-                "rollback", f"{name}: no earlier prod version that is not marked bad"
+                "rollback", f"{name}: no earlier prod version that is not marked bad or suspect"
             )
         target = eligible[0]
     else:
@@ -144,7 +161,8 @@ def plan_rollback(
             raise RefusedError("rollback", f"{name}@{target} never held prod (promote it instead)")
     return RollbackPlan(
         model=name, from_version=state.prod, to_version=target, actor=actor,
-        reason=reason.strip(), request=request.digest if request else None,
+        reason=reason.strip(), request=request.digest if request else None, mark=mark,
+        evidence=evidence if monitor_key_path is not None else None,
     )  # fmt: skip
 
 
@@ -160,7 +178,7 @@ def verify_target(ledger: Ledger, plan: RollbackPlan):
 
 
 def apply_rollback(ledger: Ledger, plan: RollbackPlan, verified) -> RollbackOutcome:
-    """Moves prod to the verified target and marks the previous holder bad.
+    """Moves prod to the verified target and marks the previous holder (``plan.mark``).
 
     Under the workspace lock, the registry is read again: if prod moved or the
     target was marked bad meanwhile, the change is refused (and audited as
@@ -184,12 +202,14 @@ def apply_rollback(ledger: Ledger, plan: RollbackPlan, verified) -> RollbackOutc
         "to_version": plan.to_version,
         "reason": plan.reason,
         **({"request": plan.request} if plan.request else {}),
+        **({"mark": plan.mark} if plan.mark != registry_tags.BAD else {}),
+        **(plan.evidence or {}),
     }
     state = registry_tags.read_registry(ledger, plan.model)
     planned = registry_tags.plan_stage_tags(
         ws,
         model=plan.model,
-        ops=[(registry_tags.PROD, False), (registry_tags.PROD, True), (registry_tags.BAD, False)],
+        ops=[(registry_tags.PROD, False), (registry_tags.PROD, True), (plan.mark, False)],
     )
     commits = [state.get(v) for v in (plan.to_version, plan.from_version, plan.from_version)]
     if any(c is None for c in commits):
@@ -207,13 +227,15 @@ def apply_rollback(ledger: Ledger, plan: RollbackPlan, verified) -> RollbackOutc
             raise RefusedError(
                 "rollback", f"prod moved to {state.prod} meanwhile (was {plan.from_version})"
             )
-        if plan.to_version in state.bad:
-            raise RefusedError("rollback", f"{plan.to_version} was marked bad meanwhile")
+        if plan.to_version in state.bad or (
+            plan.mark == registry_tags.SUSPECT and plan.to_version in state.suspect
+        ):
+            raise RefusedError("rollback", f"{plan.to_version} was marked {plan.mark} meanwhile")
         _set_stage(ws, plan, plan.to_version, registry_tags.PROD, message, unassign=False)
         journal.crash_point("rollback.assign")
         _set_stage(ws, plan, plan.from_version, registry_tags.PROD, message, unassign=True)
         journal.crash_point("rollback.unassign")
-        _set_stage(ws, plan, plan.from_version, registry_tags.BAD, message, unassign=False)
+        _set_stage(ws, plan, plan.from_version, plan.mark, message, unassign=False)
         journal.crash_point("rollback.mark-bad")
     done = ledger.log.last
     return RollbackOutcome(
@@ -229,6 +251,7 @@ def apply_rollback(ledger: Ledger, plan: RollbackPlan, verified) -> RollbackOutc
         audit_seq=done.seq if done else -1,
         tags=list(change.tags),
         seconds=time.perf_counter() - started,
+        mark=plan.mark,
     )
 
 
@@ -246,6 +269,8 @@ def rollback(
     reason: str,
     operator_key_path: Path | None,
     model: str | None = None,
+    monitor_key_path: Path | None = None,
+    evidence: dict | None = None,
 ) -> RollbackOutcome:
     """Verified rollback: plan, verify the target, then move prod (see the module docstring).
 
@@ -255,6 +280,9 @@ def rollback(
         reason: Why (audited).
         operator_key_path: An active operator key (the audited actor).
         model: Which model, if ``to`` is None and several are registered.
+        monitor_key_path: The production monitor's key instead of an operator's (see
+            :func:`plan_rollback`), with ``evidence``.
+        evidence: The incident behind a monitor rollback.
 
     Returns:
         The outcome, with both versions' digests and the wall time.
@@ -267,8 +295,9 @@ def rollback(
     started = time.perf_counter()
     reconciled = journal.reconcile(ledger)
     plan = plan_rollback(
-        ledger, to=to, reason=reason, operator_key_path=operator_key_path, model=model
-    )
+        ledger, to=to, reason=reason, operator_key_path=operator_key_path, model=model,
+        monitor_key_path=monitor_key_path, evidence=evidence,
+    )  # fmt: skip
     verified = verify_target(ledger, plan)
     outcome = apply_rollback(ledger, plan, verified)
     return dataclasses.replace(

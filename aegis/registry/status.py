@@ -75,6 +75,7 @@ class ModelStatus:
     bad: list[str]
     prod_history: list[str]
     versions: list[VersionStatus]
+    suspect: list[str] = field(default_factory=list)  # rolled back from by the monitor
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -184,6 +185,7 @@ def model_status(ledger: Ledger, model: str) -> ModelStatus:
         model=model,
         prod=state.prod,
         bad=sorted(state.bad),
+        suspect=sorted(state.suspect),
         prod_history=list(state.prod_history),
         versions=versions,
     )

@@ -8,8 +8,9 @@ increasing. ``aegis status`` therefore reports the exact order.
 
 Tag forms (GTO's): ``model@v1.0.0`` registers a version on a commit,
 ``model#prod#7`` assigns stage ``prod`` to the version on the tagged commit,
-``model#prod!#8`` unassigns it. Aegis uses two stages: ``prod`` (exactly one
-holder) and ``bad`` (versions rolled back from).
+``model#prod!#8`` unassigns it. Aegis uses three stages: ``prod`` (exactly one
+holder), ``bad`` (versions an operator rolled back from) and ``suspect`` (versions the
+production monitor rolled back from: an operator decides whether they are bad).
 
 Git tags are not signed, so anyone who can write to the repository could
 ``git tag`` or ``gto assign`` a version into prod. Every registry change is
@@ -32,6 +33,7 @@ from aegis.workspace import Workspace
 
 PROD = "prod"
 BAD = "bad"
+SUSPECT = "suspect"
 _REGISTRATION = re.compile(r"^(?P<model>[^@#]+)@(?P<version>v\d+\.\d+\.\d+)(?P<dereg>!)?$")
 _ASSIGNMENT = re.compile(r"^(?P<model>[^@#]+)#(?P<stage>[^#!]+)(?P<un>!)?#(?P<n>\d+)$")
 
@@ -57,6 +59,12 @@ class RegistryState:
     prod: str | None
     bad: set[str]
     prod_history: list[str]  # versions in the order they were assigned prod (oldest first)
+    suspect: set[str] = field(default_factory=set)
+
+    def known_good(self) -> list[str]:
+        """Earlier prod holders neither bad nor suspect, latest first (rollback targets)."""
+        out = [v for v in reversed(self.prod_history) if v != self.prod]
+        return [v for v in dict.fromkeys(out) if v not in self.bad | self.suspect]
 
     def get(self, version: str) -> VersionInfo | None:
         return next((v for v in self.versions if v.version == version), None)
@@ -167,6 +175,7 @@ def state_of(model: str, rows: list[tuple[str, str, str]]) -> RegistryState:
         prod=prod,
         bad={v.version for v in ordered if BAD in v.stages},
         prod_history=history,
+        suspect={v.version for v in ordered if SUSPECT in v.stages},
     )
 
 

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from aegis import vcs
+from aegis.config import Params
 from aegis.crypto.bundle import compare_digests, hash_directory
 from aegis.crypto.signing import (
     KeyIdentity,
@@ -60,6 +61,7 @@ from aegis.crypto.signing import (
 )
 from aegis.errors import (
     AegisError,
+    ConfigError,
     FreshnessError,
     RefusedError,
     TransientIOError,
@@ -168,6 +170,23 @@ def read_verified(verified: VerifiedRelease, name: str) -> bytes:
     if not isinstance(verified, VerifiedRelease):
         raise TypeError("read_verified takes a VerifiedRelease (use open_release)")
     return _read_signed(_source(verified), verified.files, name)
+
+
+def release_params(verified: VerifiedRelease) -> Params:
+    """The release's signed ``params.yaml`` (its serving and monitoring policy go with it).
+
+    Raises:
+        ConfigError: The signed params do not parse under this version of Aegis.
+    """
+    from aegis.config import parse_params
+    from aegis.yamlio import YamlRefused, load_yaml
+
+    raw = read_verified(verified, "params.yaml")
+    try:
+        data = load_yaml(raw.decode("utf-8"))
+    except (YamlRefused, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{verified}: its signed params.yaml does not parse ({exc})") from None
+    return parse_params(data, source=f"{verified} params.yaml")
 
 
 def _source(verified: VerifiedRelease) -> Path | Mapping[str, bytes]:

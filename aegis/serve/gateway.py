@@ -37,6 +37,7 @@ from aegis.errors import AegisError
 from aegis.events import EventOutbox, make_event
 from aegis.fileutil import ensure_dir
 from aegis.ledger import Ledger
+from aegis.monitor.throttles import throttles
 from aegis.registry.targets import Target, parse_target
 from aegis.serve.clients import (
     EMPTY,
@@ -126,6 +127,7 @@ class Gateway:
         self.served = served or load_served(self._watch_ledger, self.target)
         self._clients_lock = threading.Lock()
         self._set_clients(load_clients(self._ledger))
+        self.throttled = throttles(self._ledger)  # the monitor's: {client id: until}
         self._log_path = self.ws.audit().log_path
         self._client_stamp = self._watch_stamp = _stamp(self._log_path)
         self.metrics = GatewayMetrics()
@@ -173,6 +175,7 @@ class Gateway:
                 return
             try:
                 self._ledger.refresh()
+                self.throttled = throttles(self._ledger)
                 clients = load_clients(self._ledger)
                 if clients.digest != self.clients.digest or self._clients_refused:
                     self._set_clients(clients)
@@ -263,7 +266,7 @@ class Gateway:
 
     def _predict(self, client: Client, body: bytes, started: float) -> dict[str, Any]:
         served = self.served  # one model for the whole request, whatever reloads meanwhile
-        client = self._extraction_policy(client, served)
+        client = self._rate_policy(client, served)
         try:
             rows = self.rows_of(body, served)
         except GatewayError:
@@ -317,8 +320,12 @@ class Gateway:
 
     # -- theft: the extraction monitor and the watermark -------------------------------------
 
-    def _extraction_policy(self, client: Client, served: ServedModel) -> Client:
-        """``serve.on_extraction`` for a client the monitor flagged: 403, or a lower rate."""
+    def _rate_policy(self, client: Client, served: ServedModel) -> Client:
+        """A lower rate for a key the production monitor throttled (until it lapses), and
+        ``serve.on_extraction`` for a client the extraction monitor flagged: 403, or a
+        lower rate."""
+        if self.throttled.get(client.id, 0.0) > time.time():
+            client = self._slower(client, served)
         policy = served.params.on_extraction
         if policy in ("off", "alert") or not self.extraction.flagged(client.id):
             return client
@@ -327,6 +334,10 @@ class Gateway:
                 403, "extraction", f"client '{client.name}' is blocked: its queries look like "
                 "model extraction (operators are alerted)",
             )  # fmt: skip
+        return self._slower(client, served)
+
+    @staticmethod
+    def _slower(client: Client, served: ServedModel) -> Client:
         slower = Limit(max(client.rate.count // served.params.throttle_factor, 1),
                        client.rate.seconds)  # fmt: skip
         return dataclasses.replace(client, rate=slower)

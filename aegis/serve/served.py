@@ -22,15 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from aegis.config import ServeParams, parse_params
-from aegis.errors import ConfigError, RefusedError
+from aegis.config import ServeParams
+from aegis.errors import RefusedError
 from aegis.ledger import Ledger
 from aegis.registry.targets import Target
 from aegis.registry.verify import (
     VerifiedRelease,
     load_release_model,
     open_release,
-    read_verified,
 )
 from aegis.timeutil import utc_now
 
@@ -237,14 +236,9 @@ def release_serve_params(verified: VerifiedRelease) -> ServeParams:
     Raises:
         ConfigError: The signed params do not parse under this version of Aegis.
     """
-    from aegis.yamlio import YamlRefused, load_yaml
+    from aegis.registry.verify import release_params
 
-    raw = read_verified(verified, "params.yaml")
-    try:
-        data = load_yaml(raw.decode("utf-8"))
-    except (YamlRefused, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{verified}: its signed params.yaml does not parse ({exc})") from None
-    return parse_params(data, source=f"{verified} params.yaml").serve
+    return release_params(verified).serve
 
 
 def _detector(verified: VerifiedRelease, kind: str):

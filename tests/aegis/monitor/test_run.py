@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
-import pandas as pd
 import pytest
-from serve_helpers import MODEL, ask, in_process_gateway
+from monitor_helpers import clean_rows, serve_rows
+from serve_helpers import MODEL
 
 from aegis.errors import RefusedError
 from aegis.ledger import Ledger
@@ -18,44 +17,22 @@ from aegis.monitor.state import state_path
 from aegis.serve.records import segments_index
 
 
-def _test_rows(served) -> np.ndarray:
-    """The release's own test split (what its reference was fitted on: clean traffic)."""
-    from aegis.train.data import rebuild_split
-
-    release = served.root / "releases" / MODEL / "v1"
-    config = json.loads((release / "model" / "config.json").read_text())
-    frame = pd.read_parquet(next(served.env.raw.glob("*.parquet")))
-    split = rebuild_split(frame, config["split"])
-    return frame.drop(columns=["label"]).to_numpy(np.float64)[split.test]
-
-
-def _serve(served, rows: np.ndarray, *, batch: int = 25, segment: bool = False) -> None:
-    """Answers ``rows`` in requests of ``batch``; ``segment``: one log segment per request."""
-    gw = in_process_gateway(served)
-    try:
-        for start in range(0, len(rows), batch):
-            ask(gw, served.tokens["app"], rows[start : start + batch])
-            if segment:
-                gw.predlog.flush()
-    finally:
-        gw.close()  # writes the buffered rows: a signed segment
-
-
 def _pass(served, key, **kwargs):
     return monitor_pass(Ledger.load(served.env.ws), key_path=key, **kwargs)
 
 
 def test_clean_traffic_opens_nothing_and_a_shift_opens_one_incident(served, monitor_key, cli):
-    clean = _test_rows(served)
-    _serve(served, clean[:100])
+    clean = clean_rows(served)
+    serve_rows(served, clean[:100])
     first = _pass(served, monitor_key)
     assert first.windows == {"v1.0.0": 2} and not first.incidents
     saved = state_path(served.env.ws).read_bytes()
-    _serve(served, 16.0 - clean[100:200])  # inverted digits: far outside the reference
+    serve_rows(served, 16.0 - clean[100:200])  # inverted digits: far outside the reference
     second = _pass(served, monitor_key)
     assert second.windows == {"v1.0.0": 2}
     [incident] = second.incidents  # every signal confirmed on one window: one incident
-    assert "ood_count" in incident.signals and incident.action == "alert"
+    assert "ood_count" in incident.signals
+    assert incident.action == "throttle" and incident.clients == [served.clients["app"]]
     assert len(incident.windows) == 2 and incident.time_to_detect_s >= 0
     assert min(incident.values["ood_count"]) > incident.thresholds["ood_count"]
     assert incident.top_client_share == 1.0  # one client sent it all
@@ -73,14 +50,14 @@ def test_clean_traffic_opens_nothing_and_a_shift_opens_one_incident(served, moni
 
 
 def test_windows_span_segments_and_a_breach_is_confirmed_across_passes(served, monitor_key):
-    clean = _test_rows(served)
-    _serve(served, clean[:75], batch=30, segment=True)  # segments of 30, 30 and 15 rows
+    clean = clean_rows(served)
+    serve_rows(served, clean[:75], batch=30, segment=True)  # segments of 30, 30 and 15 rows
     assert _pass(served, monitor_key).windows == {"v1.0.0": 1}  # the cursor: mid-segment
-    _serve(served, 16.0 - clean[75:100], batch=25, segment=True)
+    serve_rows(served, 16.0 - clean[75:100], batch=25, segment=True)
     first = _pass(served, monitor_key)  # rows 50-99: 25 clean, 25 inverted
     assert first.windows == {"v1.0.0": 1} and not first.incidents
     assert first.breaches["v1.0.0"]["ood_count"] == 1  # one breaching window: not confirmed
-    _serve(served, 16.0 - clean[100:150], batch=50, segment=True)
+    serve_rows(served, 16.0 - clean[100:150], batch=50, segment=True)
     second = _pass(served, monitor_key)
     [incident] = second.incidents
     assert len(incident.windows) == 2 and "ood_count" in incident.signals
@@ -92,7 +69,7 @@ def test_windows_span_segments_and_a_breach_is_confirmed_across_passes(served, m
 def test_a_segment_gone_out_of_order_is_refused_and_one_the_cap_took_is_skipped(
     served, monitor_key
 ):
-    _serve(served, _test_rows(served)[:90], batch=30, segment=True)
+    serve_rows(served, clean_rows(served)[:90], batch=30, segment=True)
     names = [json.loads(line)["body"]["file"]
              for line in segments_index(served.env.ws).read_text().splitlines()]  # fmt: skip
     directory = segments_index(served.env.ws).parent
@@ -107,7 +84,7 @@ def test_a_segment_gone_out_of_order_is_refused_and_one_the_cap_took_is_skipped(
 
 
 def test_a_changed_segment_or_index_is_refused_before_anything_is_read(served, monitor_key):
-    _serve(served, _test_rows(served)[:60])
+    serve_rows(served, clean_rows(served)[:60])
     segment = next(segments_index(served.env.ws).parent.glob("*.parquet"))
     original = segment.read_bytes()
     data = bytearray(original)
@@ -132,7 +109,7 @@ def test_a_changed_segment_or_index_is_refused_before_anything_is_read(served, m
 
 
 def test_an_edited_state_is_refused(served, monitor_key):
-    _serve(served, _test_rows(served)[:50])
+    serve_rows(served, clean_rows(served)[:50])
     _pass(served, monitor_key)
     path = state_path(served.env.ws)
     document = json.loads(path.read_text())
