@@ -80,6 +80,40 @@ def monitor(
         time.sleep(every)
 
 
+@app.command()
+def drill(
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="An empty folder (default: a new temporary one).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rehearse the incident playbook in a scratch workspace with its own keys: a degraded
+    model released and promoted, replayed through a real gateway, detected by the monitor
+    and rolled back automatically; prints time-to-detect and time-to-contain."""
+    from aegis.drill import run_drill
+    from aegis.errors import AegisError
+    from aegis.workspace import find_workspace
+
+    try:
+        policy = find_workspace(STATE.workspace).root  # rehearse this workspace's policy
+    except AegisError:
+        policy = None
+    console = _console(stderr=True)
+    result = run_drill(directory, policy_from=policy,
+                       say=lambda line: console.print(line, markup=False))  # fmt: skip
+    if STATE.json or as_json:
+        _print_json(result.to_json())
+        return
+    contain = "-" if result.time_to_contain_s is None else f"{result.time_to_contain_s:.1f} s"
+    _console().print(
+        f"drill: incident {result.incident} ({', '.join(result.signals)}), {result.action} to "
+        f"{result.rolled_back_to}; time to detect {result.time_to_detect_s:.1f} s, to contain "
+        f"{contain} (from the first bad request; monitor every {result.monitor_interval_s:g} s)"
+        f"; {result.seconds:.0f} s in all. Workspace: {result.workspace}",
+        markup=False,
+    )
+
+
 @incidents_app.command("list")
 def incidents_list(as_json: JsonOpt = False) -> None:
     """Every incident on the audit log, oldest first."""
@@ -115,3 +149,56 @@ def incidents_show(incident: Annotated[str, typer.Argument(help="An incident id.
         return
     for name, value in body.items():
         _console().print(f"{name}: {value}", markup=False)
+
+
+# -- aegis report ----------------------------------------------------------------------------
+
+report_app = typer.Typer(help="Self-contained HTML reports.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("incidents")
+def report_incidents(
+    out: Annotated[
+        Path | None, typer.Option(help="The HTML file (default: incidents-report.html here).")
+    ] = None,
+    last: Annotated[
+        int | None, typer.Option(help="Plot the newest this many windows (default: all).")
+    ] = None,
+) -> None:
+    """The monitor's incidents and every tested window's signals against their thresholds."""
+    from aegis.errors import UsageError
+    from aegis.fileutil import atomic_write
+    from aegis.monitor.incidents import incidents
+    from aegis.monitor.report import render_incident_report
+    from aegis.monitor.windows import read_windows
+
+    if last is not None and last < 1:
+        raise UsageError(f"--last {last}: at least 1")
+    target = (out or Path("incidents-report.html")).absolute()
+    _check_out(target)
+    ledger = _ledger()
+    page = render_incident_report(windows=read_windows(ledger.ws, last=last),
+                                  incidents=incidents(ledger),
+                                  title=f"Aegis incidents: {ledger.ws.root.name}")  # fmt: skip
+    atomic_write(target, page.encode())
+    _console().print(str(target), markup=False, soft_wrap=True)
+
+
+def _check_out(path: Path) -> None:
+    """Refuses an --out that is not a new or regular file in an existing directory."""
+    import os
+    import stat
+
+    from aegis.errors import UsageError
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file")  # fmt: skip
+        raise UsageError(f"--out {path}: {kind}; give a file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {path}: no directory {path.parent}")

@@ -257,10 +257,12 @@ def calibrate_extraction(
     """
     feats = penultimate(model, x_fit)
     y = y_fit.numpy()
-    classes = int(y.max()) + 1
-    means = np.stack([feats[y == c].mean(axis=0) for c in range(classes)])
-    centered = feats - means[y]
-    cov = centered.T @ centered / max(len(feats) - classes, 1)
+    # the classes the training split holds: one with no rows (a delivery without it) has
+    # no mean, and a row's OOD score is its distance to the nearest class that has one
+    present, index = np.unique(y, return_inverse=True)
+    means = np.stack([feats[y == c].mean(axis=0) for c in present])
+    centered = feats - means[index]
+    cov = centered.T @ centered / max(len(feats) - len(present), 1)
     cov += np.eye(len(cov)) * (1e-3 * float(np.trace(cov)) / len(cov) + 1e-9)  # dead units
     precision = np.linalg.inv(cov)
     calib_scores = ood_scores(means, precision, penultimate(model, x_calib))

@@ -2,30 +2,24 @@
 
 Plots are drawn with matplotlib's Agg canvas and embedded as base64 PNG data URIs, so the
 page opens offline. Every string from the metrics, the history or the details is
-HTML-escaped; a plot whose data is absent is replaced by a note saying so.
+HTML-escaped; a plot whose data is absent is replaced by a note saying so (the helpers
+are shared with the monitor's report: :mod:`aegis.htmlreport`).
 """
 
 from __future__ import annotations
 
-import base64
-import io
-import math
 from collections.abc import Callable
 from html import escape
 from itertools import pairwise
-from typing import Any
 
-# The Figure/canvas API, not pyplot: no global backend switch, no GUI, safe in threads.
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:70rem}
-table{border-collapse:collapse;margin:.5rem 0 1.5rem}
-td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.9rem}
-th{background:#f3f3f3}.ok{color:#11772d}.bad{color:#b00020;font-weight:600}
-.note{color:#666;font-style:italic}figure{display:inline-block;margin:0 1rem 1rem 0}
-"""
+from aegis.htmlreport import STYLE as _STYLE
+from aegis.htmlreport import figure as _figure
+from aegis.htmlreport import fmt as _fmt
+from aegis.htmlreport import is_num as _is_num
+from aegis.htmlreport import plain as _plain
+from aegis.htmlreport import row as _row
 
 _ATTACKS = [
     ("pgd", "our PGD"),
@@ -34,47 +28,6 @@ _ATTACKS = [
     ("square", "Square"),
     ("worst_case", "worst case (headline)"),
 ]
-
-
-def _is_num(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _row(cells: list[Any], header: bool = False) -> str:
-    tag = "th" if header else "td"
-    return "<tr>" + "".join(f"<{tag}>{escape(_fmt(c))}</{tag}>" for c in cells) + "</tr>"
-
-
-def _plain(text: Any) -> str:
-    """Text for matplotlib: ``$`` would start mathtext, which can fail on hostile input."""
-    return str(text).replace("$", r"\$")
-
-
-def _png(draw: Callable[[Figure], None]) -> str:
-    fig = Figure(figsize=(5.2, 3.6), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    draw(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _figure(title: str, draw: Callable[[Figure], None] | None, missing: str) -> str:
-    if draw is None:
-        return f"<h3>{escape(title)}</h3><p class='note'>Not shown: {escape(missing)}.</p>"
-    return (
-        f"<figure><figcaption><b>{escape(title)}</b></figcaption>"
-        f"<img alt='{escape(title, quote=True)}' src='data:image/png;base64,{_png(draw)}'>"
-        "</figure>"
-    )
 
 
 def history_panels(history: list[dict] | None) -> dict[str, list[str]]:

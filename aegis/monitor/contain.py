@@ -113,7 +113,7 @@ def contain(
              f"{outcome.to_version} ({outcome.from_version} marked suspect)")  # fmt: skip
     served_at = "registry"
     if gateway:
-        served_at = "gateway" if _wait_served(gateway, outcome.to_version,
+        served_at = "gateway" if wait_served(gateway, outcome.to_version,
                                               params.contain_timeout) else "timeout"  # fmt: skip
     with ledger.locked():
         return _contained(ledger, incident, {
@@ -133,7 +133,7 @@ def _contained(ledger: Ledger, incident: Incident, details: dict[str, Any]) -> d
     return body
 
 
-def _wait_served(gateway: str, version: str, timeout: float) -> bool:
+def wait_served(gateway: str, version: str, timeout: float) -> bool:
     """Polls ``GET {gateway}/readyz`` until it serves ``version`` (or ``timeout`` passes)."""
     url = gateway.rstrip("/") + "/readyz"
     deadline = time.monotonic() + timeout

@@ -9,7 +9,8 @@ emits ``aegis.monitor.breach`` to Prefect and contains it as the release's polic
 (:mod:`aegis.monitor.contain`: rollback, throttle, retrain or alert). It holds a
 ``monitor`` key: it signs its state and is the actor of its incidents, throttles and
 rollbacks; it can neither promote nor approve (those commands ask for other roles).
-Every tested window's values go to the window history (:mod:`aegis.monitor.windows`).
+Every tested window's values go to the window history (:mod:`aegis.monitor.windows`),
+and the figures to a Prometheus textfile (:mod:`aegis.monitor.prom`).
 """
 
 from __future__ import annotations
@@ -124,6 +125,11 @@ def monitor_pass(
                        progress=progress)  # fmt: skip
         if done is not None:
             report.contained.append(done)
+    from aegis.monitor.prom import write_metrics
+    from aegis.monitor.windows import read_windows
+
+    ledger.refresh()
+    write_metrics(ledger.ws, windows=read_windows(ledger.ws), incidents=incidents(ledger))
     return report
 
 

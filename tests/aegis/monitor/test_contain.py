@@ -15,6 +15,7 @@ from aegis.config import MonitorParams
 from aegis.ledger import Action, Ledger
 from aegis.monitor.contain import decide
 from aegis.monitor.incidents import incidents
+from aegis.monitor.prom import metrics_path
 from aegis.monitor.run import monitor_pass
 from aegis.monitor.windows import read_windows
 from aegis.registry.tags import read_registry
@@ -71,6 +72,9 @@ def test_a_shift_from_many_keys_rolls_back_to_the_known_good_version_and_marks_i
     assert not again.incidents and not again.contained
     windows = read_windows(served.env.ws)
     assert len(windows) == 2 and all(w.breached for w in windows)
+    metrics = metrics_path(served.env.ws).read_text()
+    [line] = [x for x in metrics.splitlines() if x.startswith("aegis_monitor_incidents_total")]
+    assert 'action="rollback"' in line and line.endswith(" 1.0")
     status = cli("status", "--json", cwd=served.root)
     assert "v2.0.0" in json.loads(status.out)["models"][0]["suspect"]
     # the monitor's key may roll back only through the monitor: an operator command refuses it
