@@ -117,3 +117,15 @@ def test_repeats_are_not_counted(fitted):
     net, x, ref, _ = fitted
     state = _stream(net, ref, x[:1].repeat(50, 1))
     assert state.queries == 50 and state.counted == 1 and not state.distances
+
+
+def test_a_training_split_without_a_class_fits_a_finite_reference(fitted):
+    net, x, _, _ = fitted
+    from sklearn.datasets import load_digits
+
+    y = torch.from_numpy(load_digits(return_X_y=True)[1].astype(np.int64))
+    keep = (y[:1200] != 1) & (y[:1200] != 3)  # a delivery whose 1s and 3s were relabelled away
+    record = calibrate_extraction(net, x_fit=x[:1200][keep], y_fit=y[:1200][keep],
+                                  x_calib=x[1200:1500], streams=2, length=300)  # fmt: skip
+    ref = ExtractionReference.from_json(record)  # finite: it loads
+    assert ref.means.shape[0] == 8 and np.isfinite(ref.scores(net, x[1500:])).all()

@@ -77,3 +77,27 @@ def test_the_window_alpha_comes_from_the_daily_budget():
     )
     with pytest.raises(ValueError):
         window_alpha(false_alarms_per_day=0, windows_per_day=1000, confirm=2)
+
+
+def test_feedback_accuracy_holds_its_false_alarm_rate_and_catches_a_fall_in_accuracy():
+    rng = np.random.default_rng(3)
+    probs = _probs(rng, 400)
+    correct = rng.random(400) > 0.05  # 5 % errors on the reference
+    record = calibrate_monitor(probs=probs, correct=correct, window=50, alpha=0.04, boots=500)
+    ref = MonitorReference.from_json(record)
+    assert record["feedback"] == {"errors": int((~correct).sum()), "rows": 400}
+    per_signal = record["calibrated_on"]["alpha_per_signal"]
+    assert per_signal == pytest.approx(0.04 / 3)  # three signals share the budget
+    windows = _probs(rng, 2000 * 50).reshape(2000, 50, -1)
+    labels = windows.argmax(axis=2)
+    same = np.where(rng.random((2000, 50)) > 0.05, labels, (labels + 1) % 5)  # 5 % wrong
+    false_alarms = breaches(ref, signals(ref, windows, labels, None, same))["feedback_accuracy"]
+    assert false_alarms.mean() <= per_signal * 1.5  # conservative: at most alpha_s
+    worse = np.where(rng.random((2000, 50)) > 0.25, labels, (labels + 1) % 5)  # 25 % wrong
+    assert (
+        breaches(ref, signals(ref, windows, labels, None, worse))["feedback_accuracy"].mean() > 0.9
+    )
+    unlabelled = np.full((2000, 50), -1)
+    assert "feedback_accuracy" not in signals(ref, windows, labels, None, unlabelled)
+    with pytest.raises(ValueError, match="feedback"):
+        MonitorReference.from_json(record | {"feedback": {"errors": 5, "rows": 2}})
