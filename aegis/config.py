@@ -453,6 +453,12 @@ class MonitorParams(_Section):
     contain_timeout: float = Field(
         default=30, gt=0, le=600, description="seconds to wait for the gateway to serve it"
     )
+    every: float | None = Field(
+        default=None, ge=1, le=86_400, description="the monitor deployment's interval, seconds"
+    )
+    gateway: str | None = Field(
+        default=None, pattern=r"^https?://", description="the gateway's URL (containment)"
+    )
 
     @field_validator("actions")
     @classmethod

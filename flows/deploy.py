@@ -9,8 +9,11 @@ flows for that workspace alone.
 - ``watch/<name>``: on an interval of ``triggers.watch_for``, at most one run at a
   time (a new one is cancelled while one polls).
 - ``retrain/<name>``: the ``aegis.dataset.arrived`` event trigger (this workspace's
-  events, one run per manifest digest within ``triggers.within``), and the
-  ``triggers.schedule`` cron if set; one run at a time, the rest queued.
+  events, one run per manifest digest within ``triggers.within``), the
+  ``aegis.monitor.breach`` trigger of incidents whose action is ``retrain`` (one run per
+  incident), and the ``triggers.schedule`` cron if set; one run at a time, the rest queued.
+- ``monitor/<name>``: a monitor pass every ``monitor.every`` seconds (no schedule when
+  unset); the worker holds the monitor key (``AEGIS_MONITOR_KEY``), never a parameter.
 - ``promote/<name>``, ``rollback/<name>``: no schedule; they run only operator-signed
   requests (see ``tasks/registry.py``).
 """
@@ -24,8 +27,10 @@ from pathlib import Path
 from aegis.config import duration_seconds
 from aegis.errors import ConfigError
 from aegis.ledger import Ledger
+from aegis.monitor.contain import BREACH
 from aegis.triggers.arrivals import EVENT
 from aegis.workspace import Workspace
+from flows.monitor import monitor
 from flows.promote import promote
 from flows.retrain import retrain
 from flows.rollback import rollback
@@ -68,6 +73,19 @@ def arrival_trigger(label: str, root: str, within: float):
     )
 
 
+def incident_trigger(label: str, root: str):
+    """The retrain deployment's second trigger: a monitor incident whose action is retrain."""
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name=f"aegis: retrain on a monitor incident ({label})",
+        expect={BREACH}, match={"aegis.workspace": label, "aegis.action": "retrain"},
+        for_each={"aegis.incident"}, posture="Reactive", threshold=1,
+        within=timedelta(seconds=3600),
+        parameters={"workspace": root, "incident": "{{ event.resource['aegis.incident'] }}"},
+    )  # fmt: skip
+
+
 def _ensure_pool(client, pool: str) -> None:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
@@ -79,7 +97,7 @@ def _ensure_pool(client, pool: str) -> None:
 
 
 def deploy_all(root: Path, *, pool: str = POOL, name: str = NAME) -> list[Deployed]:
-    """Creates or updates the four deployments (and the work pool) on the configured server.
+    """Creates or updates the five deployments (and the work pool) on the configured server.
 
     Raises:
         ConfigError: No ``PREFECT_API_URL``, or the server is unreachable.
@@ -95,6 +113,7 @@ def deploy_all(root: Path, *, pool: str = POOL, name: str = NAME) -> list[Deploy
         raise ConfigError("PREFECT_API_URL is not set: `aegis deploy` registers on a server")
     ledger = Ledger.load(Workspace(root))
     params = ledger.ws.params().triggers
+    every = ledger.ws.params().monitor.every
     label = workspace_label(ledger)
     common = {"work_pool_name": pool, "entrypoint_type": EntrypointType.MODULE_PATH,
               "parameters": {"workspace": str(root)}, "tags": ["aegis", f"ws-{label}"]}  # fmt: skip
@@ -107,7 +126,8 @@ def deploy_all(root: Path, *, pool: str = POOL, name: str = NAME) -> list[Deploy
         ),
         retrain.to_deployment(
             name, **common, cron=params.schedule, concurrency_limit=one_at_a_time,
-            triggers=[arrival_trigger(label, str(root), params.within)],
+            triggers=[arrival_trigger(label, str(root), params.within),
+                      incident_trigger(label, str(root))],
             description="verify -> validate -> store -> train -> evaluate -> signed release",
         ),
         promote.to_deployment(
@@ -115,6 +135,11 @@ def deploy_all(root: Path, *, pool: str = POOL, name: str = NAME) -> list[Deploy
         ),
         rollback.to_deployment(
             name, **common, description="runs an operator-signed rollback request"
+        ),
+        monitor.to_deployment(
+            name, **common, interval=every, concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy="CANCEL_NEW"),
+            description="one production-monitor pass (the worker's AEGIS_MONITOR_KEY)",
         ),
     ]  # fmt: skip
     try:
@@ -124,7 +149,12 @@ def deploy_all(root: Path, *, pool: str = POOL, name: str = NAME) -> list[Deploy
         for spec in specs:
             deployment_id = spec.apply()
             cron = params.schedule if spec.flow_name == "retrain" else None
-            every = f"every {params.watch_for}" if spec.flow_name == "watch" else None
+            every = {
+                "watch": f"every {params.watch_for}",
+                "monitor": f"every {ledger.ws.params().monitor.every} s"
+                if ledger.ws.params().monitor.every
+                else None,
+            }.get(spec.flow_name)
             out.append(Deployed(f"{spec.flow_name}/{name}", str(deployment_id), cron or every,
                                 len(spec.triggers)))  # fmt: skip
         return out

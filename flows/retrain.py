@@ -6,9 +6,10 @@ a task per step and publishes what the run proved as Prefect artifacts.
 
 Started by ``aegis run`` (a person, in-process), by the ``aegis.dataset.arrived``
 event trigger (``source``, ``name``, ``digest`` and ``event_id`` templated from
-the event), by the schedule (no source: the watched sources are listed), or
-through the API. Its parameters carry no identity: who it acts as is decided
-by :func:`tasks.triggers.resolve_trigger`.
+the event), by the ``aegis.monitor.breach`` trigger of a ``retrain`` incident
+(``incident``: a forced retrain on the latest accepted data), by the schedule (no
+source: the watched sources are listed), or through the API. Its parameters carry no
+identity: who it acts as is decided by :func:`tasks.triggers.resolve_trigger`.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def retrain(
     name: str | None = None,
     digest: str | None = None,
     event_id: str | None = None,
+    incident: str | None = None,
 ) -> RetrainResult | AlreadyCurrent | list[RetrainResult | AlreadyCurrent]:
     """Verifies, validates and versions a dataset, trains and evaluates a model, releases it.
 
@@ -92,6 +94,8 @@ def retrain(
         name: Dataset name the manifest must carry (with ``source``).
         digest: The manifest digest the event reported (another one is refused).
         event_id: The triggering event (checked against the server's record).
+        incident: A monitor incident whose action is ``retrain`` (checked against the
+            audit log): retrain the latest accepted data, once per incident.
     """
     ledger = Ledger.load(Workspace(pinned_workspace(Path(workspace))))
     from tasks.evaluate_jobs import check_task_runner  # imports torch: not at flow import
@@ -99,6 +103,18 @@ def retrain(
     # A cluster that cannot be reached would fail the evaluation after training: refuse now,
     # before the run changes anything.
     check_task_runner(ledger.ws.params().run)
+    if incident is not None:
+        from aegis.pipeline.retrain import run_incident_retrain
+        from tasks.triggers import this_flow_run
+
+        run = this_flow_run()
+        print(f"retrain for monitor incident {incident} (forced, on the latest accepted data)")
+        result = run_incident_retrain(ledger, incident=incident, runner=as_task_on_runner,
+                                      flow_run=str(run.id) if run else None)  # fmt: skip
+        if isinstance(result, AlreadyCurrent):
+            print(result.message())
+        artifacts.publish_run(ledger, result)
+        return result
     if source is not None:
         if name is None:
             from aegis.errors import UsageError

@@ -47,12 +47,13 @@ def publish_run(ledger: Ledger, result: RetrainResult | AlreadyCurrent) -> None:
         _markdown(s.artifact_key(result.name, "summary"), f"# {result.message()}\n\n"
                   f"Trigger: {result.trigger.describe()}\n", "retrain: nothing to do")  # fmt: skip
         return
-    name = result.validate.name
+    name = result.train.name
     if result.ingest is not None:
         _table(s.artifact_key(name, "dataset"), s.dataset_rows(result.ingest),
                f"accepted dataset '{name}'")  # fmt: skip
-    _table(s.artifact_key(name, "validation"), s.validation_rows(result.validate),
-           f"validation of '{name}'")  # fmt: skip
+    if result.validate is not None:  # an incident's retrain trains accepted data again
+        _table(s.artifact_key(name, "validation"), s.validation_rows(result.validate),
+               f"validation of '{name}'")  # fmt: skip
     model = result.release.model_name
     _table(s.artifact_key(model, "metrics"), s.model_rows(result.train, result.evaluate),
            f"evaluation of {result.release.tag}")  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.deploy import arrival_trigger
+from flows.deploy import arrival_trigger, incident_trigger
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 
@@ -66,7 +66,7 @@ def test_prefect_yaml_matches_what_aegis_deploy_registers():
     entrypoints = [d["entrypoint"] for d in spec["deployments"]]
     assert entrypoints == [
         "flows.watch.watch", "flows.retrain.retrain", "flows.promote.promote",
-        "flows.rollback.rollback",
+        "flows.rollback.rollback", "flows.monitor.monitor",
     ]  # fmt: skip
     for entry in entrypoints:
         module, _, name = entry.rpartition(".")
@@ -74,8 +74,11 @@ def test_prefect_yaml_matches_what_aegis_deploy_registers():
     for deployment in spec["deployments"]:
         params = set(deployment["parameters"])
         assert params == {"workspace"}, "a deployment default may only name the workspace"
-    (trigger,) = spec["deployments"][1]["triggers"]
-    expected = arrival_trigger("id", "{{ $AEGIS_WORKSPACE }}", 60)
-    assert trigger["parameters"] == expected.parameters
-    assert set(trigger["expect"]) == expected.expect
-    assert set(trigger["for_each"]) == expected.for_each
+    (trigger, breach) = spec["deployments"][1]["triggers"]
+    for got, expected in [(trigger, arrival_trigger("id", "{{ $AEGIS_WORKSPACE }}", 60)),
+                          (breach, incident_trigger("id", "{{ $AEGIS_WORKSPACE }}"))]:  # fmt: skip
+        assert got["parameters"] == expected.parameters
+        assert set(got["expect"]) == expected.expect
+        assert set(got["for_each"]) == expected.for_each
+        assert set(got["match"]) == {k for k, _ in expected.match.items()}
+    assert breach["match"]["aegis.action"] == "retrain"

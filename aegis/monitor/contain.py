@@ -40,6 +40,7 @@ from aegis.ledger import Action, Ledger
 from aegis.monitor.incidents import Incident
 from aegis.timeutil import parse_utc, utc_now
 
+BREACH = "aegis.monitor.breach"  # the event a confirmed breach emits
 STRENGTH = {"alert": 0, "throttle": 1, "retrain": 2, "rollback": 3}
 
 

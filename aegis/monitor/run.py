@@ -27,7 +27,7 @@ from aegis.crypto.keys import load_private_key
 from aegis.errors import RefusedError, UsageError
 from aegis.events import EventOutbox, make_event
 from aegis.ledger import Ledger
-from aegis.monitor.contain import contain, decide
+from aegis.monitor.contain import BREACH, contain, decide
 from aegis.monitor.feed import Rows, Segment, concat, missing_by_cap, read_rows, signed_segments
 from aegis.monitor.incidents import Incident, incident_id, incidents, record_incident
 from aegis.monitor.state import MonitorState, Streak, load_state, save_state
@@ -145,7 +145,7 @@ def _uncontained(ledger: Ledger, model: str) -> list[Incident]:
 
 def _event(ledger: Ledger, incident: Incident) -> dict:
     return make_event(
-        "aegis.monitor.breach", resource_id=f"aegis.model.{incident.model}",
+        BREACH, resource_id=f"aegis.model.{incident.model}",
         resource={"aegis.model": incident.model, "aegis.version": incident.version,
                   "aegis.signals": ",".join(incident.signals), "aegis.incident": incident.id,
                   "aegis.action": incident.action,

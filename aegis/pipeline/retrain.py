@@ -137,10 +137,11 @@ def run_direct(step: Step, ledger: Ledger, *args: Any) -> Any:
 
 @dataclass(frozen=True)
 class RetrainResult:
-    """What one run produced, step by step (``ingest`` is None when it completed a stored one)."""
+    """What one run produced, step by step (``ingest`` is None when it completed a stored one;
+    ``validate`` too when it retrained accepted data for an incident)."""
 
     ingest: IngestResult | None
-    validate: ValidationResult
+    validate: ValidationResult | None
     train: TrainedModel
     evaluate: EvaluatedModel
     release: Release
@@ -245,3 +246,48 @@ def run_retrain(
         ingest=ingested, validate=validated, train=trained, evaluate=evaluated, release=released,
         trigger=trigger, status="released" if ingested is not None else "completed",
     )  # fmt: skip
+
+
+def run_incident_retrain(
+    ledger: Ledger, *, incident: str, flow_run: str | None = None, runner: Runner = run_direct
+) -> RetrainResult | AlreadyCurrent:
+    """The monitor's ``retrain`` action: a forced retrain on the latest accepted data.
+
+    The incident is looked up on the signed audit log (whoever starts the run, through
+    the event trigger or the API, names only its id): it must exist and its action be
+    ``retrain``; one release per incident (a second run finds it and changes nothing).
+    The dataset is the one the incident's version was released from; the run trains on
+    its latest accepted version, evaluates and releases, acting as the pipeline key.
+
+    Raises:
+        RefusedError: ``incident``: no such incident, or its action is not ``retrain``;
+            ``registry``: its version's release is not on the audit log.
+    """
+    from aegis.monitor.incidents import incidents
+
+    found = next((i for i in incidents(ledger) if i.id == incident), None)
+    if found is None or found.action != "retrain":
+        why = "is not on the audit log" if found is None else f"is a {found.action} incident"
+        raise RefusedError("incident", f"{incident} {why}: only a retrain incident starts one")
+    record = ledger.release(found.model, found.version)
+    accepted = ledger.accepted(str(record.dataset_digest)) if record else None
+    if accepted is None:
+        raise RefusedError("registry", f"{found.model}@{found.version}: no recorded dataset")
+    trigger = Trigger(kind="incident", incident=incident, flow_run=flow_run)
+    actor = ledger.pipeline_entry().key_id
+    with ledger.ws.run_lock():
+        ledger.refresh()
+        done = next((r for r in ledger.releases().values() if not r.aborted and
+                     (r.trigger or {}).get("incident") == incident), None)  # fmt: skip
+        latest = ledger.last_accepted(accepted.name)
+        if done is not None or latest is None:
+            tag = f"{done.model}@{done.version}" if done else None
+            return AlreadyCurrent(accepted.name, accepted.digest, tag, trigger)
+        require_stage(ledger.ws, accepted.name)
+        trained = runner(TRAIN, ledger, accepted.name, actor)
+        evaluated = runner(EVALUATE, ledger, accepted.name, actor)
+        runner(PUSH_MODELS, ledger, accepted.name)
+        released = runner(RELEASE, ledger, accepted.name, actor, trigger.to_dict())
+        runner(PUSH_RELEASE, ledger, released)
+    return RetrainResult(ingest=None, validate=None, train=trained, evaluate=evaluated,
+                         release=released, trigger=trigger, status="completed")  # fmt: skip

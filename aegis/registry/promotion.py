@@ -247,6 +247,11 @@ def usable_request(
         return None, "the request names another candidate"
     if request.expired():
         return None, "the request expired"
+    if any(e.subjects.get("request") == request.digest
+           for e in ledger.log.scan((Action.done("promote"),), request.digest)):  # fmt: skip
+        # a request is spent by the promotion it completed: promoting the version again
+        # (after a rollback) needs a new request and new approvals, never the old ones
+        return None, "the request was used by an earlier promotion"
     if request.policy_digest != policy_digest(params):
         return None, (
             "the promotion policy (params.yaml promote:) changed since the request "

@@ -1,7 +1,9 @@
 """The trigger of a run: what started it, as recorded in its audit entries and release.
 
 A run is started by an event (a dataset arrival the watch flow reported), a
-schedule, or a person. The kind is never taken from a flow parameter alone:
+schedule, a person, or an incident (the production monitor's ``retrain`` action: the
+incident on the signed audit log is what is believed, not the event that carried it).
+The kind is never taken from a flow parameter alone:
 an event id is checked against the Prefect server's own event (see
 ``tasks/triggers.py``) and a schedule is read from the flow run's own record,
 because any API user could pass any parameter (OSS Prefect has no access control).
@@ -14,8 +16,8 @@ from typing import Any, Literal
 
 from aegis.errors import RefusedError
 
-TriggerKind = Literal["event", "schedule", "manual"]
-KINDS = ("event", "schedule", "manual")
+TriggerKind = Literal["event", "schedule", "manual", "incident"]
+KINDS = ("event", "schedule", "manual", "incident")
 
 
 @dataclass(frozen=True)
@@ -23,13 +25,14 @@ class Trigger:
     """What started a run.
 
     Attributes:
-        kind: ``event`` | ``schedule`` | ``manual``.
+        kind: ``event`` | ``schedule`` | ``manual`` | ``incident``.
         event_id: The Prefect event id (``event``).
         event: The event name (``aegis.dataset.arrived``).
         source: Where the dataset arrived (``event``).
         schedule: The cron expression (``schedule``).
         person: The operator key id (``manual`` with a key), else None.
         flow_run: The Prefect flow run id, when the run has one.
+        incident: The monitor's incident id (``incident``).
     """
 
     kind: TriggerKind
@@ -39,6 +42,7 @@ class Trigger:
     schedule: str | None = None
     person: str | None = None
     flow_run: str | None = None
+    incident: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The trigger as recorded: only the fields that are set."""
@@ -50,6 +54,8 @@ class Trigger:
             return f"event {str(self.event_id)[:8]} ({self.source})"
         if self.kind == "schedule":
             return f"schedule {self.schedule}"
+        if self.kind == "incident":
+            return f"incident {self.incident}"
         return f"manual ({self.person[:12]})" if self.person else "manual"
 
     @classmethod

@@ -195,3 +195,33 @@ def test_cli_signs_a_rollback_request_into_a_private_file(prod_v2, cli, tmp_path
     inside = cli("--workspace", env.root, "rollback", "--reason", "r", "--key",
                  env.operator_key, "--sign-request", env.root / "models" / "x.json")  # fmt: skip
     assert inside.code == 1 and "refused: path" in inside.err  # never into a stage output
+
+
+@pytest.mark.slow
+def test_the_monitor_flow_rolls_back_with_the_workers_key_and_refuses_without_one(
+    released_base, tmp_path, monkeypatch
+):
+    from monitor_helpers import clean_rows, serve_rows
+    from serve_helpers import served_workspace
+
+    from aegis.errors import UsageError
+    from aegis.trust_ops import new_key
+    from flows.monitor import KEY_ENV, monitor
+
+    served = served_workspace(released_base, tmp_path / "env")
+    promote_in_turn(served.env.ws, served.env.model, [V2])  # v1 held prod before it
+    key = served.root.parent / "keys" / "monitor.pem"  # beside the serving key
+    new_key(served.env.ws, role="monitor", name="watchman", owner="sre", out=key,
+            admin_key=served.env.admin_key)  # fmt: skip
+    serve_rows(served, 16.0 - clean_rows(served)[:100], clients=("app", "ops"))
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    state = monitor(workspace=str(served.root), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(UsageError, match=KEY_ENV):
+        state.result()
+    monkeypatch.setenv(KEY_ENV, str(key))
+    report = monitor(workspace=str(served.root))
+    [incident] = report.incidents
+    assert incident.action == "rollback" and report.contained[0]["to_version"] == V1
+    state = assert_registry_consistent(served.env.ws, served.env.model)
+    assert state.prod == V1 and state.suspect == {V2}

@@ -264,7 +264,7 @@ def test_cli_deploy_prints_the_deployments(watched, prefect_server):
     env, _ = watched
     result = aegis(env.root, "deploy", "--name", "cli", env={"PREFECT_API_URL": prefect_server})
     assert result.returncode == 0, result.stderr
-    for name in ("watch/cli", "retrain/cli", "promote/cli", "rollback/cli"):
+    for name in ("watch/cli", "retrain/cli", "promote/cli", "rollback/cli", "monitor/cli"):
         assert name in result.stdout
     assert "aegis worker" in result.stdout
 

@@ -419,3 +419,17 @@ def test_cli_pending_approve_resume(renv, cli, aegis):
     assert read_registry(renv.ledger(), renv.model).prod == "v1.0.0"
     result = aegis(*w, "promote", renv.v1, "--wait", "--resume", "--key", renv.operator_key)
     assert result.code == 2
+
+
+def test_promoting_a_version_again_needs_a_new_request_and_new_approvals(renv):
+    from registry_helpers import promote_in_turn
+
+    for target in (renv.v1, renv.v2):
+        _promote(renv, target)
+        _approve(renv, target, renv.approver_key)
+        assert _promote(renv, target, resume=True).status == "promoted"
+    promote_in_turn(renv.ws, renv.model, ["v1.0.0"])  # prod back on v1 (as a rollback does)
+    again = _promote(renv, renv.v2)  # the spent request's approval does not count again
+    assert again.status == "pending" and again.approvers == []
+    assert _approve(renv, renv.v2, renv.approver_key).approvers == ["bob"]
+    assert _promote(renv, renv.v2, resume=True).status == "promoted"
