@@ -83,6 +83,9 @@ def _fresh_directory(directory: Path) -> Path:
 # attack on fewer samples.
 DEMO_PARAMS = {
     "train": {"epochs": 8, "defense": "fgsm_rs", "threads": 2},
+    # 150 evaluation samples measure robust accuracy to about +-4 points: the default
+    # 2-point regression gate would refuse v2 by chance in some runs
+    "promote": {"max_regression": 0.05},
     "evaluate": {
         "max_samples": 150,
         "apgd_steps": 50,
@@ -390,24 +393,24 @@ def _serve_and_roll_back(ws: Path, side: Path, operator: Path) -> None:
         status, answer = gw.call(url + "/v1/predict", token, {"inputs": [[99.0] * 64]})
         console.print(f"pixels far outside the training range -> {status} {answer}")
 
-        _step("11. Incident: the monitor sees v2 answer inverted forms; roll back while serving")
+        _step("11. Incident: the monitor sees v2 answer inverted forms and rolls back by itself")
         monitor = _new_key(ws, side, "monitor", "watchman", "sre")
+        kiosk = _aegis(ws, "keys", "api", "new", "--name", "kiosk", "--rate", "1000/s",
+                       "--key", operator).strip().splitlines()[-1]  # fmt: skip
         inverted = [[16.0 - v for v in row] for row in gw.sample_rows(side, 100)]
-        for start in (0, 50):
-            part = {"inputs": inverted[start : start + 50]}
-            status, _ = gw.call(url + "/v1/predict", token, part)
+        for start, caller in zip((0, 25, 50, 75), (token, kiosk, token, kiosk), strict=True):
+            part = {"inputs": inverted[start : start + 25]}
+            status, _ = gw.call(url + "/v1/predict", caller, part)
             if status != 200:
                 raise DemoFailed(f"the gateway answered {status} to the inverted forms")
-        console.print("a client sends 100 inverted forms; the gateway logs them, signed ...")
+        console.print("two clients send 100 inverted forms; the gateway logs them, signed ...")
         gw.wait_for_logged(ws, 104)
-        _aegis(ws, "monitor", "--key", monitor)
+        _aegis(ws, "monitor", "--key", monitor, "--gateway", url)
         _aegis(ws, "incidents", "list")
-        _aegis(
-            ws, "rollback", "--to", "digits-model@v1", "--reason",
-            "demo incident: the monitor saw v2 answer inverted forms", "--key", operator,
-        )  # fmt: skip
         took = gw.wait_for_version(url, token, "v1.0.0")
-        console.print(f"the gateway serves v1.0.0 {took:.1f} s after the rollback, no failed call")
+        console.print(f"the gateway serves v1.0.0 ({took:.1f} s after the pass ended), no failed "
+                      "call; v2 is marked suspect until an operator decides")  # fmt: skip
+        _aegis(ws, "report", "incidents", "--out", side / "incidents.html")
         _aegis(ws, "keys", "api", "revoke", "forms-app", "--reason", "token leaked in a ticket",
                "--key", operator)  # fmt: skip
         status, answer = gw.call(url + "/v1/predict", token, {"inputs": rows})

@@ -153,7 +153,8 @@ def _workspace(root: Path, side: Path, policy_from: Path | None):
     ws, _ = init_workspace(root, admin_key_out=side / "admin.pem")
     monitor = None
     if policy_from is not None:
-        monitor = Workspace(policy_from).params().monitor.model_dump()
+        # the policy, not where its gateway is or how often its deployment runs
+        monitor = Workspace(policy_from).params().monitor.model_dump(exclude={"gateway", "every"})
     _params(
         ws,
         DRILL_PARAMS | ({"monitor": monitor} if monitor else {}),

@@ -6,7 +6,8 @@ thresholds it was fitted with): per signal ``alert``, ``throttle``, ``retrain`` 
 
 - a breach whose rows came mostly from one client key (``single_client_share``) only
   throttles that key: one caller's odd traffic must not burn a good version;
-- ``throttle`` covers every key with at least ``throttle_share`` of the evidence rows.
+- ``throttle`` covers every key with at least ``throttle_share`` of the evidence rows
+  (when none has that much, the keys with the largest share).
 
 Doing it, with a ``monitor`` key (least privilege: the trust store lets that role roll
 back and throttle, nothing else):
@@ -68,6 +69,7 @@ def decide(signals: list[str], shares: dict[str, float], params) -> Decision:
                         f"it alone is throttled (policy: {action})")  # fmt: skip
     if action == "throttle":
         keys = sorted(c for c, s in shares.items() if s >= params.throttle_share)
+        keys = keys or sorted(c for c, s in shares.items() if s == share)  # else the largest
         return Decision("throttle", keys, f"{len(keys)} key(s) with >= "
                         f"{params.throttle_share:.0%} of the rows")  # fmt: skip
     return Decision(action, [], f"policy for {', '.join(signals)}")

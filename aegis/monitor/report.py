@@ -256,10 +256,12 @@ def _signal_plot(
             color="C0",
             label="value",
         )
-        if thresholds:
-            ax.step(
-                *zip(*thresholds, strict=True), where="post", ls="--", color="C1", label="threshold"
-            )
+        if len({v for _, v in thresholds}) == 1:  # one release: a line across the plot
+            ax.axhline(thresholds[0][1], ls="--", color="C1", label="threshold")
+        elif thresholds:  # held to the plot's end (a step stops at its last window)
+            end = max([t for t, _ in thresholds] + [w for *_, ts in marks for w in ts])
+            steps = [*thresholds, (end, thresholds[-1][1])]
+            ax.step(*zip(*steps, strict=True), where="post", ls="--", color="C1", label="threshold")
         if bad:
             ax.scatter(
                 *zip(*bad, strict=True),

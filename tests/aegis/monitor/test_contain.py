@@ -27,6 +27,8 @@ def test_the_strongest_action_wins_and_one_key_only_throttles_itself():
     assert decide(["ood_count", "softmax_ks"], spread, params).action == "rollback"
     throttle = decide(["ood_count"], spread, params)
     assert throttle.action == "throttle" and throttle.clients == ["a", "b"]  # >= 25 % each
+    many = decide(["ood_count"], {"a": 0.2, "b": 0.2, "c": 0.1, "d": 0.3, "e": 0.2}, params)
+    assert many.clients == ["d"]  # none has 25 %: the largest share
     single = decide(["softmax_ks", "label_chi2"], {"a": 0.9, "b": 0.1}, params)
     assert single.action == "throttle" and single.clients == ["a"] and "one key" in single.why
     quiet = MonitorParams(actions={"softmax_ks": "alert"})
