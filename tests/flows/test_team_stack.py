@@ -111,7 +111,8 @@ def test_upload_event_retrain_promote_wait_rollback_on_postgres(
     deployed = aegis(env.root, "deploy", "--json", env=cli_env)
     assert deployed.returncode == 0, deployed.stderr
     assert {d["name"] for d in json.loads(deployed.stdout)} == {
-        "watch/aegis", "retrain/aegis", "promote/aegis", "rollback/aegis"}  # fmt: skip
+        "watch/aegis", "retrain/aegis", "promote/aegis", "rollback/aegis",
+        "monitor/aegis"}  # fmt: skip
 
     worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
     worker = subprocess.Popen(

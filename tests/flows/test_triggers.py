@@ -102,24 +102,31 @@ def _artifacts(flow_run_id) -> dict[str, object]:
             time.sleep(0.5)
 
 
-def test_deploy_registers_four_deployments_and_one_arrival_trigger(watched, on_server):
+def test_deploy_registers_five_deployments_and_the_retrain_triggers(watched, on_server):
     env, _ = watched
     name = f"t-{uuid.uuid4().hex[:6]}"
     first = _deployed(env, name)
     again = _deployed(env, name)  # idempotent: the trigger is replaced, not doubled
-    assert set(first) == {"watch", "retrain", "promote", "rollback"} and first == again
+    assert set(first) == {"watch", "retrain", "promote", "rollback", "monitor"}
+    assert first == again
     with _client() as client:
         retrain_dep = client.read_deployment(uuid.UUID(first["retrain"]))
         automations = client.read_resource_related_automations(
             f"prefect.deployment.{first['retrain']}"
         )
         watch_dep = client.read_deployment(uuid.UUID(first["watch"]))
+        monitor_dep = client.read_deployment(uuid.UUID(first["monitor"]))
     assert retrain_dep.parameters == {"workspace": str(env.root)}
     assert retrain_dep.global_concurrency_limit.limit == 1
     assert retrain_dep.entrypoint == "flows.retrain.retrain"
-    (automation,) = automations
-    assert automation.trigger.expect == {"aegis.dataset.arrived"}
-    assert automation.trigger.for_each == {"aegis.digest"}
+    by_event = {next(iter(a.trigger.expect)): a.trigger for a in automations}
+    assert set(by_event) == {"aegis.dataset.arrived", "aegis.monitor.breach"}
+    assert by_event["aegis.dataset.arrived"].for_each == {"aegis.digest"}
+    breach = by_event["aegis.monitor.breach"]  # only a retrain incident starts a run
+    assert breach.for_each == {"aegis.incident"}
+    assert dict(breach.match.items())["aegis.action"] == "retrain"
+    assert monitor_dep.parameters == {"workspace": str(env.root)}  # never a key
+    assert not monitor_dep.schedules  # monitor.every unset: on demand
     assert watch_dep.schedules and watch_dep.global_concurrency_limit.limit == 1
     assert watch_dep.concurrency_options.collision_strategy == "CANCEL_NEW"
 
