@@ -412,13 +412,16 @@ class ServeParams(_Section):
     )
 
 
-MonitorSignal = Literal["softmax_ks", "label_chi2", "ood_count", "feedback_accuracy"]
+MonitorSignal = Literal[
+    "softmax_ks", "label_chi2", "ood_count", "adversarial_count", "feedback_accuracy"
+]
 MonitorAction = Literal["alert", "throttle", "retrain", "rollback"]
 # A shift of the model's outputs or a fall in labelled accuracy is the model's problem:
-# roll back. Out-of-distribution inputs are the callers': slow down the keys sending them.
+# roll back. Out-of-distribution or adversarial inputs are the callers': slow down the
+# keys sending them.
 DEFAULT_MONITOR_ACTIONS: dict[str, str] = {
     "softmax_ks": "rollback", "label_chi2": "rollback", "ood_count": "throttle",
-    "feedback_accuracy": "rollback",
+    "adversarial_count": "throttle", "feedback_accuracy": "rollback",
 }  # fmt: skip
 
 

@@ -15,6 +15,9 @@ the model's outputs find most shifts a model cares about):
   reference row's. Its threshold is beta-binomial (the rate above a cut estimated on
   the reference is uncertain: Beta(1, m) above the maximum of m rows), not
   bootstrapped: no resample of the reference holds a row above its own maximum.
+- ``adversarial_count``: how many rows of the window the gateway's squeezing detector
+  flagged. Its threshold is beta-binomial on the detector's own false-positive count on
+  the test split (Beta(flagged + 1, clean + 1)): the rate a clean window flags at.
 - ``feedback_accuracy``: on the window's rows that came back with a true label
   (feedback), how surprising their errors are: ``-log10`` of the beta-binomial upper
   tail of that many errors in that many labelled rows, given the reference's errors
@@ -41,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-SIGNALS = ("softmax_ks", "label_chi2", "ood_count", "feedback_accuracy")
+SIGNALS = ("softmax_ks", "label_chi2", "ood_count", "adversarial_count", "feedback_accuracy")
 BOOTS = 2000  # bootstrap replicates per threshold (alpha / 3 of 0.01 leaves ~7 above it)
 
 
@@ -64,6 +67,7 @@ class MonitorReference:
     ood_cut: float | None  # a row's OOD score above it counts; None: no OOD signal
     thresholds: dict[str, float]  # signal -> alarm when above
     feedback: tuple[int, int] | None = None  # reference (errors, rows); None: no feedback signal
+    flags: tuple[int, int] | None = None  # the detector's (flagged, rows) on clean held-out rows
 
     @property
     def classes(self) -> int:
@@ -77,6 +81,8 @@ class MonitorReference:
             "ood_cut": self.ood_cut, "thresholds": dict(self.thresholds),
             **({} if self.feedback is None else
                {"feedback": {"errors": self.feedback[0], "rows": self.feedback[1]}}),
+            **({} if self.flags is None else
+               {"flags": {"flagged": self.flags[0], "rows": self.flags[1]}}),
         }  # fmt: skip
 
     @classmethod
@@ -91,6 +97,8 @@ class MonitorReference:
             cut = None if cut is None else float(cut)
             fb = data.get("feedback")
             feedback = None if fb is None else (fb["errors"], fb["rows"])
+            fl = data.get("flags")
+            flags = None if fl is None else (fl["flagged"], fl["rows"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed monitor reference ({exc})") from None
         if not isinstance(window, int) or isinstance(window, bool) or window < 5:
@@ -103,13 +111,16 @@ class MonitorReference:
             raise ValueError("malformed monitor reference (values)")
         if set(thresholds) - set(SIGNALS) or (share <= 0).any():
             raise ValueError("malformed monitor reference (signals)")
-        if feedback is not None and not (
-            all(isinstance(v, int) and not isinstance(v, bool) for v in feedback)
-            and 0 <= feedback[0] <= feedback[1]
-            and feedback[1] > 0
-        ):
-            raise ValueError("malformed monitor reference (feedback)")
-        return cls(window, alpha, columns, share, cut, thresholds, feedback)
+        for name, pair in (("feedback", feedback), ("flags", flags)):
+            if pair is not None and not _counts(pair):
+                raise ValueError(f"malformed monitor reference ({name})")
+        return cls(window, alpha, columns, share, cut, thresholds, feedback, flags)
+
+
+def _counts(pair: tuple) -> bool:
+    """``(k, n)``: integers with ``0 <= k <= n`` and ``n > 0``."""
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+    return ints and 0 <= pair[0] <= pair[1] and pair[1] > 0
 
 
 def output_columns(probs: np.ndarray) -> np.ndarray:
@@ -187,16 +198,19 @@ def signals(
     labels: np.ndarray,
     ood: np.ndarray | None,
     truth: np.ndarray | None = None,
+    flagged: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Every signal of each window: ``probs`` ``(w, n, classes)``, ``labels``, ``ood``
-    scores and feedback ``truth`` (the true label, -1 where none came back) ``(w, n)``;
-    a signal whose data is absent is left out."""
+    scores, feedback ``truth`` (the true label, -1 where none came back) and the
+    detector's ``flagged`` rows ``(w, n)``; a signal whose data is absent is left out."""
     out = {
         "softmax_ks": ks_max(ref.columns, output_columns(probs)),
         "label_chi2": chi2(ref.label_share, labels),
     }
     if ood is not None and ref.ood_cut is not None:
         out["ood_count"] = (ood > ref.ood_cut).sum(axis=1).astype(np.float64)
+    if flagged is not None and ref.flags is not None:
+        out["adversarial_count"] = np.asarray(flagged, dtype=bool).sum(axis=1).astype(np.float64)
     if truth is not None and ref.feedback is not None and (truth >= 0).any():
         known = truth >= 0
         wrong = (known & (truth != labels)).sum(axis=1)
@@ -214,6 +228,7 @@ def calibrate_monitor(
     probs: np.ndarray,
     ood: np.ndarray | None = None,
     correct: np.ndarray | None = None,
+    flags: tuple[int, int] | None = None,
     window: int = 50,
     alpha: float = 0.01,
     boots: int = BOOTS,
@@ -231,6 +246,8 @@ def calibrate_monitor(
         probs: Held-out rows' softmax outputs.
         ood: Their OOD scores, or None (no ``ood_count`` signal).
         correct: Whether each was answered right, or None (no ``feedback_accuracy``).
+        flags: The detector's ``(flagged, rows)`` on clean held-out rows, or None (no
+            ``adversarial_count``).
         window: Rows per window.
         alpha: The per-window false-alarm rate of all signals together.
         boots: Bootstrap replicates.
@@ -264,7 +281,7 @@ def calibrate_monitor(
         cut = float(ood.max())
         counts = stats.betabinom(window, 1, m)
         null["ood_count"] = counts.rvs(size=boots, random_state=seed).astype(np.float64)
-    per_signal = alpha / (len(null) + (correct is not None))
+    per_signal = alpha / (len(null) + (correct is not None) + (flags is not None))
     thresholds = {
         name: float(np.quantile(values, 1 - per_signal, method="higher"))
         for name, values in null.items()
@@ -275,8 +292,13 @@ def calibrate_monitor(
     if correct is not None:
         feedback = (int(len(correct) - np.sum(correct)), len(correct))
         thresholds["feedback_accuracy"] = float(-math.log10(per_signal))
+    if flags is not None:  # exact: a clean window's flag count, the rate uncertain
+        flagged, rows = int(flags[0]), int(flags[1])
+        tail = stats.betabinom(window, flagged + 1, rows - flagged + 1)
+        thresholds["adversarial_count"] = float(tail.isf(per_signal))
     ref = MonitorReference(window, alpha, np.sort(columns, axis=0),
-                           label_share(labels, classes), cut, thresholds, feedback)  # fmt: skip
+                           label_share(labels, classes), cut, thresholds, feedback,
+                           None if flags is None else (int(flags[0]), int(flags[1])))  # fmt: skip
     any_breach = np.any(np.stack(list(breaches(ref, null).values())), axis=0)
     return {
         **ref.to_json(),

@@ -47,6 +47,7 @@ class Rows:
     times: np.ndarray  # (n,) datetime64[us]
     clients: np.ndarray  # (n,) client ids
     requests: np.ndarray  # (n,) "request#row": what feedback names a row by
+    flagged: np.ndarray | None  # (n,) the detector's flags, or None when rows were unscored
     origin: list[tuple[int, int]]  # per row: (index line, row in that segment)
 
     def __len__(self) -> int:
@@ -144,15 +145,18 @@ def read_rows(
         raise RefusedError("prediction-log", f"{segment.file}: not the signed row count")
     if start >= table.num_rows:  # read to its end by an earlier pass
         return Rows(np.empty((0, 0)), np.empty(0, np.int64), None,
-                    np.empty(0, "datetime64[us]"), np.empty(0, str), np.empty(0, str),
+                    np.empty(0, "datetime64[us]"), np.empty(0, str), np.empty(0, str), None,
                     [])  # fmt: skip
-    columns = ["probs", "model_digest", "time", "client", "request"] + (
-        ["ood_score"] if "ood_score" in table.column_names else []
-    )
+    columns = ["probs", "model_digest", "time", "client", "request"] + [
+        c for c in ("ood_score", "flagged") if c in table.column_names
+    ]
     frame = table.select(columns).slice(start).to_pandas()
     ood = None
     if "ood_score" in frame and frame["ood_score"].notna().all():
         ood = frame["ood_score"].to_numpy(np.float64)
+    flagged = None
+    if "flagged" in frame and frame["flagged"].notna().all():  # null: never scored
+        flagged = frame["flagged"].to_numpy(bool)
     digests = set(frame["model_digest"].unique().tolist())
     if expect_digest is not None and digests - {expect_digest}:
         raise RefusedError("prediction-log", f"{segment.file}: rows of another model than "
@@ -170,13 +174,14 @@ def read_rows(
         times=frame["time"].to_numpy("datetime64[us]"),
         clients=frame["client"].to_numpy(str),
         requests=requests,
+        flagged=flagged,
         origin=[(segment.line, start + i) for i in range(len(frame))],
     )
 
 
 def concat(parts: list[Rows]) -> Rows:
-    """Rows of several segments in order (OOD scores only if every part has them)."""
-    oods = [p.ood for p in parts]
+    """Rows of several segments in order (OOD scores and flags only if every part has them)."""
+    oods, flags = [p.ood for p in parts], [p.flagged for p in parts]
     return Rows(
         probs=np.concatenate([p.probs for p in parts]),
         labels=np.concatenate([p.labels for p in parts]),
@@ -184,5 +189,6 @@ def concat(parts: list[Rows]) -> Rows:
         times=np.concatenate([p.times for p in parts]),
         clients=np.concatenate([p.clients for p in parts]),
         requests=np.concatenate([p.requests for p in parts]),
+        flagged=None if any(f is None for f in flags) else np.concatenate(flags),
         origin=[o for p in parts for o in p.origin],
     )

@@ -204,7 +204,8 @@ def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, v
         from aegis.monitor.feedback import truth_of
 
         truth = truth_of(feedback, rows.requests[cut]).reshape(count, n)
-    values = signals(ref, probs, rows.labels[cut].reshape(count, n), ood, truth)
+    flagged = None if rows.flagged is None else rows.flagged[cut].reshape(count, n)
+    values = signals(ref, probs, rows.labels[cut].reshape(count, n), ood, truth, flagged)
     hits = breaches(ref, values)
     opened = []
     shas = {s.line: s.sha256 for s in pending}

@@ -122,10 +122,11 @@ def _extraction(loaded, train, x_val, x_test, params, *, train_params) -> dict[s
     return record
 
 
-def _monitor(loaded, x_test, y_test, extraction: dict | None, params, *,
-             train_params) -> dict[str, Any]:  # fmt: skip
+def _monitor(loaded, x_test, y_test, extraction: dict | None, detector: dict | None, params,
+             *, train_params) -> dict[str, Any]:  # fmt: skip
     """The production monitor's reference: the test split's outputs, its errors (for
-    feedback) and OOD scores (when the extraction reference is there to score them)."""
+    feedback), OOD scores (when the extraction reference is there to score them) and the
+    detector's false positives on it (when the gateway's detector is fitted)."""
     from aegis.evaluate.extraction import ExtractionReference
     from aegis.evaluate.monitoring import calibrate_monitor, model_outputs, window_alpha
 
@@ -147,10 +148,19 @@ def _monitor(loaded, x_test, y_test, extraction: dict | None, params, *,
 
         correct = probs.argmax(axis=1) == np.asarray(y_test)
         record = calibrate_monitor(probs=probs, ood=ood, correct=correct, window=params.window,
-                                   alpha=alpha, boots=params.boots,
-                                   seed=train_params.seed)  # fmt: skip
+                                   flags=_detector_flags(detector), alpha=alpha,
+                                   boots=params.boots, seed=train_params.seed)  # fmt: skip
     record["calibrated_on"] |= {"split": "test", "confirm": params.confirm}
     return record
+
+
+def _detector_flags(detector: dict | None) -> tuple[int, int] | None:
+    """The detector's clean flags on the test split, ``(flagged, rows)``, from its record."""
+    try:
+        rows = int(detector["test_rows"])  # type: ignore[index]
+        return round(float(detector["test_fpr"]) * rows), rows  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        return None  # no detector (or none measured on held-out rows)
 
 
 def post_training_checks(
@@ -193,6 +203,7 @@ def post_training_checks(
                                             train_params=train_params)  # fmt: skip
     monitor = ledger.ws.params().monitor
     if monitor.enabled and len(x_test) >= 20:
-        metrics["monitor"] = _monitor(loaded, x_test, y_test, metrics.get("extraction"), monitor,
+        metrics["monitor"] = _monitor(loaded, x_test, y_test, metrics.get("extraction"),
+                                      metrics.get("detector"), monitor,
                                       train_params=train_params)  # fmt: skip
     return ExtraChecks(metrics, flags)

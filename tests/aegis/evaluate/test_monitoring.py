@@ -101,3 +101,27 @@ def test_feedback_accuracy_holds_its_false_alarm_rate_and_catches_a_fall_in_accu
     assert "feedback_accuracy" not in signals(ref, windows, labels, None, unlabelled)
     with pytest.raises(ValueError, match="feedback"):
         MonitorReference.from_json(record | {"feedback": {"errors": 5, "rows": 2}})
+
+
+def test_adversarial_count_is_thresholded_on_the_detectors_own_clean_rate():
+    rng = np.random.default_rng(4)
+    probs = _probs(rng, 400)
+    record = calibrate_monitor(probs=probs, flags=(20, 400), window=50, alpha=0.03, boots=500)
+    ref = MonitorReference.from_json(record)
+    assert ref.flags == (20, 400) and record["flags"] == {"flagged": 20, "rows": 400}
+    per_signal = record["calibrated_on"]["alpha_per_signal"]
+    windows = _probs(rng, 4000 * 50).reshape(4000, 50, -1)
+    labels = windows.argmax(axis=2)
+    clean = rng.random((4000, 50)) < 0.05  # the detector's clean rate
+    hits = breaches(ref, signals(ref, windows, labels, None, None, clean))["adversarial_count"]
+    assert hits.mean() <= per_signal * 1.5
+    attacked = rng.random((4000, 50)) < 0.3  # 30 % of the rows flagged
+    assert (
+        breaches(ref, signals(ref, windows, labels, None, None, attacked))[
+            "adversarial_count"
+        ].mean()
+        > 0.95
+    )
+    assert "adversarial_count" not in signals(ref, windows, labels, None)  # unscored rows
+    with pytest.raises(ValueError, match="flags"):
+        MonitorReference.from_json(record | {"flags": {"flagged": 9, "rows": 3}})

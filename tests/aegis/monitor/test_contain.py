@@ -74,6 +74,7 @@ def test_a_shift_from_many_keys_rolls_back_to_the_known_good_version_and_marks_i
     assert not again.incidents and not again.contained
     windows = read_windows(served.env.ws)
     assert len(windows) == 2 and all(w.breached for w in windows)
+    assert all("adversarial_count" in w.values for w in windows)  # the detector's flags too
     metrics = metrics_path(served.env.ws).read_text()
     [line] = [x for x in metrics.splitlines() if x.startswith("aegis_monitor_incidents_total")]
     assert 'action="rollback"' in line and line.endswith(" 1.0")
