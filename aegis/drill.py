@@ -42,9 +42,9 @@ FLIPS = {1: 7, 3: 8}  # the named degradation: every 1 labelled 7, every 3 label
 # and, in the scratch copy only, the screens and drift gate off so the poison reaches v2
 DRILL_PARAMS: dict[str, Any] = {
     "train": {"epochs": 10, "defense": "fgsm_rs", "threads": 2},
-    "evaluate": {"max_samples": 100, "pgd_steps": 5, "epsilons": [0.1],
-                 "independent": ["apgd-ce"], "apgd_steps": 10},
-    "screen": {"enabled": []}, "validate": {"max_psi": 1e9},
+    "evaluate": {"max_samples": 100, "pgd_steps": 5, "epsilons": [0.1], "independent": []},
+    # (the model scan too: it looks for a trigger, which a pair flip is not; ~6 s a release)
+    "screen": {"enabled": [], "model_scan": {"enabled": False}}, "validate": {"max_psi": 1e9},
     # 100 evaluation samples measure robust accuracy +-5 points: a 2-point regression gate
     # would refuse v2 by chance half the time
     "promote": {"max_regression": 0.1},

@@ -171,6 +171,15 @@ def released_base(request, tmp_path_factory, sbom_cache) -> Path:
     return base
 
 
+@pytest.fixture(scope="session")
+def served_template(released_base: Path, tmp_path_factory):
+    """v1 in prod, a serving key and the test clients, made once (``copy_served`` per test;
+    never served from, so every copy starts with an empty prediction log)."""
+    from serve_helpers import served_workspace
+
+    return served_workspace(released_base, tmp_path_factory.mktemp("served-template") / "env")
+
+
 @pytest.fixture
 def released_env(released_base: Path, tmp_path: Path) -> ReleasedEnv:
     """A private copy of the session's two-release workspace (see ``released_base``)."""

@@ -199,16 +199,16 @@ def test_cli_signs_a_rollback_request_into_a_private_file(prod_v2, cli, tmp_path
 
 @pytest.mark.slow
 def test_the_monitor_flow_rolls_back_with_the_workers_key_and_refuses_without_one(
-    released_base, tmp_path, monkeypatch
+    served_template, tmp_path, monkeypatch
 ):
     from monitor_helpers import clean_rows, serve_rows
-    from serve_helpers import served_workspace
+    from serve_helpers import copy_served
 
     from aegis.errors import UsageError
     from aegis.trust_ops import new_key
     from flows.monitor import KEY_ENV, monitor
 
-    served = served_workspace(released_base, tmp_path / "env")
+    served = copy_served(served_template, tmp_path / "env")
     promote_in_turn(served.env.ws, served.env.model, [V2])  # v1 held prod before it
     key = served.root.parent / "keys" / "monitor.pem"  # beside the serving key
     new_key(served.env.ws, role="monitor", name="watchman", owner="sre", out=key,

@@ -124,7 +124,7 @@ def test_deploy_registers_five_deployments_and_the_retrain_triggers(watched, on_
     assert by_event["aegis.dataset.arrived"].for_each == {"aegis.digest"}
     breach = by_event["aegis.monitor.breach"]  # only a retrain incident starts a run
     assert breach.for_each == {"aegis.incident"}
-    assert dict(breach.match.items())["aegis.action"] == "retrain"
+    assert dict(breach.match.items())["aegis.action"] == ["retrain"]
     assert monitor_dep.parameters == {"workspace": str(env.root)}  # never a key
     assert not monitor_dep.schedules  # monitor.every unset: on demand
     assert watch_dep.schedules and watch_dep.global_concurrency_limit.limit == 1

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serve_helpers import Served, served_workspace
+from serve_helpers import Served, copy_served
 
 
 @pytest.fixture
-def served(released_base: Path, tmp_path: Path) -> Served:
-    return served_workspace(released_base, tmp_path / "env")
+def served(served_template: Served, tmp_path: Path) -> Served:
+    return copy_served(served_template, tmp_path / "env")
 
 
 @pytest.fixture
