@@ -36,7 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from aegis.errors import AegisError
+from aegis.errors import AegisError, TransientIOError
 from aegis.ledger import Action, Ledger
 from aegis.monitor.incidents import Incident
 from aegis.timeutil import parse_utc, utc_now
@@ -85,8 +85,9 @@ def contain(
     progress=lambda _: None,
 ) -> dict[str, Any] | None:
     """Carries out ``incident.action``; the ``monitor.contained`` entry's details, or None
-    when there is nothing to contain (alert, retrain: the event carries it)."""
-    evidence = {"incident": incident.id, "windows": incident.windows}
+    when there is nothing to contain (alert, retrain: the event carries it), another pass
+    contained it first, or a transient I/O error leaves it for the next pass."""
+    evidence = {"incident": incident.id, "version": incident.version, "windows": incident.windows}
     if incident.action == "throttle":
         until = (parse_utc(utc_now()) + timedelta(minutes=params.throttle_minutes)).strftime(
             "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -102,12 +103,20 @@ def contain(
         return None
     from aegis.registry.rollback import rollback
 
+    done = _rolled_back_for(ledger, incident.id)
+    if done is not None:  # a crash after the rollback, before its record: record it now
+        with ledger.locked():
+            return _contained(ledger, incident, {"result": "rolled-back", **done,
+                                                 "served": "registry"})  # fmt: skip
     try:
         outcome = rollback(
             ledger, to=None, operator_key_path=None, monitor_key_path=key_path,
             model=incident.model, evidence=evidence,
             reason=f"monitor incident {incident.id}: {', '.join(incident.signals)} breached",
         )  # fmt: skip
+    except TransientIOError as exc:  # the store may answer next time: not a refusal
+        progress(f"incident {incident.id}: rollback not done yet ({exc}); next pass retries")
+        return None
     except AegisError as exc:
         progress(f"incident {incident.id}: rollback refused ({exc})")
         with ledger.locked():
@@ -126,7 +135,30 @@ def contain(
         })  # fmt: skip
 
 
-def _contained(ledger: Ledger, incident: Incident, details: dict[str, Any]) -> dict[str, Any]:
+def _rolled_back_for(ledger: Ledger, incident_id: str) -> dict[str, Any] | None:
+    """The completed rollback whose intent names ``incident_id``, if any."""
+    intents = {e.seq: e for e in ledger.log.by_action(Action.intent("rollback"))
+               if e.details.get("incident") == incident_id}  # fmt: skip
+    for done in ledger.log.by_action(Action.done("rollback")):
+        intent = intents.get(done.details.get("intent"))  # type: ignore[arg-type]
+        if intent is not None:
+            return {
+                "from_version": intent.details.get("from_version"),
+                "to_version": intent.details.get("to_version"),
+                "rollback_seq": done.seq,
+            }
+    return None
+
+
+def _contained(
+    ledger: Ledger, incident: Incident, details: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Appends the incident's ``monitor.contained`` entry (call under the ledger's lock);
+    None when one is there already (another pass got there first: its record stands)."""
+    ledger.refresh()
+    if any(e.details.get("incident") == incident.id
+           for e in ledger.log.by_action(Action.MONITOR_CONTAINED)):  # fmt: skip
+        return None
     done = details["result"] in ("throttled", "rolled-back")
     body = {"incident": incident.id, "windows": incident.windows, **details,
             **({"contained": utc_now()} if done else {})}  # fmt: skip
@@ -143,7 +175,8 @@ def wait_served(gateway: str, version: str, timeout: float) -> bool:
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                if json.loads(response.read(4096)).get("version") == version:
+                body = json.loads(response.read(4096))
+                if isinstance(body, dict) and body.get("version") == version:
                     return True
         except (OSError, ValueError):
             pass  # not up, or reloading: ask again

@@ -6,8 +6,9 @@ A feedback file is JSON lines, one per request the gateway answered (its respons
 prediction log's rows and tests the labelled rows' errors (``feedback_accuracy``).
 
 Feedback is evidence the caller supplies, not the gateway, so it is checked strictly
-(a malformed file is refused whole, naming its line) and its digest goes into the pass
-report: whoever can feed labels can move a version to ``suspect``, never to ``bad``.
+(a malformed file is refused whole, naming its line): whoever can feed labels can move
+a version to ``suspect``, never to ``bad``. A label the model has no class for counts as
+an error.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aegis.fileutil import read_regular
 
 LIMIT = 256 << 20
 MAX_ROWS = 100_000  # labels in one request line (the gateway's batch cap is far below)
+MAX_LABEL = 1_000_000  # a class index; larger is not a label (and would overflow int64)
 
 
 def read_feedback(path: Path) -> dict[str, list[int | None]]:
@@ -49,7 +51,8 @@ def read_feedback(path: Path) -> dict[str, list[int | None]]:
         ok = isinstance(request, str) and 0 < len(request) <= 200 and isinstance(labels, list)
         if ok:
             ok = len(labels) <= MAX_ROWS and all(
-                v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+                v is None
+                or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_LABEL)
                 for v in labels
             )
         if not ok:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from aegis.crypto.keys import load_private_key
-from aegis.errors import RefusedError, UsageError
+from aegis.errors import AegisError, RefusedError, UsageError
 from aegis.events import EventOutbox, make_event
 from aegis.ledger import Ledger
 from aegis.monitor.contain import BREACH, contain, decide
@@ -120,9 +120,13 @@ def monitor_pass(
     # outside the lock (a rollback takes it itself); an incident a crash left uncontained
     # is contained by the next pass, while its version still holds prod
     for incident in _uncontained(ledger, name):
-        params = _policy(ledger, incident.model, incident.version)
-        done = contain(ledger, incident, key_path=key_path, params=params, gateway=gateway,
-                       progress=progress)  # fmt: skip
+        try:
+            params = _policy(ledger, incident.model, incident.version)
+            done = contain(ledger, incident, key_path=key_path, params=params, gateway=gateway,
+                           progress=progress)  # fmt: skip
+        except AegisError as exc:  # one incident's release gone bad must not block the rest
+            progress(f"incident {incident.id}: not contained ({exc})")
+            continue
         if done is not None:
             report.contained.append(done)
     from aegis.monitor.prom import write_metrics
@@ -134,12 +138,12 @@ def monitor_pass(
 
 
 def _uncontained(ledger: Ledger, model: str) -> list[Incident]:
-    from aegis.registry.tags import read_registry
-
-    prod = read_registry(ledger, model).prod
+    """Throttle and rollback incidents without a containment record (a rollback whose
+    version no longer holds prod is recorded refused; one a crash interrupted after the
+    registry moved is recorded from its rollback entry)."""
     return [
         i for i in incidents(ledger) if i.model == model and i.containment is None
-        and (i.action == "throttle" or (i.action == "rollback" and i.version == prod))
+        and i.action in ("throttle", "rollback")
     ]  # fmt: skip
 
 

@@ -113,7 +113,11 @@ def plan_rollback(
         monitor_key_path: A monitor key instead (the production monitor's automatic
             rollback): it needs ``evidence``, may not choose ``to``, and marks the
             version it leaves ``suspect``, not ``bad``.
-        evidence: The incident that moved the monitor: ``{"incident", "windows"}``.
+        evidence: The incident that moved the monitor: ``{"incident", "version",
+            "windows"}``; its version must hold prod (the rollback is about it), and
+            prod must not have been put there by a monitor rollback (one automatic
+            rollback per model until an operator acts: traffic a caller shapes could
+            otherwise walk prod back version by version).
 
     Raises:
         UsageError: No reason, no key, or a target of another model.
@@ -126,7 +130,7 @@ def plan_rollback(
     if monitor_key_path is not None:
         if to is not None or request is not None or operator_key_path is not None:
             raise UsageError("a monitor rollback goes to the last known-good version only")
-        if not evidence or not evidence.get("incident"):
+        if not evidence or not evidence.get("incident") or not evidence.get("version"):
             raise UsageError("a monitor rollback needs the incident that caused it")
         actor, _ = ledger.actor(monitor_key_path, role="monitor")
         mark = registry_tags.SUSPECT
@@ -144,6 +148,13 @@ def plan_rollback(
         raise RefusedError("registry", f"{name}: no such registered model")
     if state.prod is None:
         raise RefusedError("rollback", f"{name}: no version holds prod, nothing to roll back")
+    if mark == registry_tags.SUSPECT:
+        if state.prod != evidence["version"]:  # type: ignore[index]
+            raise RefusedError("rollback", f"{name}: prod is {state.prod}, not the incident's "
+                               f"{evidence['version']} (moved meanwhile)")  # type: ignore[index]  # fmt: skip
+        if _monitor_put_prod(ledger, name):
+            raise RefusedError("rollback", f"{name}@{state.prod} holds prod after a monitor "
+                               "rollback: another automatic one waits for an operator")  # fmt: skip
     if to is None:
         eligible = state.known_good()
         if not eligible:
@@ -164,6 +175,23 @@ def plan_rollback(
         reason=reason.strip(), request=request.digest if request else None, mark=mark,
         evidence=evidence if monitor_key_path is not None else None,
     )  # fmt: skip
+
+
+def _monitor_put_prod(ledger: Ledger, model: str) -> bool:
+    """Whether the last completed change of ``model``'s prod was a monitor rollback."""
+    from aegis.ledger import Action
+
+    dones = ledger.log.by_action(Action.done("promote"), Action.done("rollback"))
+    for done in reversed(dones):
+        seq = done.details.get("intent")
+        if not isinstance(seq, int) or not 0 <= seq < len(ledger.log):
+            continue
+        intent = ledger.log.entry(seq)
+        if intent.details.get("model_name") == model:
+            return intent.action == Action.intent("rollback") and (
+                intent.details.get("mark") == registry_tags.SUSPECT
+            )
+    return False
 
 
 def verify_target(ledger: Ledger, plan: RollbackPlan):

@@ -80,6 +80,12 @@ def test_a_shift_from_many_keys_rolls_back_to_the_known_good_version_and_marks_i
     assert 'action="rollback"' in line and line.endswith(" 1.0")
     status = cli("status", "--json", cwd=served.root)
     assert "v2.0.0" in json.loads(status.out)["models"][0]["suspect"]
+    # v1 was put back by the monitor: one automatic rollback per model until an operator acts
+    serve_rows(served, 16.0 - clean_rows(served)[100:200], clients=("app", "ops"))
+    chained = _pass(served, monitor_key)
+    [second] = chained.incidents
+    assert second.version == "v1.0.0" and chained.contained[0]["result"] == "refused"
+    assert "waits for an operator" in chained.contained[0]["reason"]
     # the monitor's key may roll back only through the monitor: an operator command refuses it
     refused = cli("rollback", "--key", str(monitor_key), "--reason", "try", cwd=served.root)
     assert refused.code == 1 and "signer" in refused.err
@@ -122,6 +128,7 @@ def test_wrong_feedback_labels_breach_accuracy_and_bad_feedback_files_are_refuse
     feedback.write_text("".join(json.dumps(line) + "\n" for line in lines))
     for bad, why in [
         ('{"request": "x", "labels": [true]}\n', "line 1"),
+        ('{"request": "x", "labels": [9223372036854775808]}\n', "line 1"),
         ("not json\n", "line 1"),
         (json.dumps(lines[0]) + "\n" + json.dumps(lines[0]) + "\n", "twice"),
     ]:
