@@ -39,7 +39,7 @@ from typing import Any
 from aegis.errors import AegisError, TransientIOError
 from aegis.ledger import Action, Ledger
 from aegis.monitor.incidents import Incident
-from aegis.timeutil import parse_utc, utc_now
+from aegis.timeutil import format_utc, parse_utc, utc_now
 
 BREACH = "aegis.monitor.breach"  # the event a confirmed breach emits
 STRENGTH = {"alert": 0, "throttle": 1, "retrain": 2, "rollback": 3}
@@ -89,9 +89,7 @@ def contain(
     contained it first, or a transient I/O error leaves it for the next pass."""
     evidence = {"incident": incident.id, "version": incident.version, "windows": incident.windows}
     if incident.action == "throttle":
-        until = (parse_utc(utc_now()) + timedelta(minutes=params.throttle_minutes)).strftime(
-            "%Y-%m-%dT%H:%M:%S.%fZ"
-        )
+        until = format_utc(parse_utc(utc_now()) + timedelta(minutes=params.throttle_minutes))
         with ledger.locked():
             for client in incident.clients:
                 ledger.append(Action.MONITOR_THROTTLE, actor=incident.actor,

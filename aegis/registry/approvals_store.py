@@ -34,7 +34,7 @@ from aegis.errors import RefusedError
 from aegis.fileutil import atomic_write, read_json_object
 from aegis.ledger import APPROVAL_KIND, REQUEST_KIND, Action, Ledger, SignedEntry
 from aegis.pipeline.layout import Layout
-from aegis.timeutil import parse_utc, utc_now
+from aegis.timeutil import format_utc, parse_utc, utc_now
 
 REQUEST_FILE = "request.json"
 WAITING_FILE = "waiting.json"  # a paused Prefect run; machine-local, git-ignored
@@ -173,7 +173,7 @@ def request_body(
         "evidence": candidate.evidence_digest,
         "requester": {"key_id": requester.key_id, "owner": requester.owner},
         "created": created,
-        "expires": expires.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "expires": format_utc(expires),
         "policy": policy_of(params),
         "policy_digest": policy_digest(params),
         "gates": [

@@ -22,7 +22,7 @@ from aegis.errors import RefusedError, UsageError
 from aegis.ledger import Action, Ledger
 from aegis.registry.targets import Target, parse_target
 from aegis.text import check_reason
-from aegis.timeutil import parse_utc, utc_now
+from aegis.timeutil import format_utc, parse_utc, utc_now
 
 KIND = "aegis-rollback-request/1"
 TTL = timedelta(minutes=15)  # long enough to start a run, short enough not to be a standing order
@@ -56,7 +56,7 @@ def sign_request(
     body = {
         "kind": KIND, "workspace": ledger.pipeline_entry().key_id, "to": str(to) if to else None,
         "model": model, "reason": reason.strip(), "created": now,
-        "expires": (parse_utc(now) + TTL).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "expires": format_utc(parse_utc(now) + TTL),
         "nonce": secrets.token_hex(16),
     }  # fmt: skip
     return sign_document(key, body)
