@@ -124,6 +124,11 @@ class Workspace:
         """What the watch flow's last poll saw and emitted (a cache, git-ignored)."""
         return self.aegis_dir / "watch.json"
 
+    def label(self) -> str:
+        """The workspace's name in events and shared stores (Redis keys): its pipeline key
+        id's first 16 hex digits (an event trigger matches on it)."""
+        return self.meta()["pipeline_key"][:16]
+
     def meta(self) -> dict[str, str]:
         """``workspace.json``: the trust anchor (admin key id) and the pipeline key id."""
         try:

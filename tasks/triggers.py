@@ -57,7 +57,7 @@ def manual_run(actor: str, *, allow_older: bool = False) -> Iterator[None]:
 
 def workspace_label(ledger: Ledger) -> str:
     """The workspace's name in events: its pipeline key id (first 16 hex digits)."""
-    return ledger.ws.meta()["pipeline_key"][:16]
+    return ledger.ws.label()
 
 
 def _client():

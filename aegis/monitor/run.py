@@ -153,7 +153,7 @@ def _event(ledger: Ledger, incident: Incident) -> dict:
         resource={"aegis.model": incident.model, "aegis.version": incident.version,
                   "aegis.signals": ",".join(incident.signals), "aegis.incident": incident.id,
                   "aegis.action": incident.action,
-                  "aegis.workspace": ledger.ws.meta()["pipeline_key"][:16]},
+                  "aegis.workspace": ledger.ws.label()},
         payload=incident.to_json(),
     )  # fmt: skip
 

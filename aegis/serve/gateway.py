@@ -135,7 +135,7 @@ class Gateway:
         # one component at a time, following no planted symlink out of the workspace
         store = ensure_dir(self.ws.root, serve_dir(self.ws))
         ensure_dir(self.ws.root, store / "log")
-        prefix = "aegis:" + self.ws.meta()["pipeline_key"][:16]
+        prefix = "aegis:" + self.ws.label()
         self.limiter = (
             RedisLimiter(config.redis, prefix=prefix)
             if config.redis
