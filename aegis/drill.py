@@ -26,7 +26,6 @@ stays there: ``aegis --workspace DIR incidents list``).
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -173,11 +172,11 @@ def _workspace(root: Path, side: Path, policy_from: Path | None):
 
 
 def _params(ws, params: dict[str, Any], message: str) -> None:
+    from aegis import vcs
     from aegis.config import override_params
 
     override_params(ws.params_path, params)
-    subprocess.run(["git", "-C", str(ws.root), "commit", "-qm", message, "params.yaml"],
-                   check=True, capture_output=True)  # fmt: skip
+    vcs.commit_paths(ws.root, message, ["params.yaml"])
 
 
 def _flip(raw: Path, out: Path) -> Path:
