@@ -103,9 +103,10 @@ def monitor_pass(
             by_version.setdefault(segment.version, []).append(segment)
         opened: list[Incident] = []
         history: list[WindowRecord] = []
+        policies: dict[str, Any] = {}  # version -> its verified release's monitor params
         for version, group in by_version.items():
             opened += _version_pass(ledger, state, report, name, version, group, gone, actor,
-                                    history, feedback or {}, progress)  # fmt: skip
+                                    history, feedback or {}, policies, progress)  # fmt: skip
         # incidents before the state: a crash between them re-reads the windows, and an
         # incident's id (its evidence) keeps it from being recorded twice
         for incident in opened:
@@ -121,7 +122,9 @@ def monitor_pass(
     # is contained by the next pass, while its version still holds prod
     for incident in _uncontained(ledger, name):
         try:
-            params = _policy(ledger, incident.model, incident.version)
+            params = policies.get(incident.version) or _policy(
+                ledger, incident.model, incident.version
+            )  # an older incident's version may not have been read (verified) this pass
             done = contain(ledger, incident, key_path=key_path, params=params, gateway=gateway,
                            progress=progress)  # fmt: skip
         except AegisError as exc:  # one incident's release gone bad must not block the rest
@@ -161,7 +164,7 @@ def _event(ledger: Ledger, incident: Incident) -> dict:
 def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, version: str,
                   segments: list[Segment], gone: set[int], actor: str,
                   history: list[WindowRecord], feedback: dict[str, list[int | None]],
-                  progress) -> list[Incident]:  # fmt: skip
+                  policies: dict[str, Any], progress) -> list[Incident]:  # fmt: skip
     from aegis.evaluate.monitoring import MonitorReference, breaches, signals
 
     cursor = state.of(f"{model}@{version}")
@@ -173,6 +176,7 @@ def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, v
     if not pending:
         return []  # read to its end: its release is not verified again
     record, digest, params = _reference(ledger, model, version)
+    policies[version] = params
     if record is None:
         report.unmonitored.append(version)
         return []
