@@ -47,19 +47,7 @@ def _our_leftovers() -> list[tuple[int, str]]:
             pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             break
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in ancestors:
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            state, pgid = fields[0], int(fields[2])
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue
-        if pgid == group and state != "Z":
-            found.append((int(entry.name), cmd.strip()[:200]))
-    return found
+    return services.group_processes(group, exclude=ancestors)
 
 
 @pytest.fixture(scope="session", autouse=True)

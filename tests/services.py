@@ -25,6 +25,23 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
+def group_processes(pgid: int, *, exclude: set[int] = frozenset()) -> list[tuple[int, str]]:
+    """Live (not zombie) processes of process group ``pgid``, as ``(pid, command line)``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            state, group = fields[0], int(fields[2])
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if group == pgid and state != "Z":
+            found.append((int(entry.name), cmd.strip()[:200]))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

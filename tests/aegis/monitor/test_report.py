@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from services import group_processes
 
 from aegis.monitor.incidents import Incident
 from aegis.monitor.report import render_incident_report
@@ -152,16 +153,10 @@ def _chromium(page: Path, tmp: Path, *mode: str) -> subprocess.CompletedProcess:
 
 
 def _assert_group_gone(pgid: int) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        left = []
-        for entry in Path("/proc").iterdir():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if entry.name.isdigit() and int(fields[2]) == pgid and fields[0] != "Z":
-                    left.append(entry.name)
-        if not left or time.monotonic() > deadline:
-            break
+    # SIGKILLed processes vanish when the kernel next schedules them: a bounded wait, as
+    # the session's own leftover check does
+    deadline = time.monotonic() + 30
+    while (left := group_processes(pgid)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"chromium processes still running: {left}"
 
