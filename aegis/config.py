@@ -413,15 +413,17 @@ class ServeParams(_Section):
 
 
 MonitorSignal = Literal[
-    "softmax_ks", "label_chi2", "ood_count", "adversarial_count", "feedback_accuracy"
-]
+    "softmax_ks", "label_chi2", "ood_count", "input_psi", "adversarial_count",
+    "extraction_count", "latency_shift", "feedback_accuracy",
+]  # fmt: skip
 MonitorAction = Literal["alert", "throttle", "retrain", "rollback"]
 # A shift of the model's outputs or a fall in labelled accuracy is the model's problem:
-# roll back. Out-of-distribution or adversarial inputs are the callers': slow down the
-# keys sending them.
+# roll back. Out-of-distribution, shifted, adversarial or extracting inputs are the
+# callers': slow down the keys sending them. Slow answers may be the host's: alert.
 DEFAULT_MONITOR_ACTIONS: dict[str, str] = {
     "softmax_ks": "rollback", "label_chi2": "rollback", "ood_count": "throttle",
-    "adversarial_count": "throttle", "feedback_accuracy": "rollback",
+    "input_psi": "throttle", "adversarial_count": "throttle", "extraction_count": "throttle",
+    "latency_shift": "alert", "feedback_accuracy": "rollback",
 }  # fmt: skip
 
 
@@ -440,7 +442,7 @@ class MonitorParams(_Section):
         default=1000, gt=0, description="expected windows a day (traffic / window)"
     )
     confirm: int = Field(default=2, ge=1, le=10, description="windows in a row that breach")
-    boots: int = Field(default=2000, ge=500, le=100_000, description="bootstrap replicates")
+    boots: int = Field(default=4000, ge=500, le=100_000, description="permutation replicates")
     actions: dict[MonitorSignal, MonitorAction] = Field(
         default_factory=lambda: dict(DEFAULT_MONITOR_ACTIONS),
         description="per signal: alert | throttle | retrain | rollback (the strongest wins)",

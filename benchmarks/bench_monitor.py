@@ -1,11 +1,13 @@
 """Production monitoring: false alarms and detection of the monitor's calibrated signals.
 
 The model is the pipeline's digits CNN (``aegis.train``, 10 epochs, one per seed); the
-reference is fitted as the evaluate stage fits it (``calibrate_monitor``): the
-validation split's outputs are the reference sample, bootstrap windows from the first
-half of the test split set the thresholds (per-window alpha 0.01 over all signals);
-**every figure below is measured on windows from the other half of the test split**,
-each drawn without replacement, 400 per case and seed (2,000 per case over seeds 0-4).
+reference is fitted as the evaluate stage fits it (``calibrate_monitor``) on one random
+half of the test split (its outputs, OOD scores and logged inputs; permutation null,
+per-window alpha 0.01 over all signals); **every figure below is measured on windows
+from the other half**, each drawn without replacement, 400 per case and seed (2,000 per
+case over seeds 0-4). Inputs are logged as ``serve.log_inputs`` says: ``alarmed`` with
+the default ``summary`` (each row's mean, minimum and maximum), ``alarmed_full_inputs``
+with ``full`` (every pixel).
 
 Cases (noise in model-input units, i.e. pixels / 16):
 
@@ -36,6 +38,7 @@ from _digits import digits_frame, prepared_digits, quiet_warnings, split_tensors
 SEEDS = [0, 1, 2, 3, 4]
 WINDOWS = 400  # per case and seed
 ALPHA = 0.01
+LOG_INPUTS = ("summary", "full")  # the default serve.log_inputs first: the headline figures
 CASES = {  # name -> (window, goal: a share of windows alarmed, at most for clean)
     "clean_50": (50, ("false alarms <=", 0.01)),
     "clean_100": (100, ("false alarms <=", 0.01)),
@@ -78,6 +81,7 @@ def main() -> None:
     from aegis.attack.poison import apply_trigger, poison
     from aegis.config import TrainParams
     from aegis.evaluate.extraction import ExtractionReference, calibrate_extraction
+    from aegis.evaluate.input_shift import InputBins, logged_features
     from aegis.evaluate.monitoring import (
         MonitorReference,
         breaches,
@@ -99,8 +103,11 @@ def main() -> None:
         poisoned = poison(digits_frame(), kind="badnets", rate=0.1, seed=seed, target=0)
         dirty = prepare(poisoned.frame, params)
         models["backdoor"] = train_model(dirty, params, progress=lambda _: None).model.eval()
-        half = len(split.test) // 2
-        calib_rows, eval_rows = split.test[:half], split.test[half:]
+        # random halves: the split's indices are sorted, and digits are stored writer by
+        # writer, so its first and second halves were different writers (a real shift,
+        # which alarmed 1.7 % of "clean" windows at n = 100)
+        half, test = len(split.test) // 2, np.random.default_rng(seed).permutation(split.test)
+        calib_rows, eval_rows = test[:half], test[half:]
         x_eval, y_eval = to_tensors(frame, eval_rows, spec)
         x_calib, _ = to_tensors(frame, calib_rows, spec)
         rng = np.random.default_rng(1000 + seed)
@@ -120,22 +127,36 @@ def main() -> None:
             kind = "backdoor" if name == "backdoor" else "clean"
             net = models[kind]
             ood, probs_ref, ood_ref = outputs[kind]
-            ref = MonitorReference.from_json(calibrate_monitor(
-                probs=probs_ref, ood=ood_ref, window=window, alpha=ALPHA, seed=seed))  # fmt: skip
             x = _case_inputs(name, x_eval, y_eval, x_trig, window, rng)
             probs, scores = model_outputs(net, x.reshape(-1, *x.shape[2:]), ood=ood)
             probs = probs.reshape(WINDOWS, window, -1)
             scores = scores.reshape(WINDOWS, window)
-            hits = breaches(ref, signals(ref, probs, probs.argmax(axis=2), scores))
-            alarm = np.any(np.stack(list(hits.values())), axis=0)
+            alarms = {}
+            for mode in LOG_INPUTS:  # what the gateway logs of inputs: serve.log_inputs
+                # the gateway logs rows in dataset units: pixels, model inputs * scale
+                feats_ref = logged_features(_rows(x_calib, spec), mode)
+                bins = InputBins.fit(feats_ref, mode)
+                ref = MonitorReference.from_json(calibrate_monitor(
+                    probs=probs_ref, ood=ood_ref, inputs=bins, features=feats_ref,
+                    window=window, alpha=ALPHA, seed=seed))  # fmt: skip
+                feats = logged_features(_rows(x.reshape(-1, *x.shape[2:]), spec), mode)
+                values = signals(ref, probs, probs.argmax(axis=2), scores,
+                                 inputs=feats.reshape(WINDOWS, window, -1))  # fmt: skip
+                hits_mode = breaches(ref, values)
+                alarms[mode] = np.any(np.stack(list(hits_mode.values())), axis=0)
+                if mode == LOG_INPUTS[0]:
+                    hits = hits_mode
+            alarm = alarms[LOG_INPUTS[0]]
             base = baseline(probs_ref, probs)  # against the same reference rows
             t = tallies[name]
             t["windows"] += WINDOWS
             t["alarms"] += int(alarm.sum())
             t["baseline"] += int(base.sum())
+            t["full"] = t.get("full", 0) + int(alarms["full"].sum())
             for signal, hit in hits.items():
                 t["by_signal"][signal] = t["by_signal"].get(signal, 0) + int(hit.sum())
             t["runs"].append({"seed": seed, "alarmed": round(float(alarm.mean()), 4),
+                              "alarmed_full_inputs": round(float(alarms["full"].mean()), 4),
                               "baseline": round(float(base.mean()), 4)})  # fmt: skip
             print(name, t["runs"][-1], file=sys.stderr)
     results = {}
@@ -147,15 +168,22 @@ def main() -> None:
             "window": window, "windows": t["windows"], "alarmed": round(rate, 4),
             "clopper_pearson_95": clopper_pearson(t["alarms"], t["windows"]),
             "by_signal": {s: round(v / t["windows"], 4) for s, v in t["by_signal"].items()},
+            "alarmed_full_inputs": round(t["full"] / t["windows"], 4),
             "baseline_alarmed": round(t["baseline"] / t["windows"], 4),
             "runs": t["runs"], "goal": f"{kind} {goal}", "met": bool(met),
         }  # fmt: skip
     path = write_result("bench_monitor", {
         "seeds": SEEDS, "alpha_per_window": ALPHA, "windows_per_case_and_seed": WINDOWS,
+        "log_inputs": {"alarmed": LOG_INPUTS[0], "alarmed_full_inputs": "full"},
         "baseline": "per-class KS (scipy ks_2samp), Bonferroni 0.05, or chi-squared on "
                     "labels at 0.05, on the same windows",
         **results})  # fmt: skip
     print(f"wrote {path}")
+
+
+def _rows(x: torch.Tensor, spec) -> np.ndarray:
+    """Model inputs back in dataset units (pixels): what a client sends and the log keeps."""
+    return x.reshape(len(x), -1).double().numpy() * spec.scale
 
 
 def _case_inputs(name, x_eval, y_eval, x_trig, window, rng) -> torch.Tensor:

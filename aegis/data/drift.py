@@ -11,12 +11,11 @@ Rules of thumb: < 0.1 no shift, 0.1-0.25 moderate, > 0.25 large.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-_EPS = 1e-4
+from aegis.psi import bin_shares, psi
 
 
 def profile_frame(frame, *, bins: int, categorical_max_values: int) -> dict[str, Any]:
@@ -58,18 +57,11 @@ def _categories(values):
 
 
 def _shares(values: np.ndarray, edges: list[float]) -> list[float]:
-    # right-closed inner bins: (-inf, e0], (e0, e1], ..., (e_last, inf)
-    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
-    total = max(int(counts.sum()), 1)
-    return [float(c) / total for c in counts]
+    return [float(s) for s in bin_shares(values, edges)]
 
 
 def _psi(ref: list[float], new: list[float]) -> float:
-    total = 0.0
-    for p, q in zip(ref, new, strict=True):
-        p, q = max(p, _EPS), max(q, _EPS)
-        total += (q - p) * math.log(q / p)
-    return total
+    return float(psi(ref, new))
 
 
 def psi_against(profile: dict[str, Any], frame) -> dict[str, float]:

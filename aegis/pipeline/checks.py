@@ -123,11 +123,14 @@ def _extraction(loaded, train, x_val, x_test, params, *, train_params) -> dict[s
 
 
 def _monitor(loaded, x_test, y_test, extraction: dict | None, detector: dict | None, params,
-             *, train_params) -> dict[str, Any]:  # fmt: skip
+             *, train_params, test_rows, serve) -> dict[str, Any]:  # fmt: skip
     """The production monitor's reference: the test split's outputs, its errors (for
-    feedback), OOD scores (when the extraction reference is there to score them) and the
-    detector's false positives on it (when the gateway's detector is fitted)."""
+    feedback), OOD scores (when the extraction reference is there to score them), the
+    detector's false positives on it (when the gateway's detector is fitted) and its
+    inputs as the prediction log keeps them (``serve.log_inputs``; ``test_rows`` are in
+    dataset units, as requests are)."""
     from aegis.evaluate.extraction import ExtractionReference
+    from aegis.evaluate.input_shift import InputBins, logged_features
     from aegis.evaluate.monitoring import calibrate_monitor, model_outputs, window_alpha
 
     score = None
@@ -147,8 +150,13 @@ def _monitor(loaded, x_test, y_test, extraction: dict | None, detector: dict | N
         import numpy as np
 
         correct = probs.argmax(axis=1) == np.asarray(y_test)
+        features = None if test_rows is None else logged_features(test_rows, serve.log_inputs)
+        bins = None if features is None else InputBins.fit(features, serve.log_inputs)
         record = calibrate_monitor(probs=probs, ood=ood, correct=correct, window=params.window,
                                    flags=_detector_flags(detector), alpha=alpha,
+                                   inputs=bins, features=features,
+                                   extraction=extraction is not None
+                                   and serve.on_extraction != "off",
                                    boots=params.boots, seed=train_params.seed)  # fmt: skip
     record["calibrated_on"] |= {"split": "test", "confirm": params.confirm}
     return record
@@ -174,12 +182,14 @@ def post_training_checks(
     train_params,
     trusted_ref: str | None,
     train: tuple | None = None,
+    test_rows=None,
 ) -> ExtraChecks:
     """The trusted-set figures, the model scan, the gateway's detectors and the production
     monitor's reference (as configured).
 
     ``x_val`` are the validation split's inputs (possibly none): the detector's calibration set.
     ``train`` (inputs, labels) of the training split: the extraction monitor's reference.
+    ``test_rows``: the test split's features in dataset units (the monitor's input bins).
 
     Raises:
         RefusedError: ``trusted-set``: the trusted set is not an accepted, validated version.
@@ -202,8 +212,9 @@ def post_training_checks(
         metrics["extraction"] = _extraction(loaded, train, x_val, x_test, extraction,
                                             train_params=train_params)  # fmt: skip
     monitor = ledger.ws.params().monitor
-    if monitor.enabled and len(x_test) >= 20:
+    if monitor.enabled and len(x_test) >= monitor.window + 20:  # calibrate_monitor's minimum
         metrics["monitor"] = _monitor(loaded, x_test, y_test, metrics.get("extraction"),
                                       metrics.get("detector"), monitor,
-                                      train_params=train_params)  # fmt: skip
+                                      train_params=train_params, test_rows=test_rows,
+                                      serve=ledger.ws.params().serve)  # fmt: skip
     return ExtraChecks(metrics, flags)

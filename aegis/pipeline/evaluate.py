@@ -91,6 +91,7 @@ def evaluate_stored(
             (``out_dir`` is a stage output or a release) or ``evaluate`` (trained
             on another dataset version, or the test split differs from the recorded one).
     """
+    import numpy as np
     import torch
 
     from aegis.evaluate.evaluate import evaluate_model
@@ -157,6 +158,8 @@ def evaluate_stored(
     extra = post_training_checks(
         ledger, loaded, x_test, y_test, x_val=x_val, domain=input_domain(spec, train_params),
         train_params=train_params, trusted_ref=trusted_ref, train=(x_train, y_train),
+        test_rows=prepared.frame.iloc[prepared.split.test][list(spec.feature_columns)]
+        .to_numpy(dtype=np.float64),
     )  # fmt: skip
     metrics.update(extra.metrics)
     if extra.flags:

@@ -11,7 +11,9 @@ from aegis.evaluate.monitoring import (
     breaches,
     calibrate_monitor,
     chi2,
+    chi2_two_sample,
     ks_max,
+    latency_surprise,
     signals,
     window_alpha,
 )
@@ -42,12 +44,23 @@ def test_chi2_matches_scipy():
     assert chi2(share, labels)[0] == pytest.approx(expected)
 
 
+def test_chi2_two_sample_is_scipys_test_of_homogeneity():
+    ref = np.array([30, 0, 20, 10])  # a label the reference never gave
+    labels = np.array([[0, 1, 1, 2, 3, 3, 3, 0, 0, 2], [0, 0, 0, 0, 2, 2, 2, 3, 0, 0]])
+    for w in range(2):
+        table = np.stack([ref, np.bincount(labels[w], minlength=4)])
+        table = table[:, table.sum(axis=0) > 0]
+        expected = stats.chi2_contingency(table, correction=False).statistic
+        assert chi2_two_sample(ref, labels)[w] == pytest.approx(expected)
+
+
 def test_thresholds_hold_their_false_alarm_rate_and_a_label_shift_breaches():
     rng = np.random.default_rng(1)
     record = calibrate_monitor(probs=_probs(rng, 400), ood=rng.normal(size=400), window=50,
                                alpha=0.05, boots=1000, seed=0)  # fmt: skip
     ref = MonitorReference.from_json(record)
-    assert set(ref.thresholds) == {"softmax_ks", "label_chi2", "ood_count"}
+    # latency_shift always: every log has latencies (its reference is the version's own)
+    assert set(ref.thresholds) == {"softmax_ks", "label_chi2", "ood_count", "latency_shift"}
     clean = _probs(rng, 200 * 50).reshape(200, 50, -1)
     ood = rng.normal(size=(200, 50))
     hits = breaches(ref, signals(ref, clean, clean.argmax(axis=2), ood))
@@ -87,7 +100,7 @@ def test_feedback_accuracy_holds_its_false_alarm_rate_and_catches_a_fall_in_accu
     ref = MonitorReference.from_json(record)
     assert record["feedback"] == {"errors": int((~correct).sum()), "rows": 400}
     per_signal = record["calibrated_on"]["alpha_per_signal"]
-    assert per_signal == pytest.approx(0.04 / 3)  # three signals share the budget
+    assert per_signal == pytest.approx(0.04 / 4)  # four signals share the budget (+ latency)
     windows = _probs(rng, 2000 * 50).reshape(2000, 50, -1)
     labels = windows.argmax(axis=2)
     same = np.where(rng.random((2000, 50)) > 0.05, labels, (labels + 1) % 5)  # 5 % wrong
@@ -125,3 +138,49 @@ def test_adversarial_count_is_thresholded_on_the_detectors_own_clean_rate():
     assert "adversarial_count" not in signals(ref, windows, labels, None)  # unscored rows
     with pytest.raises(ValueError, match="flags"):
         MonitorReference.from_json(record | {"flags": {"flagged": 9, "rows": 3}})
+
+
+def test_the_permutation_null_holds_softmax_ks_at_its_rate_on_a_small_reference():
+    # the two-sample bootstrap it replaced alarmed at 1.5x its rate here (shared rows)
+    rng = np.random.default_rng(5)
+    rates = []
+    for seed in range(3):
+        record = calibrate_monitor(probs=_probs(rng, 180), window=50, alpha=0.04, boots=2000,
+                                   seed=seed)  # fmt: skip
+        assert record["calibrated_on"]["null"] == "permutation"
+        ref = MonitorReference.from_json(record)
+        windows = _probs(rng, 1000 * 50).reshape(1000, 50, -1)
+        hits = breaches(ref, signals(ref, windows, windows.argmax(axis=2), None))
+        rates.append(hits["softmax_ks"].mean())
+    per_signal = record["calibrated_on"]["alpha_per_signal"]
+    assert np.mean(rates) <= 1.5 * per_signal  # 3,000 windows: 1 % measured to about +-0.2 %
+    with pytest.raises(ValueError, match="at least 70"):
+        calibrate_monitor(probs=_probs(rng, 69), window=50)
+
+
+def test_latency_shift_ranks_a_windows_requests_against_the_versions_history():
+    rng = np.random.default_rng(6)
+    before = rng.gamma(4.0, 2.0, size=1000)
+    same = [latency_surprise(before, rng.gamma(4.0, 2.0, size=20)) for _ in range(2000)]
+    threshold = -np.log10(0.01)
+    assert np.mean(np.array(same) > threshold) <= 0.015  # a steady load: the rank test's rate
+    assert latency_surprise(before, rng.gamma(4.0, 2.0, size=20) * 2) > threshold
+    assert latency_surprise(before[:10], before[:20]) == 0.0  # too little history: no signal
+    assert latency_surprise(before, before[:3]) == 0.0  # too few requests in the window
+
+
+def test_extraction_count_breaches_on_one_row_from_a_flagged_key():
+    rng = np.random.default_rng(7)
+    record = calibrate_monitor(probs=_probs(rng, 200), window=50, boots=500, extraction=True)
+    ref = MonitorReference.from_json(record)
+    assert ref.thresholds["extraction_count"] == 0.0
+    per_signal = record["calibrated_on"]["alpha_per_signal"]
+    assert per_signal == pytest.approx(record["alpha"] / 3)  # it takes no share of alpha
+    windows = _probs(rng, 2 * 50).reshape(2, 50, -1)
+    extracting = np.zeros((2, 50), dtype=bool)
+    extracting[1, 7] = True
+    values = signals(ref, windows, windows.argmax(axis=2), None, extracting=extracting)
+    assert breaches(ref, values)["extraction_count"].tolist() == [False, True]
+    plain = MonitorReference.from_json(calibrate_monitor(probs=_probs(rng, 200), boots=500))
+    assert "extraction_count" not in signals(plain, windows, windows.argmax(2), None,
+                                             extracting=extracting)  # fmt: skip
