@@ -25,7 +25,6 @@ stays there: ``aegis --workspace DIR incidents list``).
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -247,21 +246,21 @@ def _serve_and_watch(ws, side: Path, raw: Path, keys: dict[str, Path], say):
         gw.wait_for_version(url, tokens[0], "v2.0.0")
         say(f"{CALLERS} callers replay {REPLAY_ROWS} clean forms through the gateway (v2 "
             "serving); their true labels come back as feedback")  # fmt: skip
-        feedback: dict[str, list[int | None]] = {}
         for i, start in enumerate(range(0, REPLAY_ROWS, BATCH)):
-            status, body = gw.call(url + "/v1/predict", tokens[i % CALLERS],
+            token = tokens[i % CALLERS]
+            status, body = gw.call(url + "/v1/predict", token,
                                    {"inputs": rows[start : start + BATCH].tolist()})  # fmt: skip
             if status != 200:
                 raise DrillFailed(f"the gateway answered {status} to the replay: {body}")
-            feedback[body["request"]] = truth[start : start + BATCH].tolist()
-        (side / "feedback.jsonl").write_text("".join(
-            json.dumps({"request": r, "labels": labels}) + "\n" for r, labels in feedback.items()
-        ))  # fmt: skip
-        say(f"the monitor: a pass every 1 s, --gateway {url}, --feedback feedback.jsonl")
+            labels = {"request": body["request"], "labels": truth[start : start + BATCH].tolist()}
+            status, body = gw.call(url + "/v1/feedback", token, labels)
+            if status != 202:
+                raise DrillFailed(f"the gateway answered {status} to feedback: {body}")
+        say(f"the monitor: a pass every 1 s, --gateway {url} (feedback: POST /v1/feedback)")
         deadline = time.monotonic() + DETECT_TIMEOUT
         while time.monotonic() < deadline:
             report = monitor_pass(Ledger.load(ws), key_path=keys["monitor"], gateway=url,
-                                  feedback=feedback, progress=say)  # fmt: skip
+                                  progress=say)  # fmt: skip
             if report.incidents:
                 break
             time.sleep(1.0)

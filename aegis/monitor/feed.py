@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from aegis.errors import RefusedError, UnsafeFileError
+from aegis.evaluate.input_shift import SUMMARY
 from aegis.fileutil import read_optional
 from aegis.ledger import Ledger
 from aegis.serve.records import READ_CAP, SEGMENT_KIND, segments_index, verified_record
@@ -49,9 +50,19 @@ class Rows:
     requests: np.ndarray  # (n,) "request#row": what feedback names a row by
     flagged: np.ndarray | None  # (n,) the detector's flags, or None when rows were unscored
     origin: list[tuple[int, int]]  # per row: (index line, row in that segment)
+    latency: np.ndarray  # (n,) the request's latency in ms (each row carries its request's)
+    inputs: np.ndarray | None = None  # (n, f) the logged input features, kept as ...
+    input_mode: str | None = None  # ... serve.log_inputs said ("full" or "summary")
+    extracting: np.ndarray | None = None  # (n,) the key was flagged for extraction; None: off
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @classmethod
+    def empty(cls) -> Rows:
+        none = np.empty(0)
+        return cls(np.empty((0, 0)), none.astype(np.int64), None, none.astype("datetime64[us]"),
+                   none.astype(str), none.astype(str), None, [], none)  # fmt: skip
 
 
 def signed_segments(ledger: Ledger) -> list[Segment]:
@@ -144,11 +155,10 @@ def read_rows(
     if table.num_rows != segment.rows:
         raise RefusedError("prediction-log", f"{segment.file}: not the signed row count")
     if start >= table.num_rows:  # read to its end by an earlier pass
-        return Rows(np.empty((0, 0)), np.empty(0, np.int64), None,
-                    np.empty(0, "datetime64[us]"), np.empty(0, str), np.empty(0, str), None,
-                    [])  # fmt: skip
+        return Rows.empty()
+    optional = ("ood_score", "flagged", "latency_ms", "extracting", "inputs", *SUMMARY)
     columns = ["probs", "model_digest", "time", "client", "request"] + [
-        c for c in ("ood_score", "flagged") if c in table.column_names
+        c for c in optional if c in table.column_names
     ]
     frame = table.select(columns).slice(start).to_pandas()
     ood = None
@@ -157,6 +167,9 @@ def read_rows(
     flagged = None
     if "flagged" in frame and frame["flagged"].notna().all():  # null: never scored
         flagged = frame["flagged"].to_numpy(bool)
+    extracting = None
+    if "extracting" in frame and frame["extracting"].notna().all():  # null: not monitored
+        extracting = frame["extracting"].to_numpy(bool)
     digests = set(frame["model_digest"].unique().tolist())
     if expect_digest is not None and digests - {expect_digest}:
         raise RefusedError("prediction-log", f"{segment.file}: rows of another model than "
@@ -176,19 +189,38 @@ def read_rows(
         requests=requests,
         flagged=flagged,
         origin=[(segment.line, start + i) for i in range(len(frame))],
-    )
+        latency=(frame["latency_ms"].fillna(0.0).to_numpy(np.float64) if "latency_ms" in frame
+                 else np.zeros(len(frame))),
+        extracting=extracting,
+        **_inputs(frame),
+    )  # fmt: skip
+
+
+def _inputs(frame) -> dict:
+    """What the segment kept of its inputs, as features: every one (``full``) or each row's
+    mean, minimum and maximum (``summary``); nothing when it kept nothing."""
+    if "inputs" in frame and frame["inputs"].notna().all():
+        return {"inputs": np.stack(frame["inputs"].to_numpy()).astype(np.float64),
+                "input_mode": "full"}  # fmt: skip
+    if all(c in frame for c in SUMMARY) and frame[list(SUMMARY)].notna().all().all():
+        return {"inputs": frame[list(SUMMARY)].to_numpy(np.float64), "input_mode": "summary"}
+    return {}
 
 
 def concat(parts: list[Rows]) -> Rows:
-    """Rows of several segments in order (OOD scores and flags only if every part has them)."""
-    oods, flags = [p.ood for p in parts], [p.flagged for p in parts]
-    return Rows(
-        probs=np.concatenate([p.probs for p in parts]),
-        labels=np.concatenate([p.labels for p in parts]),
-        ood=None if any(o is None for o in oods) else np.concatenate(oods),
-        times=np.concatenate([p.times for p in parts]),
-        clients=np.concatenate([p.clients for p in parts]),
-        requests=np.concatenate([p.requests for p in parts]),
-        flagged=None if any(f is None for f in flags) else np.concatenate(flags),
-        origin=[o for p in parts for o in p.origin],
-    )
+    """Rows of several segments in order (an optional column only if every part has it, in
+    one shape: a version's segments could have kept inputs differently)."""
+    out: dict = {}
+    for f in fields(Rows):
+        values = [getattr(p, f.name) for p in parts]
+        if f.name == "origin":
+            out[f.name] = [o for v in values for o in v]
+        elif f.name == "input_mode":
+            out[f.name] = values[0] if len(set(values)) == 1 else None
+        elif any(v is None for v in values) or len({v.shape[1:] for v in values}) > 1:
+            out[f.name] = None  # optional columns only: the others are always there
+        else:
+            out[f.name] = np.concatenate(values)
+    if out["input_mode"] is None:
+        out["inputs"] = None
+    return Rows(**out)

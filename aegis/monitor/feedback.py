@@ -4,6 +4,8 @@ A feedback file is JSON lines, one per request the gateway answered (its respons
 ``request`` id): ``{"request": "1f2a-17", "labels": [3, null, 7]}``, a true label (or
 ``null``: unknown) per row of that request, in order. The monitor joins them to the
 prediction log's rows and tests the labelled rows' errors (``feedback_accuracy``).
+Clients can send the same over the API (:mod:`aegis.serve.feedback`); every pass
+reads those too (:func:`served_feedback`).
 
 Feedback is evidence the caller supplies, not the gateway, so it is checked strictly
 (a malformed file is refused whole, naming its line): whoever can feed labels can move
@@ -14,20 +16,34 @@ an error.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from aegis.errors import UnsafeFileError, UsageError
+from aegis.errors import RefusedError, UnsafeFileError, UsageError
 from aegis.fileutil import read_regular
+from aegis.ledger import Ledger
+from aegis.serve.feedback import FEEDBACK_KIND, LABELS, SHAPE, feedback_item
+from aegis.serve.records import feedback_path, record_lines, verified_record
 
 LIMIT = 256 << 20
-MAX_ROWS = 100_000  # labels in one request line (the gateway's batch cap is far below)
-MAX_LABEL = 1_000_000  # a class index; larger is not a label (and would overflow int64)
 
 
-def read_feedback(path: Path) -> dict[str, list[int | None]]:
-    """``{request id: [label or None per row]}`` from a feedback file.
+@dataclass(frozen=True)
+class Feedback:
+    """The true labels of one answered request's rows (None: unknown)."""
+
+    labels: list[int | None]
+    client: str | None  # the key that sent it over the API: it labels only its own rows
+
+
+# (request id, the key that sent it over the API, or None: the operator's file)
+Labels = dict[tuple[str, str | None], Feedback]
+
+
+def read_feedback(path: Path) -> Labels:
+    """``{(request id, None): Feedback}`` from an operator's feedback file (any key's rows).
 
     Raises:
         UsageError: Not a regular file, not JSON lines of that shape, a request twice.
@@ -38,39 +54,77 @@ def read_feedback(path: Path) -> dict[str, list[int | None]]:
         raise UsageError(f"--feedback {path}: no such file") from None
     except UnsafeFileError as exc:
         raise UsageError(f"--feedback {path}: {exc.detail}") from None
-    out: dict[str, list[int | None]] = {}
+    out: Labels = {}
     for number, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
-            request, labels = item["request"], item["labels"]
-        except (ValueError, TypeError, KeyError, RecursionError):
-            raise UsageError(f"--feedback {path.name} line {number}: not "
-                             '{"request": ID, "labels": [...]}') from None  # fmt: skip
-        ok = isinstance(request, str) and 0 < len(request) <= 200 and isinstance(labels, list)
-        if ok:
-            ok = len(labels) <= MAX_ROWS and all(
-                v is None
-                or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_LABEL)
-                for v in labels
-            )
-        if not ok:
-            raise UsageError(f"--feedback {path.name} line {number}: a request id and a list "
-                             "of labels (non-negative integers or null)")  # fmt: skip
-        if request in out:
+        except (ValueError, RecursionError):
+            raise UsageError(f"--feedback {path.name} line {number}: not {SHAPE}") from None
+        parsed = feedback_item(item)
+        if parsed is None:
+            raise UsageError(f"--feedback {path.name} line {number}: {LABELS}")
+        request, labels = parsed
+        if (request, None) in out:
             raise UsageError(f"--feedback {path.name} line {number}: request {request!r} twice")
-        out[request] = labels
+        out[request, None] = Feedback(labels, None)
     return out
 
 
-def truth_of(feedback: dict[str, list[int | None]], rows: np.ndarray) -> np.ndarray:
-    """The true label of each ``"request#row"`` key in ``rows`` (-1 where none came back)."""
+def served_feedback(ledger: Ledger) -> Labels:
+    """What clients sent to ``POST /v1/feedback``: every line of ``feedback.jsonl`` (and
+    its rotated ``.1``) that a serving key in good standing signed, keyed by request and
+    sender; a sender's first line for a request wins (it cannot relabel its answers
+    later, and another key's line, sent first, takes nothing from it). A line that does not verify
+    is refused, as an edited prediction-log index is: feedback can move a version to
+    ``suspect``.
+
+    Raises:
+        RefusedError: ``feedback``: a line that does not verify, or not a regular file.
+    """
+    path = feedback_path(ledger.ws)
+    out: Labels = {}
+    for source in (path.with_name(path.name + ".1"), path):
+        try:
+            lines = record_lines(source)
+        except RefusedError as exc:
+            raise RefusedError("feedback", exc.detail) from None
+        complete = lines if not lines or _ends_line(source) else lines[:-1]
+        for number, line in enumerate(complete, 1):
+            document = verified_record(line, FEEDBACK_KIND, ledger)
+            body = None if document is None else document["body"]
+            parsed = None if body is None else feedback_item(
+                {"request": body.get("request"), "labels": body.get("labels")}
+            )  # fmt: skip
+            client = None if body is None else body.get("client")
+            if parsed is None or not isinstance(client, str):
+                raise RefusedError("feedback", f"{source.name} line {number} does not verify "
+                                   "against an active serving key")  # fmt: skip
+            out.setdefault((parsed[0], client), Feedback(parsed[1], client))
+    return out
+
+
+def _ends_line(path: Path) -> bool:
+    """Whether the file's last line is complete (the gateway may be writing one)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(-1, 2)
+            return fh.read(1) == b"\n"
+    except OSError:
+        return True
+
+
+def truth_of(feedback: Labels, rows: np.ndarray, clients: np.ndarray) -> np.ndarray:
+    """The true label of each ``"request#row"`` key in ``rows``, from the operator's file
+    or else from the key the row was answered to (-1 where none came back)."""
     out = np.full(len(rows), -1, dtype=np.int64)
     for i, key in enumerate(rows):
         request, _, row = str(key).rpartition("#")
-        labels = feedback.get(request)
-        if labels is not None and row.isdigit() and int(row) < len(labels):
-            label = labels[int(row)]
+        item = feedback.get((request, None)) or feedback.get((request, str(clients[i])))
+        if item is None:
+            continue
+        if row.isdigit() and int(row) < len(item.labels):
+            label = item.labels[int(row)]
             out[i] = -1 if label is None else label
     return out

@@ -29,6 +29,7 @@ from aegis.events import EventOutbox, make_event
 from aegis.ledger import Ledger
 from aegis.monitor.contain import BREACH, contain, decide
 from aegis.monitor.feed import Rows, Segment, concat, missing_by_cap, read_rows, signed_segments
+from aegis.monitor.feedback import Labels, served_feedback, truth_of
 from aegis.monitor.incidents import Incident, incident_id, incidents, record_incident
 from aegis.monitor.state import MonitorState, Streak, load_state, save_state
 from aegis.monitor.windows import WindowRecord, append_windows
@@ -62,7 +63,7 @@ def monitor_pass(
     model: str | None = None,
     events: EventOutbox | None = None,
     gateway: str | None = None,
-    feedback: dict[str, list[int | None]] | None = None,
+    feedback: Labels | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> PassReport:
     """Reads every full window since the last pass and acts on confirmed breaches.
@@ -74,8 +75,9 @@ def monitor_pass(
         events: Where breach events go (default: Prefect's REST API, when configured).
         gateway: The gateway's URL: a rollback is contained when its ``/readyz``
             serves the target (without it, when the registry moved).
-        feedback: True labels that came back, ``{request id: [label or None per row]}``
-            (:func:`aegis.monitor.feedback.read_feedback`).
+        feedback: True labels from an operator's file
+            (:func:`aegis.monitor.feedback.read_feedback`); what clients sent to
+            ``POST /v1/feedback`` is read every pass (the file wins for a request in both).
         progress: Called with a line per step.
 
     Raises:
@@ -101,12 +103,13 @@ def monitor_pass(
         by_version: dict[str, list[Segment]] = {}
         for segment in segments:
             by_version.setdefault(segment.version, []).append(segment)
+        labels = served_feedback(ledger) | (feedback or {})
         opened: list[Incident] = []
         history: list[WindowRecord] = []
         policies: dict[str, Any] = {}  # version -> its verified release's monitor params
         for version, group in by_version.items():
             opened += _version_pass(ledger, state, report, name, version, group, gone, actor,
-                                    history, feedback or {}, policies, progress)  # fmt: skip
+                                    history, labels, policies, progress)  # fmt: skip
         # incidents before the state: a crash between them re-reads the windows, and an
         # incident's id (its evidence) keeps it from being recorded twice
         for incident in opened:
@@ -163,7 +166,7 @@ def _event(ledger: Ledger, incident: Incident) -> dict:
 
 def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, version: str,
                   segments: list[Segment], gone: set[int], actor: str,
-                  history: list[WindowRecord], feedback: dict[str, list[int | None]],
+                  history: list[WindowRecord], feedback: Labels,
                   policies: dict[str, Any], progress) -> list[Incident]:  # fmt: skip
     from aegis.evaluate.monitoring import MonitorReference, breaches, signals
 
@@ -209,12 +212,20 @@ def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, v
     ood = None if rows.ood is None else rows.ood[cut].reshape(count, n)
     truth = None
     if feedback:
-        from aegis.monitor.feedback import truth_of
-
-        truth = truth_of(feedback, rows.requests[cut]).reshape(count, n)
+        truth = truth_of(feedback, rows.requests[cut], rows.clients[cut]).reshape(count, n)
     flagged = None if rows.flagged is None else rows.flagged[cut].reshape(count, n)
-    values = signals(ref, probs, rows.labels[cut].reshape(count, n), ood, truth, flagged)
+    extracting = None if rows.extracting is None else rows.extracting[cut].reshape(count, n)
+    inputs = None
+    bins = ref.inputs
+    # the same features it was fitted on, or none: a version's log kept as its params said
+    if rows.inputs is not None and bins is not None and rows.input_mode == bins.mode \
+            and rows.inputs.shape[1] == len(bins.cuts):  # fmt: skip
+        inputs = rows.inputs[cut].reshape(count, n, -1)
+    values = signals(ref, probs, rows.labels[cut].reshape(count, n), ood, truth, flagged,
+                     inputs=inputs, extracting=extracting,
+                     latency=_latency(cursor, rows, count, n))  # fmt: skip
     hits = breaches(ref, values)
+    evidence = _evidence(ref, rows, cut, truth, ood)
     opened = []
     shas = {s.line: s.sha256 for s in pending}
     for w in range(count):
@@ -243,7 +254,7 @@ def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, v
                 confirmed[signal] = streak
         if confirmed:
             opened.append(_incident(model, version, confirmed, values, w, confirm, ref, rows,
-                                    window, actor, params))  # fmt: skip
+                                    window, actor, params, evidence))  # fmt: skip
     last_line, last_row = rows.origin[count * n - 1]
     cursor.line, cursor.offset = last_line, last_row + 1
     cursor.sha = next(s.sha256 for s in pending if s.line == last_line)
@@ -252,13 +263,53 @@ def _version_pass(ledger, state: MonitorState, report: PassReport, model: str, v
     return opened
 
 
-def _incident(model, version, confirmed, values, w, confirm, ref, rows, window, actor, params):
+def _latency(cursor, rows: Rows, count: int, n: int) -> np.ndarray:
+    """Each window's ``latency_shift``: its requests' latencies (a request counts in the
+    window holding its first row) ranked against the version's preceding requests, which
+    the cursor carries from pass to pass (the last ``LATENCY_HISTORY``)."""
+    from aegis.evaluate.monitoring import LATENCY_HISTORY, latency_surprise
+
+    history = list(cursor.latency)
+    out = np.zeros(count)
+    for w in range(count):
+        window = slice(w * n, (w + 1) * n)
+        during = rows.latency[window][np.char.endswith(rows.requests[window], "#0")]
+        out[w] = latency_surprise(np.asarray(history[-LATENCY_HISTORY:]), during)
+        history.extend(float(v) for v in during)
+    cursor.latency = [round(v, 3) for v in history[-LATENCY_HISTORY:]]
+    return out
+
+
+def _evidence(ref, rows: Rows, cut: slice, truth, ood) -> dict[str, np.ndarray]:
+    """Per signal counted over rows, which rows it counted (the others are tests of a whole
+    window's distribution): the keys a breach is laid on are those rows' keys."""
+    out = {}
+    if truth is not None:
+        out["feedback_accuracy"] = truth.reshape(-1) >= 0
+    if ood is not None and ref.ood_cut is not None:
+        out["ood_count"] = ood.reshape(-1) > ref.ood_cut
+    for name, column in (("adversarial_count", rows.flagged), ("extraction_count",
+                                                                rows.extracting)):  # fmt: skip
+        if column is not None:
+            out[name] = column[cut]
+    return out
+
+
+def _incident(model, version, confirmed, values, w, confirm, ref, rows, window, actor, params,
+              evidence):  # fmt: skip
     """One incident for every signal confirmed on window ``w``; its evidence is the
-    union of their breaching windows (the earliest first bad request)."""
+    union of their breaching windows (the earliest first bad request). The one-key rule
+    weighs the keys of the rows the signals counted (labelled, flagged, out-of-range
+    rows) when every signal counts rows: one key's lying feedback throttles that key,
+    even when its rows are a minority of the traffic."""
     windows = sorted({d for streak in confirmed.values() for d in streak.windows})
     earliest = min(s.first_time or _iso(rows.times[window.start]) for s in confirmed.values())
     start = max(window.stop - confirm * ref.window, 0)
     clients = rows.clients[start : window.stop]
+    if all(s in evidence for s in confirmed):
+        counted = np.any([evidence[s][start : window.stop] for s in confirmed], axis=0)
+        if counted.any():
+            clients = clients[counted]
     keys, counts = np.unique(clients, return_counts=True)
     shares = {str(k): float(c / len(clients)) for k, c in zip(keys, counts, strict=True)}
     decision = decide(sorted(confirmed), shares, params)

@@ -2,8 +2,9 @@
 
 ``.aegis/monitor/state.json`` is a document the monitor key signs. Per model version
 (``model@version``) it holds the cursor (the index line, its segment's digest and the
-row the next window starts at) and, per signal, the run of consecutive breaching
-windows (their count, digests and first row's time).
+row the next window starts at), per signal the run of consecutive breaching windows
+(their count, digests and first row's time), and the latencies of the version's last
+requests (what ``latency_shift`` ranks a window against).
 
 A state that does not verify is refused (``monitor-state``): an edit could hide a
 breach or replay windows. A missing state starts at the beginning of the log; an older
@@ -14,6 +15,7 @@ are not opened again (:mod:`aegis.monitor.incidents` keys them by evidence).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ class VersionState:
     sha: str | None = None  # that segment's digest: an index rewritten under the cursor shows
     windows: int = 0  # windows checked so far
     streaks: dict[str, Streak] = field(default_factory=dict)
+    latency: list[float] = field(default_factory=list)  # the last requests' latencies, ms
 
 
 @dataclass
@@ -97,8 +100,11 @@ def _version(data: dict[str, Any]) -> VersionState:
         for signal, t in data["streaks"].items()
     }
     sha = data.get("sha")
+    latency = [float(v) for v in data.get("latency", [])]  # absent in states before it
+    if not all(math.isfinite(v) for v in latency):
+        raise ValueError("latency")
     return VersionState(int(data["line"]), int(data["offset"]), None if sha is None else str(sha),
-                        int(data["windows"]), streaks)  # fmt: skip
+                        int(data["windows"]), streaks, latency)  # fmt: skip
 
 
 def save_state(ws: Workspace, state: MonitorState, key: PrivateKey) -> None:

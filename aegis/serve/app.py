@@ -71,21 +71,31 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
         gw.metrics.observe(endpoint, time.perf_counter() - started)
         return response
 
-    @app.post("/v1/predict")
-    async def predict(request: Request) -> Response:
+    async def _posted(endpoint: str, request: Request, handle, status: int = 200) -> Response:
+        """An authenticated POST: ``handle(client, body, started)`` answers it."""
         started = time.perf_counter()
         gw: Gateway = app.state.gateway
         try:
             client = gw.authenticate(request.headers.get("authorization"), scope="predict")
             body = await _body(request)
-            response = _json(gw.predict(client, body, started=started))
+            response = _json(handle(gw, client, body, started), status)
         except GatewayError as exc:
             response = _refused(gw, exc)
         except Exception:  # never a bare 500 page: logged, counted, one JSON line
-            log.exception("predict failed")
+            log.exception("%s failed", endpoint)
             gw.metrics.refusals.labels(reason="internal").inc()
             response = _json({"error": "internal", "message": "internal error (logged)"}, 500)
-        return _answer("predict", started, response)
+        return _answer(endpoint, started, response)
+
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> Response:
+        return await _posted("predict", request, lambda gw, client, body, started:
+                             gw.predict(client, body, started=started))  # fmt: skip
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Response:
+        return await _posted("feedback", request, lambda gw, client, body, _started:
+                             gw.feedback(client, body), status=202)  # fmt: skip
 
     @app.get("/v1/model")
     async def model(request: Request) -> Response:

@@ -264,6 +264,30 @@ class Gateway:
             self.metrics.requests.labels(client=client.name, status=str(exc.status)).inc()
             raise
 
+    def feedback(self, client: Client, body: bytes) -> dict[str, Any]:
+        """Answers ``POST /v1/feedback``: one signed line, one row of the client's limits.
+
+        Raises:
+            GatewayError: 422 (not feedback: :mod:`aegis.serve.feedback`), 429, 503.
+        """
+        from aegis.serve.feedback import feedback_document
+
+        served = self.served
+        try:
+            decision = self.limiter.admit(self._rate_policy(client, served), 1)
+        except LimitsUnavailable:
+            raise GatewayError(503, "limits", "limits cannot be counted now; retry") from None
+        if not decision.allowed:
+            raise GatewayError(429, decision.limit, f"over the {decision.limit} of client "
+                               f"'{client.name}'")  # fmt: skip
+        try:
+            document = feedback_document(self.recorder.key, body, client_id=client.id,
+                                         max_rows=served.params.max_batch)  # fmt: skip
+        except ValueError as exc:
+            raise GatewayError(422, "malformed", str(exc)) from None
+        self.recorder.feedback(document)
+        return {"request": document["body"]["request"], "labels": len(document["body"]["labels"])}
+
     def _predict(self, client: Client, body: bytes, started: float) -> dict[str, Any]:
         served = self.served  # one model for the whole request, whatever reloads meanwhile
         client = self._rate_policy(client, served)
@@ -398,6 +422,8 @@ class Gateway:
                     log.exception("OOD scores not computed")
                 if self.served.params.on_extraction != "off":
                     self.extraction.observe(group, served)
+                    for chunk in group:  # the monitor's extraction_count reads it per row
+                        chunk.extracting = self.extraction.flagged(chunk.client)
 
     def _score_deferred(self, served: ServedModel, group: list[Chunk]) -> None:
         """Scores, in one batch, the rows ``served`` answered under ``flag``."""

@@ -63,6 +63,7 @@ class Chunk:
     pending: Any = None
     watermarks: list[dict[str, Any]] | None = None  # aegis.serve.watermark.records
     ood: np.ndarray | None = None  # (n,) Mahalanobis scores, when the release has a reference
+    extracting: bool | None = None  # its key was flagged for extraction; None: not monitored
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -342,6 +343,7 @@ def _table(chunks: list[Chunk]) -> Any:
         "score": pa.array(scores, type=pa.float64()),
         "ood_score": pa.array(ood, type=pa.float64()),
         "latency_ms": _per_row([c.latency_ms for c in chunks], pa.float64(), index),
+        "extracting": _per_row([c.extracting for c in chunks], pa.bool_(), index),
         "log_inputs": _per_row([c.mode for c in chunks], pa.string(), index),
     }
     modes = {c.mode for c in chunks}  # one per version: the release's signed params

@@ -48,6 +48,10 @@ def segments_index(ws: Workspace) -> Path:
     return serve_dir(ws) / "log" / "segments.jsonl"
 
 
+def feedback_path(ws: Workspace) -> Path:
+    return serve_dir(ws) / "log" / "feedback.jsonl"
+
+
 def load_serving_key(ledger: Ledger, path: Path | None) -> PrivateKey:
     """The gateway's key: an active ``serving`` key of the trust store, nothing else.
 
@@ -96,6 +100,12 @@ class Recorder:
             self._append(alerts_path(self.ws), sign_document(self.key, body), cap=ALERTS_CAP)
         except OSError as exc:  # the alert is still in the process log and the metrics
             log.error("cannot write alert to %s: %s", alerts_path(self.ws), exc)
+
+    def feedback(self, document: dict[str, Any]) -> None:
+        """Appends one signed feedback line (:mod:`aegis.serve.feedback`)."""
+        from aegis.serve.feedback import FEEDBACK_CAP
+
+        self._append(feedback_path(self.ws), document, cap=FEEDBACK_CAP)
 
     def segment(self, body: dict[str, Any]) -> None:
         """Signs one written prediction-log segment into the segment index."""

@@ -150,6 +150,46 @@ def test_wrong_feedback_labels_breach_accuracy_and_bad_feedback_files_are_refuse
     assert read_registry(Ledger.load(served.env.ws), MODEL).prod == "v1.0.0"
 
 
+def test_api_feedback_labels_only_the_senders_rows_and_one_lying_key_is_only_throttled(
+    v2_prod, monitor_key
+):
+    from aegis.errors import RefusedError
+    from aegis.serve.gateway import GatewayError
+    from aegis.serve.records import feedback_path
+
+    served = v2_prod
+    clean = clean_rows(served)[:100]
+    ids = serve_rows(served, clean, clients=("app", "ops"))  # app, ops, app, ops
+    gw = in_process_gateway(served)
+    try:
+        wrong = (np.asarray(gw.served.predict(clean).labels) + 1) % 10  # every answer contradicted
+        app = gw.authenticate(f"Bearer {served.tokens['app']}", scope="predict")
+        ops = gw.authenticate(f"Bearer {served.tokens['ops']}", scope="predict")
+        for i in (0, 2):  # app's requests
+            body = json.dumps({"request": ids[i], "labels": wrong[i * 25 : (i + 1) * 25].tolist()})
+            assert gw.feedback(ops, body.encode())["labels"] == 25  # first, but not its answers
+            gw.feedback(app, body.encode())  # app lies about its own answers
+        with pytest.raises(GatewayError, match="not an id this gateway hands out"):
+            gw.feedback(app, b'{"request": "../x", "labels": [1]}')
+    finally:
+        gw.close()
+    report = _pass(served, monitor_key)
+    [incident] = report.incidents
+    assert incident.signals == ["feedback_accuracy"]
+    # the labelled rows are all app's, though app sent half the traffic: one key's word
+    # throttles that key and burns no version
+    assert incident.action == "throttle" and incident.clients == [served.clients["app"]]
+    assert read_registry(Ledger.load(served.env.ws), MODEL).prod == "v2.0.0"
+    path = feedback_path(served.env.ws)
+    lines = path.read_text().splitlines()
+    forged = json.loads(lines[0])
+    forged["body"]["labels"][0] = (forged["body"]["labels"][0] + 1) % 10
+    path.write_text(json.dumps(forged) + "\n" + "\n".join(lines[1:]) + "\n")
+    with pytest.raises(RefusedError) as refused:
+        _pass(served, monitor_key)
+    assert refused.value.check == "feedback" and "line 1 does not verify" in str(refused.value)
+
+
 def test_a_rollback_with_no_known_good_version_is_recorded_as_refused(served, monitor_key):
     serve_rows(served, 16.0 - clean_rows(served)[:100], clients=("app", "ops"))  # v1: no earlier
     report = _pass(served, monitor_key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from monitor_helpers import clean_rows, serve_rows
 from serve_helpers import MODEL
@@ -139,3 +140,42 @@ def test_the_monitor_key_is_needed_and_can_neither_promote_nor_approve(
     shutil.rmtree(segments_index(served.env.ws).parent, ignore_errors=True)
     result = cli("monitor", "--key", str(monitor_key), "--json", cwd=served.root)
     assert result.code == 0 and json.loads(result.out)["windows"] == {}
+
+
+def test_logged_inputs_give_input_psi_and_a_darkened_delivery_breaches_it(served, monitor_key):
+    from aegis.monitor.windows import read_windows
+    from aegis.serve.predlog import read_log
+
+    clean = clean_rows(served)
+    serve_rows(served, clean[:100])
+    assert not _pass(served, monitor_key).incidents
+    log = read_log(segments_index(served.env.ws).parent)
+    assert not log["extracting"].any()  # clean keys: none flagged for extraction
+    [first, second] = read_windows(served.env.ws)
+    for record in (first, second):  # summary logging (the default): each row's mean, min, max
+        assert {"input_psi", "latency_shift"} <= set(record.values)
+        assert record.values["input_psi"] <= record.thresholds["input_psi"]
+    serve_rows(served, np.round(clean[100:200] * 0.4))  # the same forms, far fainter
+    [incident] = _pass(served, monitor_key).incidents
+    assert "input_psi" in incident.signals
+    assert min(incident.values["input_psi"]) > incident.thresholds["input_psi"]
+
+
+def test_latency_ranks_each_window_against_the_versions_own_history():
+    from aegis.evaluate.monitoring import LATENCY_HISTORY
+    from aegis.monitor.feed import Rows
+    from aegis.monitor.run import _latency
+    from aegis.monitor.state import VersionState
+
+    rng = np.random.default_rng(0)
+    n, count = 50, 8  # ten five-row requests per window
+    requests = np.array([f"r{i // 5}#{i % 5}" for i in range(n * count)])
+    latency = np.repeat(rng.gamma(4.0, 2.0, size=n * count // 5), 5)
+    latency[-2 * n :] *= 3  # the last two windows' requests are slower
+    rows = Rows.empty()
+    rows = Rows(**{**rows.__dict__, "requests": requests, "latency": latency})
+    cursor = VersionState()
+    values = _latency(cursor, rows, count, n)
+    assert (values[:3] == 0).all()  # fewer than 30 requests before them: no signal yet
+    assert (values[3:6] < 2).all() and (values[6:] > 3).all()
+    assert len(cursor.latency) == n * count // 5 <= LATENCY_HISTORY  # carried to the next pass

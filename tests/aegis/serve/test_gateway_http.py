@@ -182,3 +182,43 @@ def test_the_response_is_json(gateway, served_base):
     assert got == 200
     assert headers["content-type"] == "application/json"
     json.dumps(body)
+
+
+def test_feedback_is_accepted_signed_and_bound_to_the_key_that_sent_it(gateway, served_base):
+    from aegis.serve.records import feedback_path
+
+    token = served_base.tokens["app"]
+    _, answer, _ = call(gateway.url, "/v1/predict", token=token, body={"inputs": ROWS[:3]})
+    labels = {"request": answer["request"], "labels": [0, None, 7]}
+    status, body, _ = call(gateway.url, "/v1/feedback", token=token, body=labels)
+    assert (status, body) == (202, {"request": answer["request"], "labels": 3})
+    lines = feedback_path(served_base.env.ws).read_text().splitlines()
+    line = next(json.loads(x) for x in lines if answer["request"] in x)
+    assert line["body"] | {"time": None} == {
+        "kind": "aegis-serve-feedback/1", "client": served_base.clients["app"], "time": None,
+        "request": answer["request"], "labels": [0, None, 7],
+    }  # fmt: skip
+    assert line["signature"]  # the serving key's (the monitor verifies it)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"request": "1a-2", "labels": []}, {"request": "1a-2", "labels": [1.5]},
+     {"request": "1a-2", "labels": [True]}, {"request": "1a-2", "labels": [-1]},
+     {"request": "1a-2", "labels": [2_000_000]}, {"request": "1a-2", "labels": [0] * 257},
+     {"request": "../../etc", "labels": [1]}, {"request": 7, "labels": [1]},
+     {"request": "1a-2"}, {"request": "1a-2", "labels": [1], "extra": 1}, [1, 2]],
+)  # fmt: skip
+def test_feedback_that_is_not_labels_of_an_answer_is_422(gateway, served_base, body):
+    got, answer, _ = call(gateway.url, "/v1/feedback", token=served_base.tokens["app"], body=body)
+    assert (got, answer["error"]) == (422, "malformed"), answer
+
+
+def test_feedback_needs_a_predict_token(gateway, served_base):
+    body = {"request": "1a-2", "labels": [1]}
+    assert call(gateway.url, "/v1/feedback", body=body)[0] == 401
+    got, answer, _ = call(
+        gateway.url, "/v1/feedback", token=served_base.tokens["reader"], body=body
+    )
+    assert (got, answer["error"]) == (403, "scope")
+    assert call(gateway.url, "/v1/feedback", token=served_base.tokens["app"], raw=b"{")[0] == 422
