@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from aegis.errors import RefusedError, UnsafeFileError, UsageError
-from aegis.fileutil import read_regular
+from aegis.fileutil import read_optional, read_regular
 from aegis.ledger import Ledger
 from aegis.serve.feedback import FEEDBACK_KIND, LABELS, SHAPE, feedback_item
-from aegis.serve.records import feedback_path, record_lines, verified_record
+from aegis.serve.records import READ_CAP, feedback_path, verified_record
 
 LIMIT = 256 << 20
 
@@ -72,47 +72,38 @@ def read_feedback(path: Path) -> Labels:
     return out
 
 
-def served_feedback(ledger: Ledger) -> Labels:
-    """What clients sent to ``POST /v1/feedback``: every line of ``feedback.jsonl`` (and
-    its rotated ``.1``) that a serving key in good standing signed, keyed by request and
-    sender; a sender's first line for a request wins (it cannot relabel its answers
-    later, and another key's line, sent first, takes nothing from it). A line that does not verify
-    is refused, as an edited prediction-log index is: feedback can move a version to
-    ``suspect``.
+def served_feedback(ledger: Ledger) -> tuple[Labels, int]:
+    """What clients sent to ``POST /v1/feedback``, and how many lines were skipped.
+
+    Every complete line of ``feedback.jsonl`` (and its rotated ``.1``) that a serving key
+    in good standing signed counts, keyed by request and sender; a sender's first line
+    for a request wins (it cannot relabel its answers later, and another key's line,
+    sent first, takes nothing from it). A line that does not verify (edited, forged, or
+    signed by a key revoked since) is skipped and counted, not fatal: whoever can write
+    the file could otherwise stop every signal's monitoring by appending a bad line.
 
     Raises:
-        RefusedError: ``feedback``: a line that does not verify, or not a regular file.
+        RefusedError: ``feedback``: the file is not a regular file (a planted link).
     """
     path = feedback_path(ledger.ws)
     out: Labels = {}
+    skipped = 0
     for source in (path.with_name(path.name + ".1"), path):
         try:
-            lines = record_lines(source)
-        except RefusedError as exc:
-            raise RefusedError("feedback", exc.detail) from None
-        complete = lines if not lines or _ends_line(source) else lines[:-1]
-        for number, line in enumerate(complete, 1):
+            raw = read_optional(source, limit=READ_CAP, what=source.name) or b""
+        except UnsafeFileError as exc:
+            raise RefusedError("feedback", f"{source.name}: {exc.detail}") from None
+        # complete lines only: the gateway may be writing the last one
+        for line in raw.decode("utf-8", "replace").split("\n")[:-1]:
             document = verified_record(line, FEEDBACK_KIND, ledger)
-            body = None if document is None else document["body"]
-            parsed = None if body is None else feedback_item(
-                {"request": body.get("request"), "labels": body.get("labels")}
-            )  # fmt: skip
-            client = None if body is None else body.get("client")
+            body = {} if document is None else document["body"]
+            parsed = feedback_item({"request": body.get("request"), "labels": body.get("labels")})
+            client = body.get("client")
             if parsed is None or not isinstance(client, str):
-                raise RefusedError("feedback", f"{source.name} line {number} does not verify "
-                                   "against an active serving key")  # fmt: skip
+                skipped += 1
+                continue
             out.setdefault((parsed[0], client), Feedback(parsed[1], client))
-    return out
-
-
-def _ends_line(path: Path) -> bool:
-    """Whether the file's last line is complete (the gateway may be writing one)."""
-    try:
-        with path.open("rb") as fh:
-            fh.seek(-1, 2)
-            return fh.read(1) == b"\n"
-    except OSError:
-        return True
+    return out, skipped
 
 
 def truth_of(feedback: Labels, rows: np.ndarray, clients: np.ndarray) -> np.ndarray:

@@ -46,13 +46,14 @@ class PassReport:
     skipped_segments: int = 0  # removed by the log's cap before they were read
     unmonitored: list[str] = field(default_factory=list)  # versions without a reference
     contained: list[dict[str, Any]] = field(default_factory=list)  # monitor.contained details
+    feedback_skipped: int = 0  # feedback lines that did not verify (never believed)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "windows": self.windows, "breaches": self.breaches,
             "incidents": [i.to_json() for i in self.incidents],
             "skipped_segments": self.skipped_segments, "unmonitored": self.unmonitored,
-            "contained": self.contained,
+            "contained": self.contained, "feedback_skipped": self.feedback_skipped,
         }  # fmt: skip
 
 
@@ -103,7 +104,10 @@ def monitor_pass(
         by_version: dict[str, list[Segment]] = {}
         for segment in segments:
             by_version.setdefault(segment.version, []).append(segment)
-        labels = served_feedback(ledger) | (feedback or {})
+        served, report.feedback_skipped = served_feedback(ledger)
+        if report.feedback_skipped:
+            progress(f"{report.feedback_skipped} feedback line(s) do not verify: skipped")
+        labels = served | (feedback or {})
         opened: list[Incident] = []
         history: list[WindowRecord] = []
         policies: dict[str, Any] = {}  # version -> its verified release's monitor params

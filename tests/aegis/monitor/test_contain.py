@@ -182,12 +182,19 @@ def test_api_feedback_labels_only_the_senders_rows_and_one_lying_key_is_only_thr
     assert read_registry(Ledger.load(served.env.ws), MODEL).prod == "v2.0.0"
     path = feedback_path(served.env.ws)
     lines = path.read_text().splitlines()
-    forged = json.loads(lines[0])
-    forged["body"]["labels"][0] = (forged["body"]["labels"][0] + 1) % 10
-    path.write_text(json.dumps(forged) + "\n" + "\n".join(lines[1:]) + "\n")
+    forged = json.loads(lines[-1])  # app's line, relabelled: the signature no longer holds
+    forged["body"]["labels"] = [0] * 25
+    path.write_text("\n".join([*lines, json.dumps(forged), "not json"]) + "\n")
+    from aegis.monitor.feedback import served_feedback
+
+    labels, skipped = served_feedback(Ledger.load(served.env.ws))
+    assert skipped == 2 and len(labels) == 4  # each sender's line per request, no forgery
+    assert labels[ids[2], served.clients["app"]].labels == wrong[50:75].tolist()
+    path.unlink()
+    path.symlink_to(served.root / "params.yaml")  # a planted link stops the pass
     with pytest.raises(RefusedError) as refused:
         _pass(served, monitor_key)
-    assert refused.value.check == "feedback" and "line 1 does not verify" in str(refused.value)
+    assert refused.value.check == "feedback" and "symbolic link" in str(refused.value)
 
 
 def test_a_rollback_with_no_known_good_version_is_recorded_as_refused(served, monitor_key):
