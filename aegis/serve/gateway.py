@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -151,6 +152,9 @@ class Gateway:
             store / "log", params=self.served.params, on_segment=self._segment_written,
             before_write=self._before_write, on_drop=self.metrics.log_dropped.inc,
         )  # fmt: skip
+        # request ids: the pid and a random tag, then a counter; a restarted gateway that
+        # reuses a pid never repeats an id (feedback names its rows by it)
+        self._id_prefix = f"{os.getpid():x}{secrets.token_hex(4)}"
         self._ids = itertools.count(1)
         self._refused: set[tuple[str, str]] = set()  # (version, message) alerted already
         self._stop = threading.Event()
@@ -319,7 +323,7 @@ class Gateway:
         policy = served.params.on_adversarial
         if flagged:
             self.metrics.adversarial.labels(action=policy).inc(flagged)
-        request = f"{os.getpid():x}-{next(self._ids)}"
+        request = f"{self._id_prefix}-{next(self._ids)}"
         self.predlog.append(Chunk(
             time=time.time(), request=request, client=client.id, version=served.version,
             digest=served.release.model_digest, latency_ms=(time.perf_counter() - started) * 1000,
