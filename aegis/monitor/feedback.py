@@ -15,7 +15,6 @@ an error.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 from aegis.errors import RefusedError, UnsafeFileError, UsageError
 from aegis.fileutil import read_optional, read_regular
 from aegis.ledger import Ledger
-from aegis.serve.feedback import FEEDBACK_KIND, LABELS, SHAPE, feedback_item
+from aegis.serve.feedback import FEEDBACK_KIND, feedback_item, parse_feedback
 from aegis.serve.records import READ_CAP, feedback_path, verified_record
 
 LIMIT = 256 << 20
@@ -59,13 +58,9 @@ def read_feedback(path: Path) -> Labels:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
-        except (ValueError, RecursionError):
-            raise UsageError(f"--feedback {path.name} line {number}: not {SHAPE}") from None
-        parsed = feedback_item(item)
-        if parsed is None:
-            raise UsageError(f"--feedback {path.name} line {number}: {LABELS}")
-        request, labels = parsed
+            request, labels = parse_feedback(line)
+        except ValueError as exc:
+            raise UsageError(f"--feedback {path.name} line {number}: {exc}") from None
         if (request, None) in out:
             raise UsageError(f"--feedback {path.name} line {number}: request {request!r} twice")
         out[request, None] = Feedback(labels, None)

@@ -51,20 +51,29 @@ def feedback_item(item: Any) -> tuple[str, list[int | None]] | None:
     return request, labels
 
 
+def parse_feedback(text: bytes | str) -> tuple[str, list[int | None]]:
+    """``(request, labels)`` of one JSON feedback item (a body, or a file's line).
+
+    Raises:
+        ValueError: Naming what is wrong with it.
+    """
+    try:
+        item = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValueError(f"not JSON; send {SHAPE}") from None
+    parsed = feedback_item(item)
+    if parsed is None:
+        raise ValueError(f"send {SHAPE}: {LABELS}")
+    return parsed
+
+
 def feedback_document(key, body: bytes, *, client_id: str, max_rows: int) -> dict[str, Any]:
     """The signed line for a ``POST /v1/feedback`` body.
 
     Raises:
         ValueError: Naming what is wrong with the body (the gateway answers 422).
     """
-    try:
-        item = json.loads(body)
-    except (ValueError, RecursionError):
-        raise ValueError(f"the body is not JSON; send {SHAPE}") from None
-    parsed = feedback_item(item)
-    if parsed is None:
-        raise ValueError(f"send {SHAPE}: {LABELS}")
-    request, labels = parsed
+    request, labels = parse_feedback(body)
     if not REQUEST_ID.fullmatch(request):
         raise ValueError(f"request {request[:40]!r} is not an id this gateway hands out")
     if not 0 < len(labels) <= max_rows:
