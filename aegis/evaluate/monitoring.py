@@ -192,9 +192,14 @@ def ks_max(ref: np.ndarray, windows: np.ndarray) -> np.ndarray:
     return out
 
 
+def label_counts(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Rows per label along the last axis: ``(..., classes)``."""
+    return np.stack([(labels == c).sum(axis=-1) for c in range(classes)], axis=-1)
+
+
 def label_share(labels: np.ndarray, classes: int) -> np.ndarray:
     """Smoothed share of each label along the last axis (no class is impossible)."""
-    counts = np.stack([(labels == c).sum(axis=-1) for c in range(classes)], axis=-1) + 0.5
+    counts = label_counts(labels, classes) + 0.5
     return counts / counts.sum(axis=-1, keepdims=True)
 
 
@@ -202,14 +207,9 @@ def chi2(share: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Pearson's chi-squared of each window's labels, ``(w, n)``, against ``share``
     (``(classes,)``, or ``(w, classes)``: one per window)."""
     n = labels.shape[1]
-    counts = np.stack([(labels == c).sum(axis=1) for c in range(share.shape[-1])], axis=1)
+    counts = label_counts(labels, share.shape[-1])
     expected = n * np.broadcast_to(share, counts.shape)
     return ((counts - expected) ** 2 / expected).sum(axis=1)
-
-
-def label_counts(labels: np.ndarray, classes: int) -> np.ndarray:
-    """Rows per label along the last axis: ``(..., classes)``."""
-    return np.stack([(labels == c).sum(axis=-1) for c in range(classes)], axis=-1)
 
 
 def chi2_two_sample(ref: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -310,9 +310,9 @@ def breaches(ref: MonitorReference, values: dict[str, np.ndarray]) -> dict[str, 
 
 
 def _permutation_windows(rng, m: int, window: int, boots: int, block: int = 500):
-    """``(slice, member)`` blocks: each replicate's window is ``window`` of the ``m`` rows
-    drawn without replacement (``member``, ``(size, m)``, marks them) and its reference
-    the other ``m - window`` rows.
+    """``(slice, wins, member)`` blocks: each replicate's window is ``window`` of the
+    ``m`` rows drawn without replacement (``wins``, ``(size, window)``; ``member``,
+    ``(size, m)``, marks them) and its reference the other ``m - window`` rows.
 
     Why a permutation and not a bootstrap of both: rows a bootstrap window shares with a
     bootstrap reference (about 60 % of them, drawn from the same rows) pull the two
@@ -324,7 +324,7 @@ def _permutation_windows(rng, m: int, window: int, boots: int, block: int = 500)
         wins = np.argsort(rng.random((size, m)), axis=1)[:, :window]
         member = np.zeros((size, m), dtype=bool)
         np.put_along_axis(member, wins, True, axis=1)
-        yield slice(start, start + size), member
+        yield slice(start, start + size), wins, member
 
 
 def _split_ks(columns: np.ndarray, member: np.ndarray, window: int) -> np.ndarray:
@@ -406,8 +406,7 @@ def calibrate_monitor(
     index = None
     if inputs is not None and features is not None:
         index, null["input_psi"] = inputs.index(features), np.empty(boots)
-    for block, member in _permutation_windows(rng, m, window, boots):
-        wins = np.nonzero(member)[1].reshape(len(member), window)
+    for block, wins, member in _permutation_windows(rng, m, window, boots):
         null["softmax_ks"][block] = _split_ks(columns, member, window) * math.sqrt(r)
         # the reference's counts are the rows' counts less the window's; two-sample: no r
         rest = counts_all - label_counts(labels[wins], classes)
