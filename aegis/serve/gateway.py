@@ -278,12 +278,9 @@ class Gateway:
 
         served = self.served
         try:
-            decision = self.limiter.admit(self._rate_policy(client, served), 1)
+            self._admit(self._rate_policy(client, served), 1)
         except LimitsUnavailable:
             raise GatewayError(503, "limits", "limits cannot be counted now; retry") from None
-        if not decision.allowed:
-            raise GatewayError(429, decision.limit, f"over the {decision.limit} of client "
-                               f"'{client.name}'")  # fmt: skip
         try:
             document = feedback_document(self.recorder.key, body, client_id=client.id,
                                          max_rows=served.params.max_batch)  # fmt: skip
@@ -291,6 +288,22 @@ class Gateway:
             raise GatewayError(422, "malformed", str(exc)) from None
         self.recorder.feedback(document)
         return {"request": document["body"]["request"], "labels": len(document["body"]["labels"])}
+
+    def _admit(self, client: Client, rows: int) -> None:
+        """Counts ``rows`` against the client's limits.
+
+        Raises:
+            GatewayError: 429 with Retry-After, over a limit.
+            LimitsUnavailable: The limits cannot be counted (the callers answer 503).
+        """
+        decision = self.limiter.admit(client, rows)
+        if not decision.allowed:
+            from aegis.serve.clients import retry_after
+
+            raise GatewayError(
+                429, decision.limit, f"over the {decision.limit} of client '{client.name}'",
+                headers={"Retry-After": str(retry_after(decision.retry_after))},
+            )  # fmt: skip
 
     def _predict(self, client: Client, body: bytes, started: float) -> dict[str, Any]:
         served = self.served  # one model for the whole request, whatever reloads meanwhile
@@ -306,14 +319,7 @@ class Gateway:
                 422, "batch", f"{len(rows)} rows never fit client '{client.name}''s limits "
                 f"({client.rate}, {client.quota})",
             )  # fmt: skip
-        decision = self.limiter.admit(client, len(rows))
-        if not decision.allowed:
-            from aegis.serve.clients import retry_after
-
-            raise GatewayError(
-                429, decision.limit, f"over the {decision.limit} of client '{client.name}'",
-                headers={"Retry-After": str(retry_after(decision.retry_after))},
-            )  # fmt: skip
+        self._admit(client, len(rows))
         prediction = served.predict(rows)
         marks = None
         if (marker := self._watermarker(served)) is not None:
