@@ -28,12 +28,16 @@ demo: $(STAMP)
 	$(BIN)/aegis demo demo-workspace
 
 # The import-linter contracts (layering, in pyproject.toml) first: a broken layer fails fast.
+# Two pytest-xdist workers, a test file each at a time (its module fixtures built once);
+# each worker starts its own services in its own process group (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py

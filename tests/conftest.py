@@ -28,7 +28,21 @@ QUIET_ENV = {
     "COLUMNS": "200",
 }
 os.environ.update(QUIET_ENV)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share two cores: one OpenMP thread each (torch's intra-op pool), in the
+    # worker and in every `aegis` it starts. Set before torch is first imported.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 BIN = Path(sys.executable).parent
+
+
+def pytest_configure(config) -> None:
+    """An xdist worker leads a process group of its own, before it starts anything.
+
+    Everything a worker starts inherits that group, so each worker's leftover
+    check (below) sees its own processes and never its sibling's services.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.getpgid(0) != os.getpid():
+        os.setpgid(0, 0)
 
 
 def _our_leftovers() -> list[tuple[int, str]]:
@@ -151,12 +165,17 @@ def released_base(request, tmp_path_factory, sbom_cache) -> Path:
     are built.
     """
     reuse = os.environ.get("AEGIS_TEST_RELEASED_BASE")
-    if reuse and (Path(reuse) / "ws" / "releases").is_dir():
-        return Path(reuse)
-    template_env = request.getfixturevalue("template_env")
-    base = Path(reuse) if reuse else tmp_path_factory.mktemp("released") / "env"
-    build_released(template_env.root.parent, base)
-    return base
+    if not reuse:  # each xdist worker builds its own (in parallel, so no wall time lost)
+        base = tmp_path_factory.mktemp("released") / "env"
+        build_released(request.getfixturevalue("template_env").root.parent, base)
+        return base
+    from aegis.fileutil import file_lock
+
+    Path(reuse).parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(Path(reuse + ".lock")):  # the first worker builds it, the others wait
+        if not (Path(reuse) / "ws" / "releases").is_dir():
+            build_released(request.getfixturevalue("template_env").root.parent, Path(reuse))
+    return Path(reuse)
 
 
 @pytest.fixture(scope="session")
