@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
+from urllib.parse import urlsplit
 
 import pytest
 from serve_helpers import call
 from sklearn.datasets import load_digits
+
+from aegis.serve.gateway import MAX_BODY
 
 DIGITS = load_digits()
 ROWS = DIGITS.data[:8].tolist()
@@ -91,10 +95,34 @@ def test_out_of_scope_is_403(gateway, served_base):
     assert (got, body["error"]) == (403, "scope")
 
 
+def _status_after_sending(url: str, token: str, framing: str, body: bytes) -> int:
+    """Sends a request head and ``body``, sends nothing more, reads the status line.
+
+    The gateway answers 413 without reading the rest of an oversized body, so a
+    client still sending would race its close (a broken pipe): this one stops first.
+    """
+    where = urlsplit(url)
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: {where.netloc}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"{framing}\r\n\r\n")  # fmt: skip
+    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
+        sock.sendall(head.encode() + body)
+        return int(sock.makefile("rb").readline().split()[1])
+
+
 def test_oversized_bodies_are_413(gateway, served_base):
     token = served_base.tokens["app"]
-    big = b'{"inputs": [' + b"[0.0]," * 200_000 + b"[0.0]]}"
-    assert call(gateway.url, "/v1/predict", token=token, raw=big)[0] == 413
+    declared = f"Content-Length: {MAX_BODY + 1}"
+    assert _status_after_sending(gateway.url, token, declared, b"") == 413  # nothing read
+    # no length declared: refused once the chunks read pass the limit
+    chunk = 64 * 1024
+    chunks = b"".join(b"%x\r\n" % chunk + b" " * chunk + b"\r\n"
+                      for _ in range(MAX_BODY // chunk + 1))  # fmt: skip
+    assert _status_after_sending(gateway.url, token, "Transfer-Encoding: chunked", chunks) == 413
+    # one byte under the limit is read whole (and refused only as not JSON)
+    small = b'{"inputs": ' + b" " * (MAX_BODY - 13) + b"}"
+    assert len(small) < MAX_BODY
+    assert call(gateway.url, "/v1/predict", token=token, raw=small)[0] == 422
 
 
 @pytest.mark.parametrize(
