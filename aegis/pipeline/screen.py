@@ -6,9 +6,11 @@ row index, ``label-issue`` and ``backdoor`` on the rows alone
 (:mod:`aegis.screens`). Their flagged rows join the quarantine with the
 screen's name as the reason; their share counts against
 ``screen.max_flagged_fraction`` (not ``validate.max_quarantine_fraction``).
-Over it, the run stops (:class:`ScreenRefusal`, exit 1) with what was flagged,
-nothing is stored, and the refusal is audited (``screen.refused``) so the
-supplier's reputation counts it.
+``label-changed`` runs first; when it alone is over the limit the model-based
+screens are not run (the version is refused either way). Those run side by
+side on two threads. Over the limit, the run stops (:class:`ScreenRefusal`,
+exit 1) with what was flagged, nothing is stored, and the refusal is audited
+(``screen.refused``) so the supplier's reputation counts it.
 
 The **row index** of a version (``.aegis/profiles/<name>/<digest>.rows.parquet``)
 holds the rows it accepted (features and label, quarantine left out); its
@@ -22,6 +24,7 @@ import hashlib
 import io
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +173,15 @@ def _summary(result: ScreenResult, positions: np.ndarray, seconds: float) -> dic
     }
 
 
+def _fraction(flagged: int, rows: int) -> float:
+    return round(flagged / max(rows, 1), 6)
+
+
+def _over(flagged: int, rows: int, params: Params) -> bool:
+    """Over ``screen.max_flagged_fraction``, exactly as :func:`check_limit` decides it."""
+    return _fraction(flagged, rows) > params.screen.max_flagged_fraction
+
+
 def run_screens(
     ledger: Ledger, frame, *, name: str, digest: str, excluded: set[int], params: Params
 ) -> ScreenOutcome:
@@ -197,18 +209,38 @@ def run_screens(
     if not _numeric(part, features):
         summary["skipped"] = dict.fromkeys(params.screen.enabled, "features are not all numeric")
         return ScreenOutcome(reasons, summary, 0)
-    for screen in params.screen.enabled:
+
+    def run(screen: str):
         started = time.perf_counter()
         result, skipped = _run_one(screen, ledger, name, digest, part, features, params)
+        return result, skipped, time.perf_counter() - started
+
+    # the exact label diff first: a version it alone puts over the limit is refused
+    # whatever the model-based screens would add, so they are not run (seconds, not a verdict)
+    first = [s for s in params.screen.enabled if s == "label-changed"]
+    rest = [s for s in params.screen.enabled if s != "label-changed"]
+    outcomes = {s: run(s) for s in first}
+    changed = outcomes.get("label-changed", (None,))[0]
+    if changed is not None and _over(len(changed.flagged), len(frame), params):
+        summary["skipped"].update(dict.fromkeys(rest, "label-changed alone is over the limit"))
+        rest = []
+    # the model-based screens are independent: side by side on two threads (their fits
+    # release the GIL), the same results as one after the other
+    with ThreadPoolExecutor(max_workers=max(len(rest), 1), thread_name_prefix="screen") as pool:
+        outcomes.update(zip(rest, pool.map(run, rest), strict=True))
+    for screen in params.screen.enabled:
+        if screen not in outcomes:
+            continue
+        result, skipped, seconds = outcomes[screen]
         if result is None:
             summary["skipped"][screen] = skipped
             continue
         results[screen] = result
-        summary[screen] = _summary(result, keep, time.perf_counter() - started)
+        summary[screen] = _summary(result, keep, seconds)
         for row in keep[result.flagged]:
             reasons.setdefault(int(row), []).append(screen)
     summary["flagged"] = len(reasons)
-    summary["fraction"] = round(len(reasons) / max(len(frame), 1), 6)
+    summary["fraction"] = _fraction(len(reasons), len(frame))
     summary["max_fraction"] = params.screen.max_flagged_fraction
     return ScreenOutcome(reasons, summary, len(reasons), results)
 

@@ -231,3 +231,42 @@ def test_the_backdoor_screen_finds_badnets_rows_in_a_first_delivery(cli, ingeste
                              "digits", "--json").out)  # fmt: skip
     assert figures["recall"] >= 0.9 and figures["clean_flagged_share"] <= 0.02, figures
     assert set(figures["reasons"]) == {"backdoor"}
+
+
+def test_over_the_limit_by_the_label_diff_alone_the_model_screens_are_not_run(cli, validated):
+    env = validated
+    _enable(env, "label-changed", "label-issue", "backdoor")
+    target, _ = _poison(cli, env, "flip", 0.25)
+    assert cli("--workspace", env.root, "ingest", str(target), "--name", "digits").code == 0
+    stopped = cli("--workspace", env.root, "validate", "digits", "--json")
+    assert stopped.code == 1 and "screen: label-changed" in stopped.err
+    report = json.loads(stopped.out)["report"]
+    assert report["flagged"] == 449 and set(report["screens"]) == {"label-changed"}
+
+
+def test_the_model_screens_side_by_side_find_what_each_finds_alone(env):
+    """They run on two threads: no shared state (seeds, torch threads) between them."""
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    from aegis.config import Params
+    from aegis.pipeline.screen import run_screens
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data[:600], columns=[f"f{i}" for i in range(64)])
+    frame["label"] = digits.target[:600]
+    frame.loc[:20, "label"] = (frame.loc[:20, "label"] + 1) % 10  # something to find
+
+    def screened(*enabled: str):
+        params = Params.model_validate(
+            {"screen": {"enabled": list(enabled), "backdoor": {"epochs": 3}}}
+        )
+        return run_screens(env.ledger(), frame, name="digits", digest="sha256:" + "0" * 64,
+                           excluded=set(), params=params).summary  # fmt: skip
+
+    both = screened("label-issue", "backdoor")
+    assert both["label-issue"]["flagged"] > 0
+    for screen in ("label-issue", "backdoor"):
+        alone = screened(screen)
+        assert both[screen]["rows"] == alone[screen]["rows"]
+        assert both[screen]["scores"] == alone[screen]["scores"]
