@@ -70,3 +70,27 @@ def test_generator_output_that_is_not_cyclonedx_is_refused(monkeypatch, tmp_path
     with pytest.raises(ConfigError, match="CycloneDX"):
         environment_sbom()
     assert not (cache_dir() / f"{environment_key()}.cdx.json").exists()
+
+
+def test_a_fresh_sbom_is_generated_and_checked_against_its_schema(monkeypatch, tmp_path):
+    monkeypatch.setenv("AEGIS_CACHE_DIR", str(tmp_path))
+    path = environment_sbom()  # the real tool, without its own (slow) validation
+    sbom = json.loads(path.read_text())
+    assert sbom["bomFormat"] == "CycloneDX" and sbom["components"]
+
+
+@pytest.mark.parametrize(
+    ("document", "detail"),
+    [
+        ({"bomFormat": "CycloneDX", "specVersion": "1.6", "components": "none"}, "schema"),
+        ({"bomFormat": "CycloneDX", "specVersion": "1.6", "serialNumber": "x"}, "schema"),
+        ({"bomFormat": "CycloneDX", "specVersion": "9.9"}, "specVersion"),
+    ],
+)
+def test_generator_output_its_schema_refuses_is_never_cached(monkeypatch, tmp_path, document,
+                                                               detail):  # fmt: skip
+    monkeypatch.setenv("AEGIS_CACHE_DIR", str(tmp_path))
+    _fake_generator(monkeypatch, json.dumps(document).encode())
+    with pytest.raises(ConfigError, match=detail):
+        environment_sbom()
+    assert not (cache_dir() / f"{environment_key()}.cdx.json").exists()
