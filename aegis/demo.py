@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -151,16 +150,17 @@ class _PrefectServer:
     """One Prefect server for every flow the demo runs.
 
     Each ``aegis run``/``promote`` process would otherwise start Prefect's
-    in-process server (10-15 s each). The server starts in the background at
-    the beginning and is waited for just before the first flow.
+    in-process server (10-15 s each). The server starts in the background
+    first of all (a fresh database takes it about 20 s) and is waited for
+    just before the first flow. Its home is ``prefect/`` beside the workspace.
     """
 
-    def __init__(self, ws: Path) -> None:
+    def __init__(self, home: Path) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.api = f"http://127.0.0.1:{port}/api"
-        self.log_path = ws / ".aegis" / "prefect" / "demo-server.log"
+        self.log_path = home / "demo-server.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
@@ -198,9 +198,9 @@ class _PrefectServer:
 
 
 @contextlib.contextmanager
-def _prefect_server(ws: Path) -> Iterator[_PrefectServer]:
+def _prefect_server(home: Path) -> Iterator[_PrefectServer]:
     saved = os.environ.get("PREFECT_API_URL")
-    server = _PrefectServer(ws)
+    server = _PrefectServer(home)
     try:
         yield server
     finally:
@@ -209,29 +209,6 @@ def _prefect_server(ws: Path) -> Iterator[_PrefectServer]:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = saved
-
-
-@contextlib.contextmanager
-def _sbom_in_background() -> Iterator[None]:
-    """Generates this environment's SBOM on the spare core while the story begins.
-
-    On a fresh machine the first release would wait about 30 s for ``cyclonedx-py
-    environment``. The release step takes the same file lock on the cache, so it
-    waits for this generator instead of starting another; a warm cache returns at
-    once. A failure here is left to the release step, which reports it.
-    """
-    from aegis.registry.sbom import environment_sbom
-
-    def generate() -> None:
-        with contextlib.suppress(Exception):
-            environment_sbom()
-
-    thread = threading.Thread(target=generate, name="sbom", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join()  # its cyclonedx-py never outlives the demo
 
 
 @contextlib.contextmanager
@@ -309,22 +286,15 @@ def run_demo(directory: Path) -> None:
     side = base / "people"
     side.mkdir()
 
-    _step("1. A workspace: git + DVC, the pipeline key, a signed trust store, the audit log")
-    console.print(f"people's keys (admin included) live in {side}, outside the workspace")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aegis",
-            "init",
-            str(ws),
-            "--admin-key-out",
-            str(side / "admin.pem"),
-        ],
-        check=True,
-    )
-    _demo_params(ws)
-    with _prefect_server(ws) as server, _sbom_in_background():
+    with _prefect_server(base / "prefect") as server:
+        _step("1. A workspace: git + DVC, the pipeline key, a signed trust store, the audit log")
+        console.print(f"people's keys (admin included) live in {side}, outside the workspace")
+        subprocess.run(
+            [sys.executable, "-m", "aegis", "init", str(ws), "--admin-key-out",
+             str(side / "admin.pem")],
+            check=True,
+        )  # fmt: skip
+        _demo_params(ws)
         _story(ws, side, server)
     console.print()
     console.print(

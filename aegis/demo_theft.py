@@ -52,7 +52,7 @@ def run_theft_story(directory: Path) -> None:
     _demo_params(ws, THEFT_PARAMS)
     console.print("(production: 0.5 % of answers; 5 % lets a 1,000-query theft show.) Serve "
                   "params are signed into a release: the next delivery makes v3")  # fmt: skip
-    with _prefect_server(ws) as server:
+    with _prefect_server(base / "prefect") as server:
         delivery = _variant(side, "theft", lambda frame: frame.iloc[:-1])  # one form fewer
         dataset = _publish(ws, delivery, side / "digits-3", side / "acme-data.pem")
         server.wait()
