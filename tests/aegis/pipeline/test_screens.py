@@ -242,31 +242,3 @@ def test_over_the_limit_by_the_label_diff_alone_the_model_screens_are_not_run(cl
     assert stopped.code == 1 and "screen: label-changed" in stopped.err
     report = json.loads(stopped.out)["report"]
     assert report["flagged"] == 449 and set(report["screens"]) == {"label-changed"}
-
-
-def test_the_model_screens_side_by_side_find_what_each_finds_alone(env):
-    """They run on two threads: no shared state (seeds, torch threads) between them."""
-    import pandas as pd
-    from sklearn.datasets import load_digits
-
-    from aegis.config import Params
-    from aegis.pipeline.screen import run_screens
-
-    digits = load_digits()
-    frame = pd.DataFrame(digits.data[:600], columns=[f"f{i}" for i in range(64)])
-    frame["label"] = digits.target[:600]
-    frame.loc[:20, "label"] = (frame.loc[:20, "label"] + 1) % 10  # something to find
-
-    def screened(*enabled: str):
-        params = Params.model_validate(
-            {"screen": {"enabled": list(enabled), "backdoor": {"epochs": 3}}}
-        )
-        return run_screens(env.ledger(), frame, name="digits", digest="sha256:" + "0" * 64,
-                           excluded=set(), params=params).summary  # fmt: skip
-
-    both = screened("label-issue", "backdoor")
-    assert both["label-issue"]["flagged"] > 0
-    for screen in ("label-issue", "backdoor"):
-        alone = screened(screen)
-        assert both[screen]["rows"] == alone[screen]["rows"]
-        assert both[screen]["scores"] == alone[screen]["scores"]
