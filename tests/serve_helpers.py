@@ -134,7 +134,13 @@ def call(url: str, path: str, *, token: str | None = None, body=None, raw: bytes
         with urllib.request.urlopen(request, timeout=30) as response:
             status, text, hdrs = response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as exc:
-        status, text, hdrs = exc.code, exc.read(), dict(exc.headers)
+        status, hdrs = exc.code, dict(exc.headers)
+        try:
+            text = exc.read()
+        except ConnectionResetError:
+            # answered before the body was read, then closed (uvicorn on a header h11
+            # refuses): the status line arrived, the rest raced the reset
+            text = b""
     try:
         return status, json.loads(text), hdrs
     except ValueError:
