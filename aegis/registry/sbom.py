@@ -105,13 +105,13 @@ def environment_sbom() -> Path:
             generated = None
         if not isinstance(generated, dict) or generated.get("bomFormat") != "CycloneDX":
             raise ConfigError("cyclonedx-py environment did not write a CycloneDX JSON SBOM")
-        schema_check(proc.stdout, str(generated.get("specVersion")))
+        schema_check(generated)
         atomic_write(path, proc.stdout)
     return path
 
 
-def schema_check(document: bytes, spec_version: str) -> None:
-    """Checks a CycloneDX JSON document against the schema of its ``specVersion``.
+def schema_check(document: dict) -> None:
+    """Checks a parsed CycloneDX JSON document against the schema of its ``specVersion``.
 
     Raises:
         ConfigError: An unknown spec version, or the first schema error.
@@ -119,13 +119,15 @@ def schema_check(document: bytes, spec_version: str) -> None:
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
 
+    spec_version = str(document.get("specVersion"))
     try:
         version = SchemaVersion.from_version(spec_version)
     except ValueError:
         raise ConfigError(
             f"the SBOM's specVersion {spec_version!r} is not one CycloneDX knows"
         ) from None
-    error = JsonStrictValidator(version).validate_str(document.decode())
+    # the parsed document again as text: json.loads took any UTF encoding, str is one
+    error = JsonStrictValidator(version).validate_str(json.dumps(document))
     if error is not None:
         first = str(error).strip().splitlines()[0]
         raise ConfigError(f"cyclonedx-py environment wrote an SBOM its schema refuses: {first}")
