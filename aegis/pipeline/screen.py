@@ -216,9 +216,10 @@ def run_screens(
 
     # the exact label diff first: a version it alone puts over the limit is refused
     # whatever the model-based screens would add, so they are not run (seconds, not a verdict)
-    first = [s for s in params.screen.enabled if s == "label-changed"]
-    rest = [s for s in params.screen.enabled if s != "label-changed"]
-    outcomes = {s: run(s) for s in first}
+    outcomes = {}
+    if "label-changed" in params.screen.enabled:
+        outcomes["label-changed"] = run("label-changed")
+    rest = [s for s in params.screen.enabled if s not in outcomes]
     changed = outcomes.get("label-changed", (None,))[0]
     if changed is not None and _over(len(changed.flagged), len(frame), params):
         summary["skipped"].update(dict.fromkeys(rest, "label-changed alone is over the limit"))
@@ -226,9 +227,8 @@ def run_screens(
     # One after the other: on two threads (tried) the screens were 1.5x faster alone but
     # 2-4x slower inside a flow run, where torch's OpenMP pool and the GIL contend.
     outcomes.update((s, run(s)) for s in rest)
-    for screen in params.screen.enabled:
-        if screen not in outcomes:
-            continue
+    # summarised in the configured order, as before the label diff was moved first
+    for screen in (s for s in params.screen.enabled if s in outcomes):
         result, skipped, seconds = outcomes[screen]
         if result is None:
             summary["skipped"][screen] = skipped
