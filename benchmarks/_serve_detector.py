@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from aegis.config import SqueezeParams, TrainParams
-from aegis.evaluate.attacks import apgd_ce_examples, default_step_size, import_art, pgd_examples
+from aegis.evaluate.art_import import import_art
+from aegis.evaluate.attacks import apgd_ce_examples, default_step_size, pgd_examples
 from aegis.evaluate.gradients import ce_input_gradient
 from aegis.evaluate.squeeze import SqueezeDetector, conformal_threshold, held_out_detector
 from aegis.train.data import input_domain, prepare, to_tensors

@@ -31,8 +31,9 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from aegis.config import RunParams
 from aegis.errors import ConfigError
-from aegis.evaluate.attacks import import_art
+from aegis.evaluate.art_import import import_art
 from aegis.evaluate.jobs import AttackJob, JobResult, MapJobs, run_job
+from tasks.heartbeats import short_run
 
 # How long a scheduler at run.dask_address has to answer before the run is refused: a
 # reachable scheduler answers in milliseconds, and Dask's own default (30 s) would hold a
@@ -214,6 +215,7 @@ def map_jobs_on(run: RunParams) -> MapJobs:
         check_task_runner(run)
         import_art()  # before any thread imports it (ART's circular imports race)
         subflow = evaluate_attacks.with_options(task_runner=task_runner_for(run))
-        return subflow(list(jobs))
+        with short_run():  # the evaluation's own run keeps its heartbeat
+            return subflow(list(jobs))
 
     return map_jobs

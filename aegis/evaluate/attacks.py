@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aegis.evaluate.art_import import import_art
 from aegis.evaluate.gradients import ce_input_gradient
 
 Domain = tuple[float, float] | None
@@ -247,18 +248,8 @@ def _clip_values(x: np.ndarray, eps: float, domain: Domain) -> tuple[float, floa
     return float(x.min()) - eps, float(x.max()) + eps
 
 
-def import_art() -> None:
-    """Imports the ART modules the attacks use, in the calling thread.
-
-    ART's package imports itself circularly; two threads importing it for the
-    first time at once (attack jobs on a thread pool) deadlock or see a
-    partially initialized module. Call this once before running jobs in threads.
-    """
-    import art.attacks.evasion
-    import art.estimators.classification  # noqa: F401
-
-
 def _art_classifier(module: nn.Module, x: np.ndarray, nb_classes: int, clip: tuple[float, float]):
+    import_art()
     from art.estimators.classification import PyTorchClassifier
 
     return PyTorchClassifier(
@@ -294,6 +285,7 @@ def _apgd(
     restarts: int = 1,
     batch_size: int,
 ):
+    import_art()
     from art.attacks.evasion import AutoProjectedGradientDescent
 
     return AutoProjectedGradientDescent(
@@ -462,6 +454,7 @@ def square_correct(
         seed: Seed of ART's random draws.
         batch_size: Samples per model query.
     """
+    import_art()
     from art.attacks.evasion import SquareAttack
 
     x, y = _float(x), _long(y)
