@@ -1,4 +1,4 @@
-"""The package's import-time decisions: one BLAS thread, and no IRI grammar, unless asked."""
+"""The package's process-wide decisions: one BLAS thread, no IRI grammar, a frozen collector at exit."""
 
 from __future__ import annotations
 
@@ -55,3 +55,28 @@ def test_the_slow_iri_grammar_is_left_out_unless_asked(keep, expected):
         [sys.executable, "-c", IRI_PROBE], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == expected  # and jsonschema itself still validates either way
+
+
+# Registered before aegis is imported, so it runs after aegis's own exit handler (LIFO).
+EXIT_PROBE = """
+import atexit, gc, sys
+atexit.register(lambda: print(gc.isenabled(), gc.get_freeze_count() > 0, flush=True))
+import aegis
+atexit.register(lambda: print("handlers still run", flush=True))
+class Node:  # garbage in a cycle: the collector would normally take it
+    pass
+a, b = Node(), Node()
+a.other, b.other = b, a
+kept = open(sys.argv[1], "w")  # never closed: module teardown still flushes it
+kept.write("written at exit")
+"""
+
+
+def test_the_collector_is_frozen_at_exit_and_nothing_else_is_skipped(tmp_path):
+    target = tmp_path / "unclosed.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE, str(target)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["handlers still run", "False True"]
+    assert target.read_text() == "written at exit"
