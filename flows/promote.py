@@ -34,10 +34,11 @@ from aegis.registry import approvals_store
 from aegis.registry.promotion import PromotionOutcome
 from aegis.workspace import Workspace
 from tasks import artifacts
+from tasks.heartbeats import short_run
 from tasks.registry import operator_session, promote_release
 from tasks.workspace import pinned_workspace
 
-__all__ = ["ApprovalSignal", "operator_session", "promote", "resume_waiting"]
+__all__ = ["ApprovalSignal", "operator_session", "promote", "resume_waiting", "short_run"]
 
 RESUME_PATIENCE = 600.0  # seconds `aegis approve` waits at most for a run on its way to pause
 

@@ -23,8 +23,11 @@ from aegis.ledger import Ledger
 from aegis.triggers.arrivals import PollResult, Watch
 from aegis.workspace import Workspace
 from tasks import artifacts
+from tasks.heartbeats import short_run
 from tasks.triggers import emit_arrival, retrain_runs
 from tasks.workspace import pinned_workspace
+
+__all__ = ["poll_once", "short_run", "watch"]
 
 
 def _known_run(runs: dict[str, str], digest: str) -> bool:

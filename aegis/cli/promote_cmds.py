@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -59,13 +60,17 @@ def promote(
     parsed = parse_target(target)
     ws = _ws()
     _prefect_environment(ws)
-    from flows.promote import operator_session
+    from aegis.cli.service_cmds import _configured_server_answers
+    from flows.promote import operator_session, short_run
     from flows.promote import promote as promote_flow  # it verifies the ledger itself
+
+    _configured_server_answers()
 
     try:
         with (
             _console(stderr=True).status(f"promote flow: {parsed} ..."),
             operator_session(key.expanduser().resolve()),  # the key never is a flow parameter
+            contextlib.nullcontext() if wait else short_run(),  # a waiting run keeps its heartbeat
         ):
             outcome = promote_flow(workspace=str(ws.root), target=str(parsed), wait=wait,
                                    resume=resume)  # fmt: skip

@@ -197,8 +197,11 @@ def rollback(
 
         _prefect_environment(ws)
         with err.status("starting Prefect and running the rollback flow ..."):
+            from aegis.cli.service_cmds import _configured_server_answers
             from flows.rollback import operator_session
             from flows.rollback import rollback as rollback_flow
+
+            _configured_server_answers()
 
             with operator_session(Path(key).expanduser().resolve()):
                 outcome = rollback_flow(workspace=str(ws.root), reason=reason, to=to, model=model)

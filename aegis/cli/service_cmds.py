@@ -26,15 +26,58 @@ def _require_server() -> str:
     return url
 
 
+# Seconds a command gives a configured Prefect server that does not answer yet (one that is
+# starting: a fresh database takes it about 20 s); 0, the default, refuses at once.
+WAIT_ENV = "AEGIS_PREFECT_WAIT_S"
+
+
 def _reachable(url: str) -> None:
+    """The Prefect server at ``url`` answers ``/health``, waiting up to ``$AEGIS_PREFECT_WAIT_S``.
+
+    Raises:
+        ConfigError: It does not answer in time, the URL is malformed, or the variable
+            is not a number of seconds.
+    """
+    import time
     import urllib.request
 
     from aegis.errors import ConfigError
 
+    raw = os.environ.get(WAIT_ENV, "0")
     try:
-        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=10).close()
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"Prefect server unreachable at {url}: {exc}") from None
+        patience = float(raw)
+    except ValueError:
+        patience = -1.0
+    if not 0 <= patience <= 3600:  # NaN fails both
+        raise ConfigError(f"{WAIT_ENV}={raw!r}: seconds to wait for the Prefect server, 0-3600")
+    deadline = time.monotonic() + patience
+    waiting = False
+    while True:
+        try:
+            urllib.request.urlopen(url.rstrip("/") + "/health", timeout=10).close()
+            return
+        except ValueError as exc:  # not a URL: waiting will not mend it
+            raise ConfigError(f"Prefect server unreachable at {url}: {exc}") from None
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"Prefect server unreachable at {url}: {exc}") from None
+            if not waiting:
+                _console(stderr=True).print(
+                    f"waiting up to {patience:g} s for the Prefect server at {url} ...",
+                    markup=False,
+                )
+                waiting = True
+            time.sleep(0.3)
+
+
+def _configured_server_answers() -> None:
+    """Before a flow starts: a configured server answers, or one clear error line (exit 2).
+
+    Without ``PREFECT_API_URL`` the flow runs on Prefect's in-process server.
+    """
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        _reachable(url)
 
 
 @app.command()
@@ -108,9 +151,11 @@ def watch(
     _reachable(url)
     ws = _ws()
     _prefect_environment(ws)
+    from flows.watch import short_run
     from flows.watch import watch as watch_flow
 
-    with _console(stderr=True).status(f"watching {ws.root} sources ..."):
+    lasts = polls * ws.params().triggers.poll_interval
+    with _console(stderr=True).status(f"watching {ws.root} sources ..."), short_run(lasts_s=lasts):
         emitted = watch_flow(workspace=str(ws.root), polls=polls)
     if STATE.json or as_json:
         _print_json(emitted)

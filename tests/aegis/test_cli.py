@@ -377,3 +377,68 @@ def test_ingest_refuses_after_trust_store_rollback_undoes_revocation(cli, env):
     assert _one_line(res.err).startswith("refused: trust-store:")
     assert snapshot(env.root) == before
     assert not (env.root / "data" / "digits").exists()
+
+
+# -- the configured Prefect server -----------------------------------------------------------
+
+
+def _closed_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/api"
+
+
+def test_a_flow_command_refuses_a_server_that_does_not_answer(cli, env, monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", _closed_url())
+    monkeypatch.delenv("AEGIS_PREFECT_WAIT_S", raising=False)
+    before = snapshot(env.root)
+    res = cli("--workspace", env.root, "run", "--source", env.dataset, "--name", "digits",
+              "--key", env.operator_key)  # fmt: skip
+    assert res.code == 2
+    assert _one_line(res.err).startswith("error: Prefect server unreachable at http://127.0.0.1:")
+    assert snapshot(env.root) == before
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "7200"])
+def test_the_server_wait_must_be_seconds(cli, env, monkeypatch, value):
+    monkeypatch.setenv("PREFECT_API_URL", _closed_url())
+    monkeypatch.setenv("AEGIS_PREFECT_WAIT_S", value)
+    res = cli("--workspace", env.root, "promote", "digits-model@v1", "--key", env.operator_key)
+    assert res.code == 2
+    assert f"AEGIS_PREFECT_WAIT_S={value!r}: seconds to wait" in _one_line(res.err)
+
+
+def test_a_server_that_is_starting_is_waited_for(monkeypatch, capsys):
+    """A server answers 503 while it starts (a refused connection takes the same path)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from aegis.cli.service_cmds import _reachable
+    from aegis.errors import ConfigError
+
+    asked = []
+
+    class Starting(BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(503 if len(asked) < 3 else 200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Starting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("AEGIS_PREFECT_WAIT_S", "120")
+        _reachable(f"http://127.0.0.1:{server.server_address[1]}/api")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert asked == ["/api/health"] * 3
+    assert "waiting up to 120 s for the Prefect server" in capsys.readouterr().err
+    monkeypatch.setenv("AEGIS_PREFECT_WAIT_S", "0.5")  # and gives up when the time is over
+    with pytest.raises(ConfigError, match="unreachable"):
+        _reachable(_closed_url())

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import services
 import torch
 from helpers import snapshot
 from sklearn.datasets import load_digits
@@ -221,3 +222,56 @@ def test_the_flows_evaluate_step_maps_its_jobs_on_the_configured_runner(
     assert seen["map_jobs"] is not None and seen["map_jobs"].__qualname__.startswith("map_jobs_on")
     assert _per_sample(result) == _per_sample(serial)
     assert evaluate_stage._MAP_JOBS.get() is None  # only for the step's duration
+
+
+def _heartbeat_flows(api: str, parent_id: str) -> set[str]:
+    """The flows whose runs sent a heartbeat, once the parent run's heartbeat is stored."""
+
+    def flows_of(events: list[dict]) -> set[str]:
+        names = set()
+        for event in events:
+            for related in event.get("related", []):
+                if related.get("prefect.resource.role") == "flow":
+                    names.add(related.get("prefect.resource.name"))
+        return names
+
+    def parent_seen(events: list[dict]) -> bool:
+        return any(e["resource"]["prefect.resource.id"].endswith(parent_id) for e in events)
+
+    return flows_of(services.read_events(api, "prefect.flow-run.heartbeat", parent_seen))
+
+
+def test_the_attack_subflow_runs_without_a_heartbeat_its_parent_keeps(
+    digits_mlp, serial, prefect_server
+):
+    from prefect import flow
+    from prefect.context import FlowRunContext
+    from prefect.settings import get_current_settings
+
+    seen = {}
+
+    @flow(name="evaluates-with-a-heartbeat")
+    def evaluates():
+        seen["id"] = str(FlowRunContext.get().flow_run.id)
+        seen["before"] = get_current_settings().flows.heartbeat_frequency
+        result = _evaluate(digits_mlp, map_jobs_on(RunParams()))
+        seen["after"] = get_current_settings().flows.heartbeat_frequency
+        return result
+
+    assert _per_sample(evaluates()) == _per_sample(serial)
+    _drain_prefect_workers()
+    flows = _heartbeat_flows(prefect_server, seen["id"])
+    assert "evaluates-with-a-heartbeat" in flows and "evaluate-attacks" not in flows
+    assert seen["before"] == seen["after"] == 180  # Prefect's setting, restored after
+
+
+def test_a_long_run_keeps_its_heartbeat():
+    from prefect.settings import get_current_settings
+
+    from tasks.heartbeats import short_run
+
+    with short_run(lasts_s=600):
+        assert get_current_settings().flows.heartbeat_frequency == 180
+    with short_run(lasts_s=5):
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == 180
