@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	# pip compiles the packages it installs, not an editable one's sources: compiled here, so
+	# every aegis process skips compiling them where PYTHONDONTWRITEBYTECODE is set (containers)
+	$(BIN)/python -m compileall -q aegis flows tasks
 	# the incident report's test renders it in a real headless browser (Debian's chromium)
 	command -v chromium >/dev/null \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,13 +145,16 @@ def _variant(side: Path, tag: str, change) -> Path:
     return out
 
 
+STARTUP_S = 180  # how long the first flow waits for the server to answer
+
+
 class _PrefectServer:
     """One Prefect server for every flow the demo runs.
 
     Each ``aegis run``/``promote`` process would otherwise start Prefect's
     in-process server (10-15 s each). The server starts in the background
-    first of all (a fresh database takes it about 20 s) and is waited for
-    just before the first flow. Its home is ``prefect/`` beside the workspace.
+    first of all (a fresh database takes it about 20 s); the first flow's
+    process waits for it. Its home is ``prefect/`` beside the workspace.
     """
 
     def __init__(self, home: Path) -> None:
@@ -167,6 +169,7 @@ class _PrefectServer:
             "PREFECT_HOME": str(self.log_path.parent),
             "PREFECT_API_URL": "",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",  # 2 s; the demo uses no block
         }
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
@@ -175,18 +178,19 @@ class _PrefectServer:
             env=env, stdout=self._log, stderr=self._log,
         )  # fmt: skip
 
-    def wait(self, timeout: float = 180) -> None:
-        """Blocks until the server answers, then points the demo's processes at it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(self.api + "/health", timeout=1)
-                os.environ["PREFECT_API_URL"] = self.api
-                return
-            time.sleep(0.3)
-        raise DemoFailed(f"the Prefect server did not start; see {self.log_path}")
+    def expose(self) -> None:
+        """Points the demo's processes at the server, which may still be starting.
+
+        The first flow's process waits for it (``AEGIS_PREFECT_WAIT_S``), after its
+        own imports: those seconds are spent while the server migrates its database.
+        """
+        os.environ["PREFECT_API_URL"] = self.api
+        os.environ["AEGIS_PREFECT_WAIT_S"] = str(STARTUP_S)
+
+    def check_alive(self) -> None:
+        """Raises DemoFailed, naming the server's log, if the server has exited."""
+        if self.proc.poll() is not None:
+            raise DemoFailed(f"the Prefect server did not start; see {self.log_path}")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -199,16 +203,18 @@ class _PrefectServer:
 
 @contextlib.contextmanager
 def _prefect_server(home: Path) -> Iterator[_PrefectServer]:
-    saved = os.environ.get("PREFECT_API_URL")
+    names = ("PREFECT_API_URL", "AEGIS_PREFECT_WAIT_S")
+    saved = {name: os.environ.get(name) for name in names}
     server = _PrefectServer(home)
     try:
         yield server
     finally:
         server.stop()
-        if saved is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -325,8 +331,12 @@ def _story(ws: Path, side: Path, server: _PrefectServer) -> None:
     _aegis(ws, "ingest", tampered, "--name", "digits", expect=1)
 
     _step("5. The retrain flow (Prefect): verify, validate, train (FGSM-RS), evaluate, sign v1")
-    server.wait()
-    _aegis(ws, "run", "--source", dataset, "--name", "digits", "--key", operator)
+    server.expose()
+    try:
+        _aegis(ws, "run", "--source", dataset, "--name", "digits", "--key", operator)
+    except DemoFailed:
+        server.check_alive()
+        raise
 
     _step("6. Promotion of v1: gates, a signed request by alice, approval by bob -> prod")
     _promote(ws, "v1", operator, approver)

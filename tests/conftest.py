@@ -25,6 +25,7 @@ QUIET_ENV = {
     "DVC_NO_ANALYTICS": "1",
     "GX_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",  # as `aegis` and the demo start theirs
     "COLUMNS": "200",
 }
 os.environ.update(QUIET_ENV)

@@ -137,6 +137,9 @@ def _prefect_environment(ws) -> None:
     """Points Prefect at the workspace's home unless a server is configured."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # An in-process server would register Prefect's block types (loading every installed
+    # collection, prefect-dask's Dask among them) on each start: 2 s, and Aegis uses no block.
+    os.environ.setdefault("PREFECT_SERVER_REGISTER_BLOCKS_ON_START", "false")
     # Prefect's default (30 s) is too short for the in-process server on a loaded 2-core host.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if not os.environ.get("PREFECT_API_URL"):
@@ -176,7 +179,10 @@ def run(
     actor, _ = actor_in(ws, load_trust(ws), key)  # the flow verifies the whole ledger
     err = _console(stderr=True)
     with err.status("starting Prefect and running the retrain flow ..."):
+        from aegis.cli.service_cmds import _configured_server_answers
         from flows.retrain import manual_run, retrain
+
+        _configured_server_answers()  # after the imports: a server that is starting gets them
 
         # who runs it travels in this process's context, never as a flow parameter
         with manual_run(actor, allow_older=allow_older):
