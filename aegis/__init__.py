@@ -38,8 +38,10 @@ if os.environ.get("AEGIS_KEEP_IRI_FORMAT") != "1":
 # torch, Prefect, Great Expectations and ART spends most of its time collecting their module
 # graphs: 1.9 s, 0.4 s with the collector frozen (every CLI command, every flow-run process).
 # atexit handlers, Prefect's log and event drains, stream flushes and module teardown still
-# run; only objects kept alive by a reference cycle at exit are left to the OS, whose
-# finalizers Python does not promise to run then anyway. Registered first, it runs last.
+# run (also those registered after this one, which atexit runs before it, and those before,
+# which run after it with no collector, which they do not need); only objects kept alive by
+# a reference cycle at exit are left to the OS, whose finalizers Python does not promise to
+# run then anyway.
 import atexit
 import gc
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import logging.config
-import sys
 import threading
 
 _ART_IMPORT = threading.Lock()
-_ART_MODULES = frozenset({"art", "art.attacks.evasion", "art.estimators.classification"})
 _ART_LOGGERS = {"art", "tests"}  # the loggers ART's own configuration names
+# Set once the modules are whole: a module is in sys.modules from the moment its import
+# starts, so another thread could not tell a finished import from one under way.
+_imported = False
 
 
 def import_art() -> None:
@@ -29,9 +30,12 @@ def import_art() -> None:
     configuration means for ART is a ``NullHandler`` on the ``art`` logger (the rest
     is for ART's own tests), so that is what is done instead.
     """
-    if sys.modules.keys() >= _ART_MODULES:
+    global _imported
+    if _imported:
         return
     with _ART_IMPORT:
+        if _imported:  # another thread finished it while this one waited
+            return
         real = logging.config.dictConfig
 
         def art_only(config: dict) -> None:
@@ -46,6 +50,7 @@ def import_art() -> None:
             import art.estimators.classification  # noqa: F401
         finally:
             logging.config.dictConfig = real
+        _imported = True
 
 
 def _art_logging() -> None:
