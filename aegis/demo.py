@@ -178,19 +178,23 @@ class _PrefectServer:
             env=env, stdout=self._log, stderr=self._log,
         )  # fmt: skip
 
-    def expose(self) -> None:
-        """Points the demo's processes at the server, which may still be starting.
+    def first_flow(self, ws: Path, *args: str | Path) -> str:
+        """Runs the first flow command, pointing it (and every later one) at the server.
 
-        The first flow's process waits for it (``AEGIS_PREFECT_WAIT_S``), after its
-        own imports: those seconds are spent while the server migrates its database.
+        The server may still be starting: this one command waits for it
+        (``AEGIS_PREFECT_WAIT_S``) after its own imports, seconds spent while the
+        server migrates its database. Later commands find it up, or fail at once.
         """
         os.environ["PREFECT_API_URL"] = self.api
         os.environ["AEGIS_PREFECT_WAIT_S"] = str(STARTUP_S)
-
-    def check_alive(self) -> None:
-        """Raises DemoFailed, naming the server's log, if the server has exited."""
-        if self.proc.poll() is not None:
-            raise DemoFailed(f"the Prefect server did not start; see {self.log_path}")
+        try:
+            return _aegis(ws, *args)
+        except DemoFailed:
+            if self.proc.poll() is not None:
+                raise DemoFailed(f"the Prefect server did not start; see {self.log_path}") from None
+            raise
+        finally:
+            del os.environ["AEGIS_PREFECT_WAIT_S"]
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -331,12 +335,7 @@ def _story(ws: Path, side: Path, server: _PrefectServer) -> None:
     _aegis(ws, "ingest", tampered, "--name", "digits", expect=1)
 
     _step("5. The retrain flow (Prefect): verify, validate, train (FGSM-RS), evaluate, sign v1")
-    server.expose()
-    try:
-        _aegis(ws, "run", "--source", dataset, "--name", "digits", "--key", operator)
-    except DemoFailed:
-        server.check_alive()
-        raise
+    server.first_flow(ws, "run", "--source", dataset, "--name", "digits", "--key", operator)
 
     _step("6. Promotion of v1: gates, a signed request by alice, approval by bob -> prod")
     _promote(ws, "v1", operator, approver)

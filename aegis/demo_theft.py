@@ -55,8 +55,7 @@ def run_theft_story(directory: Path) -> None:
     with _prefect_server(base / "prefect") as server:
         delivery = _variant(side, "theft", lambda frame: frame.iloc[:-1])  # one form fewer
         dataset = _publish(ws, delivery, side / "digits-3", side / "acme-data.pem")
-        server.wait()
-        _aegis(ws, "run", "--source", dataset, "--name", "digits", "--key", operator)
+        server.first_flow(ws, "run", "--source", dataset, "--name", "digits", "--key", operator)
         _promote(ws, "v3", operator, side / "bob.pem")
     _steal(ws, side, operator)
     console.print()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from aegis.demo import MARKER, _fresh_directory
@@ -53,3 +55,21 @@ def test_the_theft_story_needs_a_finished_demo_folder_and_runs_once(tmp_path, cl
         run_theft_story(tmp_path)
     result = cli("demo", str(tmp_path), "--story", "heist")
     assert result.code == 2 and "--story 'heist': main or theft" in result.err
+
+
+def test_the_first_flow_names_a_dead_server_and_leaves_no_wait_behind(tmp_path, monkeypatch):
+    """``first_flow`` (both stories' first ``aegis run``): a failing command is reported as
+    itself while the server lives, as the server's failure once it has exited."""
+    from aegis.demo import DemoFailed, _prefect_server
+
+    monkeypatch.delenv("AEGIS_PREFECT_WAIT_S", raising=False)
+    missing = tmp_path / "no-workspace"
+    with _prefect_server(tmp_path / "prefect") as server:
+        with pytest.raises(DemoFailed, match="exited 2, expected 0"):
+            server.first_flow(missing, "status")  # the server is still starting: alive
+        assert os.environ["PREFECT_API_URL"] == server.api
+        assert "AEGIS_PREFECT_WAIT_S" not in os.environ  # later commands do not wait
+        server.stop()
+        with pytest.raises(DemoFailed, match=r"the Prefect server did not start; see .*server"):
+            server.first_flow(missing, "status")
+    assert "AEGIS_PREFECT_WAIT_S" not in os.environ
