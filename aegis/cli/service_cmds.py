@@ -34,12 +34,16 @@ WAIT_ENV = "AEGIS_PREFECT_WAIT_S"
 def _reachable(url: str) -> None:
     """The Prefect server at ``url`` answers ``/health``, waiting up to ``$AEGIS_PREFECT_WAIT_S``.
 
+    Only "is a server there" is checked: a TLS answer, or 401/403 from a proxy in
+    front of it, counts as one; trust and credentials are Prefect's client's to check,
+    with its own settings.
+
     Raises:
-        ConfigError: It does not answer in time, the URL is malformed, or the variable
-            is not a number of seconds.
+        ConfigError: It does not answer in time, answers as no Prefect API would
+            (404 on ``/health``), the URL is malformed, or the variable is not a
+            number of seconds.
     """
     import time
-    import urllib.request
 
     from aegis.errors import ConfigError
 
@@ -53,21 +57,48 @@ def _reachable(url: str) -> None:
     deadline = time.monotonic() + patience
     waiting = False
     while True:
-        try:
-            urllib.request.urlopen(url.rstrip("/") + "/health", timeout=10).close()
+        problem = _health_problem(url)
+        if problem is None:
             return
-        except ValueError as exc:  # not a URL: waiting will not mend it
-            raise ConfigError(f"Prefect server unreachable at {url}: {exc}") from None
-        except OSError as exc:
-            if time.monotonic() >= deadline:
-                raise ConfigError(f"Prefect server unreachable at {url}: {exc}") from None
-            if not waiting:
-                _console(stderr=True).print(
-                    f"waiting up to {patience:g} s for the Prefect server at {url} ...",
-                    markup=False,
-                )
-                waiting = True
-            time.sleep(0.3)
+        final, reason = problem
+        if final or time.monotonic() >= deadline:
+            raise ConfigError(f"Prefect server unreachable at {url}: {reason}")
+        if not waiting:
+            _console(stderr=True).print(
+                f"waiting up to {patience:g} s for the Prefect server at {url} ...", markup=False
+            )
+            waiting = True
+        time.sleep(0.3)
+
+
+def _health_problem(url: str) -> tuple[bool, str] | None:
+    """None if a server answers at ``url``, else (whether waiting cannot mend it, why)."""
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url.rstrip("/") + "/health")
+    # credentials in the URL are Prefect's client's to send; urllib would take them for a host
+    health = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    try:
+        urllib.request.urlopen(health, timeout=10).close()
+    except ValueError as exc:  # not a URL
+        return True, str(exc)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return None
+        return exc.code < 500, f"HTTP {exc.code} on /health"  # 5xx: starting, or a proxy's
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLError):
+            return None
+        return False, str(exc.reason)
+    except ssl.SSLError:
+        return None
+    except (OSError, http.client.HTTPException) as exc:  # refused, reset, not HTTP at all
+        return False, f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _configured_server_answers() -> None:

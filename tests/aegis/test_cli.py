@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -442,3 +443,69 @@ def test_a_server_that_is_starting_is_waited_for(monkeypatch, capsys):
     monkeypatch.setenv("AEGIS_PREFECT_WAIT_S", "0.5")  # and gives up when the time is over
     with pytest.raises(ConfigError, match="unreachable"):
         _reachable(_closed_url())
+
+
+def _answering(status: int):
+    """A real HTTP server answering ``status`` to every request (shut down by the caller)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Fixed(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Fixed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize(
+    "status, answers", [(200, True), (401, True), (403, True), (404, False), (503, False)]
+)
+def test_what_counts_as_a_server_answering(monkeypatch, status, answers):
+    from aegis.cli.service_cmds import _reachable
+    from aegis.errors import ConfigError
+
+    monkeypatch.setenv("AEGIS_PREFECT_WAIT_S", "0")
+    server = _answering(status)
+    port = server.server_address[1]
+    try:
+        url = f"http://someone:secret@127.0.0.1:{port}/api"  # credentials are not a host
+        if answers:
+            _reachable(url)
+        else:
+            with pytest.raises(ConfigError, match=f"HTTP {status} on /health"):
+                _reachable(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_port_that_speaks_no_http_is_unreachable(monkeypatch):
+    import socket
+    import threading
+
+    from aegis.cli.service_cmds import _reachable
+    from aegis.errors import ConfigError
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def garbage() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(1024)
+                    conn.sendall(b"SSH-2.0-OpenSSH\r\n")
+
+    threading.Thread(target=garbage, daemon=True).start()
+    monkeypatch.setenv("AEGIS_PREFECT_WAIT_S", "0")
+    try:
+        with pytest.raises(ConfigError, match=r"unreachable at .*BadStatusLine"):
+            _reachable(f"http://127.0.0.1:{listener.getsockname()[1]}/api")
+    finally:
+        listener.close()
