@@ -18,6 +18,7 @@ imported only when Dask is configured (``pip install 'aegis[dask]'``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Coroutine, Iterator, Sequence
@@ -215,7 +216,10 @@ def map_jobs_on(run: RunParams) -> MapJobs:
         check_task_runner(run)
         import_art()  # before any thread imports it (ART's circular imports race)
         subflow = evaluate_attacks.with_options(task_runner=task_runner_for(run))
-        with short_run():  # the evaluation's own run keeps its heartbeat
+        # Its parent, the evaluation's run, keeps its heartbeat. On threads the jobs take
+        # seconds; a Dask cluster may hold them for minutes, and keeps Prefect's setting.
+        quick = run.task_runner == "threads"
+        with short_run() if quick else contextlib.nullcontext():
             return subflow(list(jobs))
 
     return map_jobs

@@ -3,10 +3,10 @@
 A flow run's heartbeat thread tells the server every ``flows.heartbeat_frequency``
 seconds (180 by default) that the run is alive. It sleeps one second at a time, and
 the engine joins it when the run ends: every run pays up to a second (half on average)
-at its end. The runs started here (the evaluation's ``evaluate-attacks`` subflow, whose
-parent keeps its own heartbeat, a ``promote`` that does not wait, one ``watch``) end in
-a few seconds, long before a heartbeat is due. The retrain, rollback and monitor runs,
-and every run a worker starts, keep Prefect's setting.
+at its end. The runs started here (the evaluation's ``evaluate-attacks`` subflow on the
+threads runner, whose parent keeps its own heartbeat, a ``promote`` that does not wait, a
+``watch`` of a few polls) end in seconds, long before a heartbeat is due. The retrain,
+rollback and monitor runs, and every run a worker starts, keep Prefect's setting.
 """
 
 from __future__ import annotations

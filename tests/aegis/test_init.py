@@ -1,4 +1,4 @@
-"""The package's process-wide decisions: one BLAS thread, no IRI grammar, a frozen collector at exit."""
+"""The package's process-wide decisions: one BLAS thread, no IRI grammar, no collection at exit."""
 
 from __future__ import annotations
 

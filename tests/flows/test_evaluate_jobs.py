@@ -224,31 +224,35 @@ def test_the_flows_evaluate_step_maps_its_jobs_on_the_configured_runner(
     assert evaluate_stage._MAP_JOBS.get() is None  # only for the step's duration
 
 
-def _heartbeat_flows(api: str, parent_id: str) -> set[str]:
-    """The flows whose runs sent a heartbeat, once the parent run's heartbeat is stored."""
+def _heartbeat_runs(api: str, parent_id: str) -> set[str]:
+    """The flow runs that sent a heartbeat, once the parent run's heartbeat is stored."""
 
-    def flows_of(events: list[dict]) -> set[str]:
-        names = set()
-        for event in events:
-            for related in event.get("related", []):
-                if related.get("prefect.resource.role") == "flow":
-                    names.add(related.get("prefect.resource.name"))
-        return names
+    def run_ids(events: list[dict]) -> set[str]:
+        return {e["resource"]["prefect.resource.id"].removeprefix("prefect.flow-run.")
+                for e in events}  # fmt: skip
 
-    def parent_seen(events: list[dict]) -> bool:
-        return any(e["resource"]["prefect.resource.id"].endswith(parent_id) for e in events)
-
-    return flows_of(services.read_events(api, "prefect.flow-run.heartbeat", parent_seen))
+    events = services.read_events(
+        api, "prefect.flow-run.heartbeat", lambda found: parent_id in run_ids(found)
+    )
+    return run_ids(events)
 
 
 def test_the_attack_subflow_runs_without_a_heartbeat_its_parent_keeps(
-    digits_mlp, serial, prefect_server
+    digits_mlp, serial, prefect_server, monkeypatch
 ):
     from prefect import flow
     from prefect.context import FlowRunContext
     from prefect.settings import get_current_settings
 
-    seen = {}
+    seen = {"jobs": set()}
+    run_job = evaluate_jobs.run_job
+
+    def recording(job):  # in the subflow's task threads, which carry its settings
+        seen["jobs"].add(get_current_settings().flows.heartbeat_frequency)
+        seen["subflow"] = str(FlowRunContext.get().flow_run.id)
+        return run_job(job)
+
+    monkeypatch.setattr(evaluate_jobs, "run_job", recording)
 
     @flow(name="evaluates-with-a-heartbeat")
     def evaluates():
@@ -260,9 +264,10 @@ def test_the_attack_subflow_runs_without_a_heartbeat_its_parent_keeps(
 
     assert _per_sample(evaluates()) == _per_sample(serial)
     _drain_prefect_workers()
-    flows = _heartbeat_flows(prefect_server, seen["id"])
-    assert "evaluates-with-a-heartbeat" in flows and "evaluate-attacks" not in flows
+    runs = _heartbeat_runs(prefect_server, seen["id"])
+    assert seen["id"] in runs and seen["subflow"] not in runs
     assert seen["before"] == seen["after"] == 180  # Prefect's setting, restored after
+    assert seen["jobs"] == {None}  # what the subflow's engine read: no heartbeat thread
 
 
 def test_a_long_run_keeps_its_heartbeat():
