@@ -311,7 +311,7 @@ def run_demo(directory: Path) -> None:
         f"[bold green]Demo complete[/] in {time.monotonic() - start:.0f} s. "
         f"Workspace: {ws} (try `aegis --workspace {ws} status`); the people's keys: {side}."
     )
-    console.print(f"Model theft, caught two ways: `aegis demo {directory} --story theft` (~90 s).")
+    console.print(f"Model theft, caught two ways: `aegis demo {directory} --story theft` (~80 s).")
 
 
 def _story(ws: Path, side: Path, server: _PrefectServer) -> None:
