@@ -186,6 +186,7 @@ class _PrefectServer:
         server migrates its database. Later commands find it up, or fail at once.
         """
         os.environ["PREFECT_API_URL"] = self.api
+        saved = os.environ.get("AEGIS_PREFECT_WAIT_S")
         os.environ["AEGIS_PREFECT_WAIT_S"] = str(STARTUP_S)
         try:
             return _aegis(ws, *args)
@@ -194,7 +195,10 @@ class _PrefectServer:
                 raise DemoFailed(f"the Prefect server did not start; see {self.log_path}") from None
             raise
         finally:
-            del os.environ["AEGIS_PREFECT_WAIT_S"]
+            if saved is None:
+                del os.environ["AEGIS_PREFECT_WAIT_S"]
+            else:
+                os.environ["AEGIS_PREFECT_WAIT_S"] = saved
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -207,18 +211,16 @@ class _PrefectServer:
 
 @contextlib.contextmanager
 def _prefect_server(home: Path) -> Iterator[_PrefectServer]:
-    names = ("PREFECT_API_URL", "AEGIS_PREFECT_WAIT_S")
-    saved = {name: os.environ.get(name) for name in names}
+    saved = os.environ.get("PREFECT_API_URL")
     server = _PrefectServer(home)
     try:
         yield server
     finally:
         server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
 
 
 @contextlib.contextmanager

@@ -18,8 +18,8 @@ imported only when Dask is configured (``pip install 'aegis[dask]'``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 import os
 from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -218,8 +218,8 @@ def map_jobs_on(run: RunParams) -> MapJobs:
         subflow = evaluate_attacks.with_options(task_runner=task_runner_for(run))
         # Its parent, the evaluation's run, keeps its heartbeat. On threads the jobs take
         # seconds; a Dask cluster may hold them for minutes, and keeps Prefect's setting.
-        quick = run.task_runner == "threads"
-        with short_run() if quick else contextlib.nullcontext():
+        lasts_s = 0.0 if run.task_runner == "threads" else math.inf
+        with short_run(lasts_s=lasts_s):
             return subflow(list(jobs))
 
     return map_jobs

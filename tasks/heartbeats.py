@@ -27,7 +27,8 @@ def short_run(*, lasts_s: float = 0.0) -> Iterator[None]:
 
     Args:
         lasts_s: How long the run may take. At least the heartbeat interval, and the
-            run keeps Prefect's setting (e.g. ``aegis watch`` with many polls).
+            run keeps Prefect's setting (a waiting ``promote``, a Dask subflow, a long
+            ``aegis watch``).
     """
     frequency = get_current_settings().flows.heartbeat_frequency
     if frequency is None or lasts_s >= frequency:

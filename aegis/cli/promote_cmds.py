@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -70,7 +69,7 @@ def promote(
         with (
             _console(stderr=True).status(f"promote flow: {parsed} ..."),
             operator_session(key.expanduser().resolve()),  # the key never is a flow parameter
-            contextlib.nullcontext() if wait else short_run(),  # a waiting run keeps its heartbeat
+            short_run(lasts_s=_waits_s(ws) if wait else 0.0),  # a waiting run keeps its heartbeat
         ):
             outcome = promote_flow(workspace=str(ws.root), target=str(parsed), wait=wait,
                                    resume=resume)  # fmt: skip
@@ -100,6 +99,13 @@ def promote(
             f"An approver (another owner) runs `aegis approve {name} --key APPROVER`, "
             f"then `aegis promote {name} --resume --key OPERATOR`."
         )
+
+
+def _waits_s(ws) -> float:
+    """How long ``promote --wait`` may pause: ``promote.wait_timeout``."""
+    from aegis.config import duration_seconds
+
+    return duration_seconds(ws.params().promote.wait_timeout)
 
 
 @app.command()
